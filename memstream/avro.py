@@ -1,0 +1,112 @@
+"""Avro single-object encoding of events (magic C3 01 + CRC-64-AVRO fingerprint + body).
+
+Every message names its writer schema, so a reader resolves old messages against the current
+schema of the same record: the log stays readable after backward-compatible schema changes.
+Schemas are parsed once; `SchemaRegistry` maps fingerprints to writer schemas.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+import fastavro
+import fastavro.schema
+
+from memstream.errors import SchemaError
+
+MAGIC = b"\xc3\x01"
+SHARED_RECORDS = ("memstream.Scope", "memstream.Actor")
+
+
+@dataclass(frozen=True, slots=True)
+class RegisteredSchema:
+    name: str  # full name, e.g. memstream.MemoryAdded
+    fingerprint: bytes  # 8 bytes, little-endian CRC-64-AVRO of the parsing canonical form
+    parsed: Any
+
+
+def fingerprint_of(parsed: Any) -> bytes:
+    """The single-object-encoding fingerprint; named types are expanded so a change to a shared
+    record changes the fingerprint of every record that uses it."""
+    canonical = fastavro.schema.to_parsing_canonical_form(fastavro.schema.expand_schema(parsed))
+    return bytes.fromhex(fastavro.schema.fingerprint(canonical, "CRC-64-AVRO"))
+
+
+class SchemaRegistry:
+    """Current schemas by name (the reader side) plus every known writer schema by fingerprint."""
+
+    def __init__(self) -> None:
+        self._named: dict[str, Any] = {}
+        self.current: dict[str, RegisteredSchema] = {}
+        self._writers: dict[bytes, RegisteredSchema] = {}
+
+    @classmethod
+    def load_default(cls) -> SchemaRegistry:
+        registry = cls()
+        files = resources.files("memstream.schemas")
+        texts = {
+            entry.name[: -len(".avsc")]: entry.read_text()
+            for entry in files.iterdir()
+            if entry.name.endswith(".avsc")
+        }
+        for name in SHARED_RECORDS:
+            registry.register(json.loads(texts.pop(name)), current=True)
+        for name in sorted(texts):
+            registry.register(json.loads(texts[name]), current=True)
+        return registry
+
+    def register(self, schema: dict[str, Any], *, current: bool = False) -> RegisteredSchema:
+        """Add a schema. Older versions are registered with current=False: readable, never written."""
+        named = dict(self._named) if not current else self._named
+        parsed = fastavro.schema.parse_schema(schema, named_schemas=named)
+        name = parsed["name"]
+        entry = RegisteredSchema(name, fingerprint_of(parsed), parsed)
+        self._writers[entry.fingerprint] = entry
+        if current:
+            self.current[name] = entry
+        return entry
+
+    def writer(self, fingerprint: bytes) -> RegisteredSchema:
+        try:
+            return self._writers[fingerprint]
+        except KeyError:
+            raise SchemaError(
+                f"unknown writer schema fingerprint {fingerprint.hex()}: "
+                "the message was written by a newer or foreign memstream"
+            ) from None
+
+
+class AvroCodec:
+    """Encode/decode records as single-object Avro, resolving old writer schemas to the current ones."""
+
+    def __init__(self, registry: SchemaRegistry | None = None) -> None:
+        self.registry = registry or SchemaRegistry.load_default()
+
+    def encode(self, name: str, record: dict[str, Any]) -> bytes:
+        return self.encode_with(self.registry.current[name], record)
+
+    @staticmethod
+    def encode_with(schema: RegisteredSchema, record: dict[str, Any]) -> bytes:
+        buf = io.BytesIO()
+        buf.write(MAGIC)
+        buf.write(schema.fingerprint)
+        fastavro.schemaless_writer(buf, schema.parsed, record)
+        return buf.getvalue()
+
+    def decode(self, data: bytes) -> tuple[str, dict[str, Any]]:
+        if len(data) < 10 or data[:2] != MAGIC:
+            raise SchemaError("not an Avro single-object message (bad magic)")
+        writer = self.registry.writer(data[2:10])
+        reader = self.registry.current.get(writer.name, writer)
+        try:
+            record = fastavro.schemaless_reader(
+                io.BytesIO(data[10:]), writer.parsed, reader.parsed
+            )
+        except Exception as exc:  # fastavro raises assorted errors on corrupt bodies
+            raise SchemaError(f"cannot decode {writer.name}: {exc}") from exc
+        assert isinstance(record, dict)
+        return writer.name, record

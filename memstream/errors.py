@@ -1,0 +1,62 @@
+"""One small error hierarchy, so every edge (CLI, REST, Python API) maps failures in one place.
+
+The REST layer turns each class into one HTTP status; the CLI into one exit code and a message.
+Library errors (aiokafka, lancedb, fastavro) are re-raised as these types where the caller can act.
+"""
+
+from __future__ import annotations
+
+
+class MemstreamError(Exception):
+    """Base of every error memstream raises on purpose."""
+
+    status_code = 500
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class ValidationError(MemstreamError):
+    """The request is malformed: bad ids, empty text, wrong types. Nothing was written."""
+
+    status_code = 400
+
+
+class FilterError(ValidationError):
+    """A filters object is malformed. `path` names the offending part, e.g. `filters.AND[1].created_at.gte`."""
+
+    def __init__(self, path: str, problem: str) -> None:
+        super().__init__(f"{path}: {problem}")
+        self.path = path
+        self.problem = problem
+
+
+class NotFoundError(MemstreamError):
+    """The memory (or other object) does not exist in the caller's project."""
+
+    status_code = 404
+
+
+class AuthError(MemstreamError):
+    """A missing, unknown or revoked API key."""
+
+    status_code = 401
+
+
+class ConflictError(MemstreamError):
+    """The request contradicts the current state (e.g. updating an immutable memory)."""
+
+    status_code = 409
+
+
+class LogUnavailableError(MemstreamError):
+    """The event log could not durably accept or serve events. The caller must assume nothing was written."""
+
+    status_code = 503
+
+
+class SchemaError(MemstreamError):
+    """A log message cannot be decoded: unknown writer schema or corrupt body."""
+
+    status_code = 500

@@ -1,0 +1,95 @@
+"""The EventLog interface: the one source of truth, behind one small abstract class.
+
+Two implementations pass the same contract suite (tests/integration/test_eventlog_contract.py):
+`FileEventLog` (embedded default) and `KafkaEventLog` (aiokafka). Positions are
+(partition, offset); the file log has a single partition 0. A consumer's progress is a map
+partition -> next offset to read, exactly like Kafka's committed offsets.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+Offsets = dict[int, int]
+"""partition -> next offset to read (Kafka's meaning of a committed offset)."""
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Position:
+    partition: int
+    offset: int
+
+
+@dataclass(frozen=True, slots=True)
+class LogRecord:
+    position: Position
+    key: bytes
+    value: bytes
+    timestamp_ms: int
+
+
+class LogReader(ABC):
+    """A cursor over the log from given offsets; one per consumer (projector, replay, dump)."""
+
+    @abstractmethod
+    async def next_batch(self, max_records: int = 1000, timeout_s: float = 0.5) -> list[LogRecord]:
+        """Return the next records in log order per partition (may be empty after timeout_s).
+
+        Records of one partition come in offset order; partitions may interleave.
+        A torn or corrupt tail is never returned as data.
+        """
+
+    @abstractmethod
+    async def commit(self, offsets: Offsets) -> None:
+        """Record consumer progress. Call only after the projection of those records is written."""
+
+    @abstractmethod
+    async def close(self) -> None: ...
+
+
+class EventLog(ABC):
+    """Append-only, ordered per key, durable on return."""
+
+    name: str = "log"
+
+    @abstractmethod
+    async def start(self) -> None:
+        """Connect / open files; create the topic if missing. Idempotent."""
+
+    @abstractmethod
+    async def close(self) -> None: ...
+
+    @abstractmethod
+    async def append(self, messages: Sequence[tuple[bytes, bytes]]) -> list[Position]:
+        """Durably append (key, value) messages and return their positions, in input order.
+
+        Messages with the same key keep their relative order. Returns only once every message
+        is durable (fsync / acks=all); on any failure raises LogUnavailableError and the caller
+        must treat the whole batch as not written (at-least-once retries are made safe by
+        event ids and request ids downstream).
+        """
+
+    @abstractmethod
+    async def end_offsets(self) -> Offsets:
+        """Next offset to be written, per partition: reading up to here is 'caught up'."""
+
+    @abstractmethod
+    async def reader(self, start: Offsets | None = None, *, group_id: str | None = None) -> LogReader:
+        """A reader positioned at `start` (missing partitions start at 0).
+
+        `group_id` names the consumer group whose progress `LogReader.commit` records
+        (Kafka consumer group; a progress file for the file log).
+        """
+
+    async def committed(self, group_id: str) -> Offsets:
+        """The progress last committed by `group_id` (empty if none)."""
+        return {}
+
+    async def __aenter__(self) -> EventLog:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()

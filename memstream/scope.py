@@ -1,0 +1,94 @@
+"""The entity scope of a memory, normalised once and shared by every read and write.
+
+Mem0 OSS let `?agent_id=` (an empty string) silently widen a query. Here an id is either a
+non-empty string or absent (None); anything else is a ValidationError naming the field, and
+the same value object builds the Kafka message key, the projection row and the filters.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from memstream.errors import ValidationError
+
+ENTITY_FIELDS: tuple[str, ...] = ("user_id", "agent_id", "app_id", "run_id")
+MAX_ID_LENGTH = 256
+WILDCARD = "*"
+
+
+def normalise_id(field: str, value: Any, *, allow_wildcard: bool = False) -> str | None:
+    """Return a clean id or None; raise ValidationError for anything ambiguous."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ValidationError(f"{field}: must be a string, got {type(value).__name__}")
+    if value == "" or value.strip() == "":
+        raise ValidationError(f"{field}: must not be empty (omit it instead)")
+    if value != value.strip():
+        raise ValidationError(f"{field}: must not start or end with whitespace")
+    if len(value) > MAX_ID_LENGTH:
+        raise ValidationError(f"{field}: longer than {MAX_ID_LENGTH} characters")
+    if any(ord(c) < 32 for c in value):
+        raise ValidationError(f"{field}: must not contain control characters")
+    if value == WILDCARD and not allow_wildcard:
+        raise ValidationError(f"{field}: '*' is a filter wildcard, not an id")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class Scope:
+    """Who a memory belongs to: the tenant (org, project) and the four entity ids."""
+
+    org_id: str
+    project_id: str
+    user_id: str | None = None
+    agent_id: str | None = None
+    app_id: str | None = None
+    run_id: str | None = None
+
+    @classmethod
+    def of(
+        cls,
+        org_id: str,
+        project_id: str,
+        *,
+        user_id: Any = None,
+        agent_id: Any = None,
+        app_id: Any = None,
+        run_id: Any = None,
+        require_entity: bool = True,
+    ) -> Scope:
+        """Build a validated write scope. At least one entity id is required, as on the platform."""
+        org = normalise_id("org_id", org_id)
+        project = normalise_id("project_id", project_id)
+        if org is None or project is None:
+            raise ValidationError("org_id and project_id are required")
+        scope = cls(
+            org,
+            project,
+            normalise_id("user_id", user_id),
+            normalise_id("agent_id", agent_id),
+            normalise_id("app_id", app_id),
+            normalise_id("run_id", run_id),
+        )
+        if require_entity and not scope.has_entity():
+            raise ValidationError(
+                "at least one of user_id, agent_id, app_id, run_id is required"
+            )
+        return scope
+
+    def has_entity(self) -> bool:
+        return any(getattr(self, f) is not None for f in ENTITY_FIELDS)
+
+    def entities(self) -> dict[str, str | None]:
+        return {f: getattr(self, f) for f in ENTITY_FIELDS}
+
+    def key(self) -> bytes:
+        """The log message key: every event of one scope lands in one partition, in order."""
+        return json.dumps(
+            [self.org_id, self.project_id, self.user_id, self.agent_id, self.app_id, self.run_id],
+            separators=(",", ":"),
+            ensure_ascii=False,
+        ).encode()
