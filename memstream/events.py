@@ -21,6 +21,9 @@ from memstream.avro import AvroCodec
 from memstream.scope import Scope
 
 
+EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+
 def now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -130,7 +133,7 @@ def from_record(event_type: str, record: dict[str, Any]) -> Event:
         elif key == "event_id":
             value = str(value)
         elif key == "occurred_at" and isinstance(value, dt.datetime):
-            value = int(value.timestamp() * 1000)
+            value = (value - EPOCH) // dt.timedelta(milliseconds=1)  # exact, no float rounding
         elif isinstance(value, list):
             value = tuple(value)
         values[key] = value

@@ -1,0 +1,145 @@
+"""`Memstream`: one object that wires log -> projector -> LanceDB -> query for an edge.
+
+The CLI, the REST server and Python users all hold one of these; each method is a thin
+delegation to the writer or reader, so the logic lives once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from memstream.embedders import get_embedder
+from memstream.embedders.base import Embedder
+from memstream.events import Actor
+from memstream.log.base import EventLog
+from memstream.models import HistoryEntry, MemoryView, Page, Tenant, WriteResult
+from memstream.producers.writer import UNSET, MemoryWriter
+from memstream.projector.projector import Projector
+from memstream.query.reader import MemoryReader
+from memstream.settings import Settings
+
+
+def open_log(settings: Settings) -> EventLog:
+    if settings.kafka_bootstrap:
+        from memstream.log.kafka import KafkaEventLog
+
+        return KafkaEventLog(settings.kafka_bootstrap, topic=settings.topic, partitions=settings.partitions)
+    from memstream.log.file import FileEventLog
+
+    return FileEventLog(settings.data_dir / "log")
+
+
+class Memstream:
+    """The memory ledger. Use as `async with Memstream(settings) as ms: ...`."""
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        embedder: Embedder | None = None,
+        log: EventLog | None = None,
+    ) -> None:
+        self.settings = settings or Settings.from_env()
+        self.data_dir = Path(self.settings.data_dir)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.embedder = embedder or get_embedder(self.settings.embedder)
+        self.log = log or open_log(self.settings)
+        self.projector = Projector(self.data_dir, self.log, self.embedder)
+        self.reader = MemoryReader(self.projector)
+        self.writer = MemoryWriter(self.log, self.projector, self.reader)
+        self.tenant = Tenant(self.settings.org_id, self.settings.project_id)
+        self._stop = asyncio.Event()
+        self._background: asyncio.Task[None] | None = None
+
+    async def start(self, *, background_projector: bool = False) -> Memstream:
+        await self.log.start()
+        self.projector.generation()
+        if background_projector:
+            self._stop.clear()
+            self._background = asyncio.create_task(self.projector.run_forever(self._stop))
+        return self
+
+    async def close(self) -> None:
+        if self._background is not None:
+            self._stop.set()
+            await self._background
+            self._background = None
+        await self.projector.close()
+        await self.log.close()
+
+    async def __aenter__(self) -> Memstream:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # -- writes --------------------------------------------------------------------------
+    async def add(self, messages: Any, *, tenant: Tenant | None = None, **kwargs: Any) -> list[WriteResult]:
+        return await self.writer.add(tenant or self.tenant, messages, **kwargs)
+
+    async def update(
+        self, memory_id: str, *, tenant: Tenant | None = None, expiration_date: Any = UNSET, **kwargs: Any
+    ) -> WriteResult:
+        return await self.writer.update(
+            tenant or self.tenant, memory_id, expiration_date=expiration_date, **kwargs
+        )
+
+    async def delete(self, memory_id: str, *, tenant: Tenant | None = None, **kwargs: Any) -> WriteResult:
+        return await self.writer.delete(tenant or self.tenant, memory_id, **kwargs)
+
+    async def delete_all(
+        self, filters: Mapping[str, Any] | None, *, tenant: Tenant | None = None, **kwargs: Any
+    ) -> int:
+        return await self.writer.delete_all(tenant or self.tenant, filters, **kwargs)
+
+    # -- reads (consistent=True first applies everything already in the log) ------------
+    async def _fresh(self, consistent: bool) -> None:
+        if consistent and self._background is None:
+            await self.projector.catch_up()
+
+    async def get(self, memory_id: str, *, tenant: Tenant | None = None, consistent: bool = True) -> MemoryView:
+        await self._fresh(consistent)
+        return self.reader.get(tenant or self.tenant, memory_id)
+
+    async def get_all(
+        self,
+        filters: Mapping[str, Any] | None,
+        *,
+        tenant: Tenant | None = None,
+        consistent: bool = True,
+        **kwargs: Any,
+    ) -> Page:
+        await self._fresh(consistent)
+        return await asyncio.to_thread(self.reader.get_all, tenant or self.tenant, filters, **kwargs)
+
+    async def search(
+        self,
+        query: str,
+        filters: Mapping[str, Any] | None,
+        *,
+        tenant: Tenant | None = None,
+        consistent: bool = True,
+        **kwargs: Any,
+    ) -> list[MemoryView]:
+        await self._fresh(consistent)
+        return await asyncio.to_thread(self.reader.search, tenant or self.tenant, query, filters, **kwargs)
+
+    async def history(
+        self, memory_id: str, *, tenant: Tenant | None = None, consistent: bool = True
+    ) -> list[HistoryEntry]:
+        await self._fresh(consistent)
+        return self.reader.history(tenant or self.tenant, memory_id)
+
+    # -- the log itself ------------------------------------------------------------------
+    async def replay(self, progress: Callable[[int, int], Any] | None = None) -> int:
+        gen = await self.projector.replay(progress)
+        return sum(gen.checkpoint().values())
+
+    async def catch_up(self) -> None:
+        await self.projector.catch_up()
+
+
+__all__ = ["Actor", "Memstream", "Settings", "open_log"]

@@ -1,0 +1,39 @@
+"""Runtime settings: flags override environment variables override defaults."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_dir: Path = Path("./memstream-data")
+    kafka_bootstrap: str | None = None  # None -> the embedded file log in data_dir/log
+    topic: str = "memstream.events"
+    partitions: int = 3
+    embedder: str = "minilm"
+    org_id: str = "local"
+    project_id: str = "default"
+
+    @classmethod
+    def from_env(cls, **overrides: Any) -> Settings:
+        env = os.environ
+        base = cls(
+            data_dir=Path(env.get("MEMSTREAM_DATA_DIR", "./memstream-data")),
+            kafka_bootstrap=env.get("KAFKA_BOOTSTRAP_SERVERS") or None,
+            topic=env.get("MEMSTREAM_TOPIC", "memstream.events"),
+            partitions=int(env.get("MEMSTREAM_PARTITIONS", "3")),
+            embedder=env.get("MEMSTREAM_EMBEDDER", "minilm"),
+            org_id=env.get("MEMSTREAM_ORG_ID", "local"),
+            project_id=env.get("MEMSTREAM_PROJECT_ID", "default"),
+        )
+        return replace(base, **{k: v for k, v in overrides.items() if v is not None})
+
+    @property
+    def log_description(self) -> str:
+        if self.kafka_bootstrap:
+            return f"Kafka {self.kafka_bootstrap} topic {self.topic}"
+        return f"file log {self.data_dir / 'log'}"

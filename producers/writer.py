@@ -1,0 +1,222 @@
+"""The write side: turn a request into events, append them, and (by default) wait for them.
+
+A write returns only after its events are durable in the log; with `wait=True` it also waits
+until the projector has applied them, so the caller reads its own writes and learns the
+projector's decision (e.g. `NONE` for an exact duplicate). Duplicates are decided by the
+projector in log order, never by a check-then-insert here, so racing writers cannot both win.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from memstream.errors import ConflictError, ValidationError
+from memstream.events import (
+    Actor,
+    DeleteAllRequested,
+    Event,
+    MemoryAdded,
+    MemoryDeleted,
+    MemoryUpdated,
+    message_of,
+    new_id,
+    text_hash,
+)
+from memstream.log.base import EventLog, Position
+from memstream.models import MemoryView, Tenant, WriteResult
+from memstream.producers import validation as v
+from memstream.projector.projector import Projector
+from memstream.query.filters import compile_filters
+from memstream.query.reader import MemoryReader
+from memstream.scope import ENTITY_FIELDS, Scope
+
+UNSET: Any = object()
+
+
+def _scope_of(memory: MemoryView) -> Scope:
+    return Scope(
+        memory.org_id, memory.project_id, memory.user_id, memory.agent_id, memory.app_id, memory.run_id
+    )
+
+
+class MemoryWriter:
+    def __init__(self, log: EventLog, projector: Projector, reader: MemoryReader) -> None:
+        self.log = log
+        self.projector = projector
+        self.reader = reader
+
+    async def _append(self, events: list[Event], wait: bool) -> list[Position]:
+        positions = await self.log.append([message_of(e) for e in events])
+        if wait:
+            await self.projector.wait_for(positions)
+        return positions
+
+    async def _replayed(self, tenant: Tenant, request_id: str | None) -> list[WriteResult] | None:
+        """The original results of a retried request (same request_id), or None if it is new."""
+        if request_id is None:
+            return None
+        await self.projector.catch_up()
+        rows = self.reader.events_for_request(tenant, request_id)
+        if not rows:
+            return None
+        return [_result_of(row) for row in rows if row["event_type"] != "DeleteAllRequested"]
+
+    async def add(
+        self,
+        tenant: Tenant,
+        messages: Any,
+        *,
+        user_id: Any = None,
+        agent_id: Any = None,
+        app_id: Any = None,
+        run_id: Any = None,
+        metadata: Any = None,
+        categories: Any = None,
+        expiration_date: Any = None,
+        immutable: Any = False,
+        request_id: Any = None,
+        actor: Actor | None = None,
+        wait: bool = True,
+    ) -> list[WriteResult]:
+        scope = Scope.of(
+            tenant.org_id, tenant.project_id,
+            user_id=user_id, agent_id=agent_id, app_id=app_id, run_id=run_id,
+        )  # fmt: skip
+        texts = v.memory_texts(messages)
+        meta = v.metadata_json(metadata)
+        cats = v.categories_list(categories)
+        expires = v.expiration(expiration_date)
+        if not isinstance(immutable, bool):
+            raise ValidationError("immutable: must be a boolean")
+        rid = v.request_id(request_id)
+        if (previous := await self._replayed(tenant, rid)) is not None:
+            return previous
+        events: list[Event] = [
+            MemoryAdded(
+                scope=scope, memory_id=new_id(), actor=actor or Actor(), request_id=rid,
+                text=t, hash=text_hash(t), metadata=meta, categories=cats,
+                expiration_date=expires, immutable=immutable,
+                source_hash=text_hash(json.dumps(messages, sort_keys=True, default=str)),
+            )
+            for t in texts
+        ]  # fmt: skip
+        await self._append(events, wait)
+        if not wait:
+            return [WriteResult(e.memory_id or "", "ADD", e.text, e.event_id, pending=True)
+                    for e in events if isinstance(e, MemoryAdded)]  # fmt: skip
+        outcomes = self.reader.outcomes([e.event_id for e in events])
+        return [_result_of(outcomes[e.event_id]) for e in events]
+
+    async def update(
+        self,
+        tenant: Tenant,
+        memory_id: str,
+        *,
+        text: Any = None,
+        metadata: Any = None,
+        categories: Any = None,
+        expiration_date: Any = UNSET,
+        request_id: Any = None,
+        actor: Actor | None = None,
+        wait: bool = True,
+    ) -> WriteResult:
+        if text is None and metadata is None and categories is None and expiration_date is UNSET:
+            raise ValidationError("update: give at least one of text, metadata, categories, expiration_date")
+        new_text = v.check_text(text) if text is not None else None
+        meta = v.metadata_json(metadata) if metadata is not None else None
+        cats = v.categories_list(categories) if categories is not None else None
+        set_exp = expiration_date is not UNSET
+        expires = v.expiration(expiration_date) if set_exp else None
+        rid = v.request_id(request_id)
+        if (previous := await self._replayed(tenant, rid)) is not None:
+            return previous[0]
+        await self.projector.catch_up()
+        current = self.reader.get(tenant, memory_id)
+        if current.immutable:
+            raise ConflictError(f"memory {memory_id} is immutable and cannot be updated")
+        event = MemoryUpdated(
+            scope=_scope_of(current), memory_id=memory_id, actor=actor or Actor(), request_id=rid,
+            text=new_text, hash=text_hash(new_text) if new_text is not None else None,
+            previous_hash=current.hash, metadata=meta, categories=cats,
+            expiration_date=expires, set_expiration_date=set_exp,
+        )  # fmt: skip
+        await self._append([event], wait)
+        return WriteResult(memory_id, "UPDATE", new_text or current.memory, event.event_id, not wait)
+
+    async def delete(
+        self,
+        tenant: Tenant,
+        memory_id: str,
+        *,
+        request_id: Any = None,
+        actor: Actor | None = None,
+        wait: bool = True,
+    ) -> WriteResult:
+        rid = v.request_id(request_id)
+        if (previous := await self._replayed(tenant, rid)) is not None:
+            return previous[0]
+        await self.projector.catch_up()
+        current = self.reader.get(tenant, memory_id)
+        event = MemoryDeleted(
+            scope=_scope_of(current), memory_id=memory_id, actor=actor or Actor(), request_id=rid,
+            reason="api",
+        )  # fmt: skip
+        await self._append([event], wait)
+        return WriteResult(memory_id, "DELETE", current.memory, event.event_id, not wait)
+
+    async def delete_all(
+        self,
+        tenant: Tenant,
+        filters: Mapping[str, Any] | None,
+        *,
+        request_id: Any = None,
+        actor: Actor | None = None,
+        wait: bool = True,
+    ) -> int:
+        """Resolve `filters` against the caught-up projection and delete exactly what matched.
+
+        Scoped by construction: the filters must positively name an entity (compile_filters
+        refuses an empty or entity-less filter), and implicit null scoping keeps
+        `{"user_id": "alice"}` from touching alice's agent- or run-scoped memories.
+        """
+        compile_filters(filters, org_id=tenant.org_id, project_id=tenant.project_id)
+        rid = v.request_id(request_id)
+        if (previous := await self._replayed(tenant, rid)) is not None:
+            return len(previous)
+        await self.projector.catch_up()
+        ids: list[MemoryView] = []
+        page = 1
+        while True:
+            chunk = self.reader.get_all(tenant, filters, page=page, page_size=1000, show_expired=True)
+            ids.extend(chunk.results)
+            if page * chunk.page_size >= chunk.count:
+                break
+            page += 1
+        who = actor or Actor()
+        simple = {k: filters[k] for k in ENTITY_FIELDS if filters and isinstance(filters.get(k), str)}
+        audit_scope = Scope(tenant.org_id, tenant.project_id, **{
+            k: val for k, val in simple.items() if val != "*"
+        })  # fmt: skip
+        audit = DeleteAllRequested(
+            scope=audit_scope, actor=who, request_id=rid,
+            filters=json.dumps(filters, sort_keys=True, default=str),
+            count=len(ids), memory_ids=tuple(m.id for m in ids),
+        )  # fmt: skip
+        deletes: list[Event] = [
+            MemoryDeleted(
+                scope=_scope_of(m), memory_id=m.id, actor=who, request_id=rid,
+                reason="delete_all", cause_event_id=audit.event_id,
+            )
+            for m in ids
+        ]  # fmt: skip
+        await self._append([audit, *deletes], wait)
+        return len(ids)
+
+
+def _result_of(row: dict[str, Any]) -> WriteResult:
+    outcome = row["outcome"]
+    if outcome == "NONE":
+        return WriteResult(row["resolved_memory_id"], "NONE", row["text"], row["event_id"])
+    return WriteResult(row["memory_id"], outcome, row["text"] or row["old_text"], row["event_id"])

@@ -1,0 +1,227 @@
+"""Pure state transitions: how each event changes the live set, decided in log order.
+
+No I/O here (the eventsourcing 'policy' style): `BatchState` holds the rows a batch touches,
+`apply_event` mutates it and returns the event's audit row. Idempotence comes from positions:
+a row remembers the offset that created it and the last offset applied to it, so replaying a
+batch after a crash changes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from memstream.events import (
+    DeleteAllRequested,
+    Event,
+    MemoryAdded,
+    MemoryDeleted,
+    MemoryUpdated,
+)
+from memstream.log.base import Position
+from memstream.scope import Scope
+
+
+def scope_of_row(row: dict[str, Any]) -> Scope:
+    return Scope(
+        row["org_id"], row["project_id"], row["user_id"], row["agent_id"], row["app_id"], row["run_id"]
+    )
+
+
+@dataclass
+class BatchState:
+    """The rows touched by one batch: id -> row (None = absent), and the live hash index."""
+
+    rows: dict[str, dict[str, Any] | None] = field(default_factory=dict)
+    # several live rows can share a text (an update may make two equal), so a set per key
+    by_hash: dict[tuple[Scope, str], set[str]] = field(default_factory=dict)
+    changed: set[str] = field(default_factory=set)
+    needs_vector: set[str] = field(default_factory=set)
+
+    def load(self, row: dict[str, Any]) -> None:
+        self.rows[row["id"]] = row
+        self.index(row)
+
+    def index(self, row: dict[str, Any]) -> None:
+        self.by_hash.setdefault((scope_of_row(row), row["hash"]), set()).add(row["id"])
+
+    def unindex(self, row: dict[str, Any]) -> None:
+        self.by_hash.get((scope_of_row(row), row["hash"]), set()).discard(row["id"])
+
+    def holder(self, scope: Scope, text_hash: str, before: Position) -> str | None:
+        """The earliest live memory of `scope` with this text created before `before`."""
+        candidates = [
+            ((row["partition"], row["created_offset"]), mid)
+            for mid in self.by_hash.get((scope, text_hash), ())
+            if (row := self.rows.get(mid)) is not None
+            and (row["partition"], row["created_offset"]) < (before.partition, before.offset)
+        ]
+        return min(candidates)[1] if candidates else None
+
+    def _remove(self, memory_id: str) -> dict[str, Any] | None:
+        row = self.rows.get(memory_id)
+        if row is not None:
+            self.unindex(row)
+        self.rows[memory_id] = None
+        self.changed.add(memory_id)
+        self.needs_vector.discard(memory_id)
+        return row
+
+
+def _audit(event: Event, position: Position, outcome: str, **extra: Any) -> dict[str, Any]:
+    scope = event.scope
+    row: dict[str, Any] = {
+        "partition": position.partition,
+        "offset": position.offset,
+        "event_id": event.event_id,
+        "event_type": event.event_type,
+        "occurred_at": event.occurred_at,
+        "org_id": scope.org_id,
+        "project_id": scope.project_id,
+        "memory_id": event.memory_id,
+        "user_id": scope.user_id,
+        "agent_id": scope.agent_id,
+        "app_id": scope.app_id,
+        "run_id": scope.run_id,
+        "actor_key_id": event.actor.key_id,
+        "actor_source": event.actor.source,
+        "request_id": event.request_id,
+        "text": None,
+        "old_text": None,
+        "metadata": None,
+        "old_metadata": None,
+        "categories": None,
+        "reason": None,
+        "outcome": outcome,
+        "resolved_memory_id": None,
+        "payload": "{}",
+    }
+    row.update(extra)
+    return row
+
+
+def apply_event(
+    state: BatchState, event: Event, position: Position, decided: str | None = None
+) -> dict[str, Any]:
+    """Apply one event to `state` and return its audit row for the `events` table.
+
+    `decided` is the outcome already recorded for this event (the events table is written
+    before the memories): after a crash, a batch is re-applied by following its recorded
+    decisions, because re-deciding a duplicate against the post-batch state could differ.
+    """
+    if decided in ("NONE", "NOOP"):
+        return _audit(event, position, decided)
+    if isinstance(event, MemoryAdded):
+        return _apply_added(state, event, position, check_duplicate=decided is None)
+    if isinstance(event, MemoryUpdated):
+        return _apply_updated(state, event, position)
+    if isinstance(event, MemoryDeleted):
+        row = state.rows.get(event.memory_id or "")
+        if row is None:
+            return _audit(event, position, "NOOP", reason=event.reason)
+        state._remove(row["id"])
+        return _audit(
+            event,
+            position,
+            "DELETE",
+            reason=event.reason,
+            old_text=row["text"],
+            old_metadata=row["metadata"],
+            categories=list(row["categories"]),
+            payload=json.dumps({"cause_event_id": event.cause_event_id}),
+        )
+    if isinstance(event, DeleteAllRequested):
+        return _audit(
+            event,
+            position,
+            "DELETE_ALL",
+            payload=json.dumps(
+                {"filters": json.loads(event.filters), "count": event.count, "memory_ids": list(event.memory_ids)}
+            ),
+        )
+    return _audit(event, position, "NOOP")
+
+
+def _apply_added(
+    state: BatchState, event: MemoryAdded, position: Position, *, check_duplicate: bool
+) -> dict[str, Any]:
+    assert event.memory_id is not None
+    audit = dict(
+        text=event.text,
+        metadata=event.metadata,
+        categories=list(event.categories),
+        payload=json.dumps(
+            {"expiration_date": event.expiration_date, "immutable": event.immutable, "hash": event.hash}
+        ),
+    )
+    existing = state.rows.get(event.memory_id)
+    if existing is not None:
+        # already applied (crash replay) or an id collision: either way nothing changes
+        same = existing["created_offset"] == position.offset and existing["partition"] == position.partition
+        return _audit(event, position, "ADD" if same else "NOOP", **audit)
+    holder_id = state.holder(event.scope, event.hash, position) if check_duplicate else None
+    if holder_id is not None:
+        return _audit(event, position, "NONE", resolved_memory_id=holder_id, **audit)
+    scope = event.scope
+    row = {
+        "id": event.memory_id,
+        "org_id": scope.org_id,
+        "project_id": scope.project_id,
+        "user_id": scope.user_id,
+        "agent_id": scope.agent_id,
+        "app_id": scope.app_id,
+        "run_id": scope.run_id,
+        "text": event.text,
+        "hash": event.hash,
+        "metadata": event.metadata,
+        "categories": list(event.categories),
+        "created_at": event.occurred_at,
+        "updated_at": event.occurred_at,
+        "expiration_date": event.expiration_date,
+        "immutable": event.immutable,
+        "partition": position.partition,
+        "created_offset": position.offset,
+        "last_offset": position.offset,
+        "vector": None,
+    }
+    state.rows[event.memory_id] = row
+    state.index(row)
+    state.changed.add(event.memory_id)
+    state.needs_vector.add(event.memory_id)
+    return _audit(event, position, "ADD", **audit)
+
+
+def _apply_updated(state: BatchState, event: MemoryUpdated, position: Position) -> dict[str, Any]:
+    row = state.rows.get(event.memory_id or "")
+    audit: dict[str, Any] = dict(
+        text=event.text,
+        metadata=event.metadata,
+        categories=list(event.categories) if event.categories is not None else None,
+        payload=json.dumps(
+            {"expiration_date": event.expiration_date, "set_expiration_date": event.set_expiration_date}
+        ),
+    )
+    if row is None or row["immutable"]:
+        return _audit(event, position, "NOOP", **audit)
+    if row["last_offset"] >= position.offset:
+        return _audit(event, position, "UPDATE", **audit)  # applied before a crash
+    audit.update(old_text=row["text"], old_metadata=row["metadata"])
+    new = dict(row)
+    if event.text is not None and event.text != row["text"]:
+        state.unindex(row)
+        new["text"] = event.text
+        new["hash"] = event.hash
+        state.index(new)
+        state.needs_vector.add(row["id"])
+    if event.metadata is not None:
+        new["metadata"] = event.metadata
+    if event.categories is not None:
+        new["categories"] = list(event.categories)
+    if event.set_expiration_date:
+        new["expiration_date"] = event.expiration_date
+    new["updated_at"] = event.occurred_at
+    new["last_offset"] = position.offset
+    state.rows[row["id"]] = new
+    state.changed.add(row["id"])
+    return _audit(event, position, "UPDATE", **audit)

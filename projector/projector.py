@@ -1,0 +1,303 @@
+"""The projector: consume the log in order, embed, apply to LanceDB, checkpoint.
+
+One writer per table: every batch is applied under an flock on `projector.lock`, so several
+processes (CLI commands, servers) sharing a data directory take turns and never corrupt the
+tables. Each batch is written events-table first, then memories, then the checkpoint; rows
+carry the offsets that made them, so a crash anywhere re-applies the batch as a no-op.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from memstream.embedders.base import Embedder
+from memstream.errors import MemstreamError, ValidationError
+from memstream.events import MemoryAdded, MemoryUpdated, decode_event, text_hash
+from memstream.log.base import EventLog, LogReader, LogRecord, Offsets, Position
+from memstream.projector.apply import BatchState, apply_event
+from memstream.projector.store import EmbeddingCache, Generation, ProjectionStore
+from memstream.projector.tables import EVENTS_SCHEMA, memories_schema
+from memstream.sqlutil import sql_in
+
+log = logging.getLogger("memstream.projector")
+
+MAINTENANCE_EVERY = 64  # batches between optimize()/index refreshes
+
+
+class ProjectionTimeout(MemstreamError):
+    """The event is durable in the log but was not projected in time."""
+
+    status_code = 504
+
+
+def covers(checkpoint: Offsets, required: Offsets) -> bool:
+    return all(checkpoint.get(p, 0) >= o for p, o in required.items())
+
+
+def required_offsets(positions: Sequence[Position]) -> Offsets:
+    req: Offsets = {}
+    for pos in positions:
+        req[pos.partition] = max(req.get(pos.partition, 0), pos.offset + 1)
+    return req
+
+
+class Projector:
+    def __init__(
+        self,
+        data_dir: Path,
+        log_: EventLog,
+        embedder: Embedder,
+        *,
+        batch_size: int = 1000,
+    ) -> None:
+        self.data_dir = data_dir
+        self.log = log_
+        self.embedder = embedder
+        self.batch_size = batch_size
+        self.store = ProjectionStore(data_dir, embedder.dim, embedder.name)
+        self.cache = EmbeddingCache(data_dir, embedder.name, embedder.dim)
+        self._gen: Generation | None = None
+        self._gen_name: str | None = None
+        self._reader: LogReader | None = None
+        self._reader_next: Offsets = {}
+        self._alock = asyncio.Lock()
+        self._lock_fd = os.open(data_dir / "projector.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        self._batches = 0
+        self.checkpoint: Offsets = {}
+        self._background = False
+        self._progress = asyncio.Event()
+
+    # -- generations ---------------------------------------------------------------------
+    def generation(self) -> Generation:
+        """The live generation, reopened when a replay (in any process) has swapped it."""
+        name = self.store.current_name()
+        if self._gen is None or name != self._gen_name:
+            gen = self.store.current()
+            meta = self.store.meta(gen.path.name)
+            if meta.embedder != self.embedder.name:
+                raise ValidationError(
+                    f"the projection in {self.data_dir} was built with embedder '{meta.embedder}', "
+                    f"but '{self.embedder.name}' is configured: run `memstream replay` to "
+                    "re-embed everything with the new model, or configure the old one"
+                )
+            self._gen, self._gen_name = gen, gen.path.name
+            self.checkpoint = gen.checkpoint()
+            self._reset_reader()
+        assert self._gen is not None
+        return self._gen
+
+    def _reset_reader(self) -> None:
+        if self._reader is not None:
+            reader = self._reader
+            self._reader = None
+            with contextlib.suppress(RuntimeError):
+                asyncio.get_running_loop().create_task(reader.close())
+
+    @contextlib.asynccontextmanager
+    async def _flock(self) -> AsyncIterator[None]:
+        await asyncio.to_thread(fcntl.flock, self._lock_fd, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+
+    # -- the loop ------------------------------------------------------------------------
+    async def step(self, timeout_s: float = 0.0) -> int:
+        """Read one batch and apply what no one has applied yet. Returns events applied."""
+        async with self._alock:
+            gen = self.generation()
+            disk = gen.checkpoint()
+            if self._reader is None or disk != self._reader_next:
+                self._reset_reader()
+                self._reader = await self.log.reader(disk, group_id=self._group_id())
+                self._reader_next = dict(disk)
+            batch = await self._reader.next_batch(self.batch_size, timeout_s)
+            for rec in batch:
+                p = rec.position.partition
+                self._reader_next[p] = max(self._reader_next.get(p, 0), rec.position.offset + 1)
+            if not batch:
+                self.checkpoint = disk
+                return 0
+            async with self._flock():
+                gen = self.generation()
+                cp = gen.checkpoint()
+                fresh = [r for r in batch if r.position.offset >= cp.get(r.position.partition, 0)]
+                firsts: dict[int, int] = {}
+                for r in fresh:
+                    firsts.setdefault(r.position.partition, r.position.offset)
+                if any(first != cp.get(p, 0) for p, first in firsts.items()):
+                    self._reset_reader()  # another process moved the checkpoint under us
+                    self.checkpoint = cp
+                    return 0
+                if fresh:
+                    cp = await asyncio.to_thread(self._apply_sync, gen, fresh, cp)
+                self.checkpoint = cp
+            if fresh:
+                with contextlib.suppress(Exception):  # the group offset is informational
+                    await self._reader.commit(cp)
+            self._progress.set()
+            return len(fresh)
+
+    def _group_id(self) -> str:
+        return f"memstream-projector-{self._gen_name}"
+
+    async def wait_for(self, positions: Sequence[Position], timeout_s: float = 60.0) -> None:
+        """Block until every position is applied (read-your-writes)."""
+        required = required_offsets(positions)
+        deadline = time.monotonic() + timeout_s
+        while not covers(self.checkpoint, required):
+            if time.monotonic() > deadline:
+                raise ProjectionTimeout(
+                    f"events at {sorted(required.items())} are durable in the log but were not "
+                    f"projected within {timeout_s:.0f}s; they will appear once the projector catches up"
+                )
+            if self._background:
+                self._progress.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._progress.wait(), 0.25)
+                if not covers(self.checkpoint, required):
+                    # another process may be the one projecting: look at the disk
+                    self.checkpoint = self.generation().checkpoint()
+            else:
+                await self.step(timeout_s=0.05)
+
+    async def catch_up(self, timeout_s: float = 600.0) -> Offsets:
+        """Apply everything appended so far."""
+        end = await self.log.end_offsets()
+        positions = [Position(p, o - 1) for p, o in end.items() if o > 0]
+        await self.wait_for(positions, timeout_s=timeout_s)
+        return self.checkpoint
+
+    async def run_forever(self, stop: asyncio.Event) -> None:
+        self._background = True
+        try:
+            while not stop.is_set():
+                try:
+                    await self.step(timeout_s=0.2)
+                except MemstreamError:
+                    raise
+                except Exception:  # keep serving reads; retry the batch after a pause
+                    log.exception("projector step failed; retrying")
+                    self._reset_reader()
+                    await asyncio.sleep(1.0)
+        finally:
+            self._background = False
+
+    async def close(self) -> None:
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            await reader.close()
+        os.close(self._lock_fd)
+
+    # -- applying ------------------------------------------------------------------------
+    def _apply_sync(self, gen: Generation, records: list[LogRecord], cp: Offsets) -> Offsets:
+        events = [(decode_event(r.value), r.position) for r in records]
+        ids = {e.memory_id for e, _ in events if e.memory_id}
+        hashes = {e.hash for e, _ in events if isinstance(e, MemoryAdded | MemoryUpdated) and e.hash}
+        state = BatchState()
+        where = " OR ".join(p for p in (sql_in("id", ids), sql_in("hash", hashes)) if p != "false")
+        if where:
+            for row in gen.query_memories(where):
+                state.load(row)
+        decided = {
+            row["event_id"]: row["outcome"]
+            for row in gen.query_events(sql_in("event_id", [e.event_id for e, _ in events]))
+        }
+        audits = [apply_event(state, e, pos, decided.get(e.event_id)) for e, pos in events]
+        self._fill_vectors(state)
+
+        if audits:
+            gen.events(create=True).merge_insert("event_id").when_not_matched_insert_all().execute(
+                pa.Table.from_pylist(audits, schema=EVENTS_SCHEMA)
+            )
+        upserts = [row for mid in state.changed if (row := state.rows[mid]) is not None]
+        deletes = [mid for mid in state.changed if state.rows[mid] is None]
+        if upserts or deletes:
+            table = gen.memories(create=True)
+            if upserts:
+                table.merge_insert("id").when_matched_update_all().when_not_matched_insert_all().execute(
+                    pa.Table.from_pylist(upserts, schema=memories_schema(gen.dim))
+                )
+            if deletes:
+                table.delete(sql_in("id", deletes))
+        new_cp = dict(cp)
+        for r in records:
+            p = r.position.partition
+            new_cp[p] = max(new_cp.get(p, 0), r.position.offset + 1)
+        gen.write_checkpoint(new_cp)
+        self._batches += 1
+        if self._batches % MAINTENANCE_EVERY == 1:
+            self.maintain(gen)
+        return new_cp
+
+    def maintain(self, gen: Generation) -> None:
+        """Compact small fragments and keep scalar indexes current."""
+        gen.ensure_indexes()
+        for table in (gen.memories(), gen.events()):
+            if table is not None and self._batches > 1:
+                table.optimize()
+
+    def _fill_vectors(self, state: BatchState) -> None:
+        rows = [r for mid in state.needs_vector if (r := state.rows[mid]) is not None]
+        if not rows:
+            return
+        vectors = self.embed_texts([r["text"] for r in rows])
+        for row, vec in zip(rows, vectors, strict=True):
+            row["vector"] = vec.tolist()
+
+    def embed_texts(self, texts: list[str]) -> np.ndarray:
+        """Embed through the (model, sha256(text)) cache; only misses reach the model."""
+        keys = [text_hash(t) for t in texts]
+        found = self.cache.get_many(sorted(set(keys)))
+        missing = sorted({k: t for k, t in zip(keys, texts, strict=True) if k not in found}.items())
+        if missing:
+            vecs = self.embedder.embed([t for _, t in missing])
+            fresh = {k: v for (k, _), v in zip(missing, vecs, strict=True)}
+            self.cache.put_many(fresh)
+            found.update(fresh)
+        if not texts:
+            return np.zeros((0, self.embedder.dim), dtype=np.float32)
+        return np.stack([found[k] for k in keys])
+
+    # -- replay --------------------------------------------------------------------------
+    async def replay(self, progress: Callable[[int, int], Any] | None = None) -> Generation:
+        """Rebuild every projection from offset 0 into a fresh generation, then swap it in."""
+        async with self._alock:
+            new = self.store.new_generation()
+            reader = await self.log.reader({})
+            try:
+                target = await self.log.end_offsets()
+                total = sum(target.values())
+                done = 0
+                cp: Offsets = {}
+                while True:
+                    if covers(cp, target):
+                        async with self._flock():
+                            target = await self.log.end_offsets()
+                            if covers(cp, target):
+                                gen_any: Any = new
+                                self.maintain(gen_any)
+                                self.store.promote(new.path.name)
+                                break
+                    batch = await reader.next_batch(self.batch_size, timeout_s=0.5)
+                    if batch:
+                        cp = await asyncio.to_thread(self._apply_sync, new, batch, cp)
+                        done += len(batch)
+                        if progress is not None:
+                            progress(done, max(total, done))
+            finally:
+                await reader.close()
+            self._gen = None
+        self.generation()
+        return new

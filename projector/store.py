@@ -1,0 +1,235 @@
+"""The LanceDB projections of the log, in swappable generations.
+
+A generation is a directory holding the LanceDB tables (`memories`, `events`) and the
+checkpoint (next log offset per partition) they reflect. `CURRENT` names the live one;
+`replay` builds a new generation from offset 0 and swaps `CURRENT` atomically, so readers
+never see a half-built projection. Wiping `projections/` is safe: the next catch-up rebuilds
+from the log. The embedding cache lives outside generations so replay does not pay for the
+model twice.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lancedb
+import numpy as np
+import pyarrow as pa
+
+from memstream.log.base import Offsets
+from memstream.projector.tables import ENTITY_COLUMNS, EVENTS_SCHEMA, memories_schema
+from memstream.sqlutil import sql_in, sql_str
+
+INDEXED_COLUMNS = ("org_id", "project_id", *ENTITY_COLUMNS)
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + f".{uuid.uuid4().hex}.tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+@dataclass
+class GenerationMeta:
+    embedder: str
+    dim: int
+
+
+class Generation:
+    """One LanceDB database + its checkpoint. Only the projector writes to it."""
+
+    def __init__(self, path: Path, dim: int) -> None:
+        self.path = path
+        self.dim = dim
+        self.db = lancedb.connect(path / "lance", read_consistency_interval=dt.timedelta(0))
+        self._memories: Any = None
+        self._events: Any = None
+
+    # tables are created lazily, so a read of an empty generation needs no writer
+    def _open(self, name: str, schema: pa.Schema, create: bool) -> Any:
+        try:
+            return self.db.open_table(name)
+        except (FileNotFoundError, ValueError):
+            if not create:
+                return None
+            try:
+                return self.db.create_table(name, schema=schema)
+            except (OSError, ValueError):  # created concurrently
+                return self.db.open_table(name)
+
+    def memories(self, create: bool = False) -> Any:
+        if self._memories is None:
+            self._memories = self._open("memories", memories_schema(self.dim), create)
+        return self._memories
+
+    def events(self, create: bool = False) -> Any:
+        if self._events is None:
+            self._events = self._open("events", EVENTS_SCHEMA, create)
+        return self._events
+
+    # -- checkpoint ----------------------------------------------------------------------
+    def checkpoint(self) -> Offsets:
+        path = self.path / "checkpoint.json"
+        if not path.exists():
+            return {}
+        data = json.loads(path.read_text())
+        return {int(p): int(o) for p, o in data["offsets"].items()}
+
+    def write_checkpoint(self, offsets: Offsets) -> None:
+        _atomic_write(
+            self.path / "checkpoint.json",
+            json.dumps({"offsets": {str(p): o for p, o in sorted(offsets.items())}}),
+        )
+
+    # -- reads used by the projector and the query layer ---------------------------------
+    def query_memories(self, where: str, columns: list[str] | None = None) -> list[dict[str, Any]]:
+        table = self.memories()
+        if table is None:
+            return []
+        q = table.search().where(where).limit(None)
+        if columns is not None:
+            q = q.select(columns)
+        rows: list[dict[str, Any]] = q.to_arrow().to_pylist()
+        return rows
+
+    def query_events(self, where: str) -> list[dict[str, Any]]:
+        table = self.events()
+        if table is None:
+            return []
+        rows: list[dict[str, Any]] = table.search().where(where).limit(None).to_arrow().to_pylist()
+        return rows
+
+    def ensure_indexes(self) -> None:
+        """Scalar indexes on every filterable id; Lance keeps them updated on optimize()."""
+        table = self.memories()
+        if table is None or table.count_rows() == 0:
+            return
+        existing = {tuple(ix.columns) for ix in table.list_indices()}
+        for column in ("id", *INDEXED_COLUMNS, "hash"):
+            if (column,) not in existing:
+                table.create_scalar_index(column, index_type="BTREE")
+        events = self.events()
+        if events is not None and events.count_rows() > 0:
+            existing = {tuple(ix.columns) for ix in events.list_indices()}
+            for column in ("event_id", "memory_id", "project_id", "request_id"):
+                if (column,) not in existing:
+                    events.create_scalar_index(column, index_type="BTREE")
+
+
+class ProjectionStore:
+    """Finds the live generation and creates new ones (for replay)."""
+
+    def __init__(self, data_dir: Path, dim: int, embedder: str) -> None:
+        self.root = data_dir / "projections"
+        self.dim = dim
+        self.embedder = embedder
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def current_name(self) -> str | None:
+        path = self.root / "CURRENT"
+        return path.read_text().strip() if path.exists() else None
+
+    def current(self) -> Generation:
+        name = self.current_name()
+        if name is None or not (self.root / name).exists():
+            name = self._create(promote=True)
+        meta = self.meta(name)
+        return Generation(self.root / name, meta.dim)
+
+    def meta(self, name: str) -> GenerationMeta:
+        data = json.loads((self.root / name / "meta.json").read_text())
+        return GenerationMeta(embedder=data["embedder"], dim=int(data["dim"]))
+
+    def _create(self, promote: bool) -> str:
+        name = "gen-" + dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+        path = self.root / name
+        path.mkdir(parents=True)
+        _atomic_write(path / "meta.json", json.dumps({"embedder": self.embedder, "dim": self.dim}))
+        if promote:
+            self.promote(name)
+        return name
+
+    def new_generation(self) -> Generation:
+        name = self._create(promote=False)
+        return Generation(self.root / name, self.dim)
+
+    def promote(self, name: str) -> None:
+        old = self.current_name()
+        _atomic_write(self.root / "CURRENT", name)
+        if old and old != name and (self.root / old).exists():
+            shutil.rmtree(self.root / old, ignore_errors=True)
+
+
+class EmbeddingCache:
+    """(model, sha256(text)) -> vector, in LanceDB beside the generations, plus an in-memory map."""
+
+    def __init__(self, data_dir: Path, model: str, dim: int, memory_items: int = 100_000) -> None:
+        self.model = model
+        self.dim = dim
+        self.db = lancedb.connect(data_dir / "cache", read_consistency_interval=dt.timedelta(0))
+        self.table_name = "embeddings_" + "".join(c if c.isalnum() else "_" for c in model)
+        self._mem: dict[str, np.ndarray] = {}
+        self._memory_items = memory_items
+        self._table: Any = None
+
+    def _tbl(self, create: bool) -> Any:
+        if self._table is None:
+            schema = pa.schema(
+                [pa.field("key", pa.string(), nullable=False), pa.field("vector", pa.list_(pa.float32(), self.dim))]
+            )
+            try:
+                self._table = self.db.open_table(self.table_name)
+            except (FileNotFoundError, ValueError):
+                if not create:
+                    return None
+                try:
+                    self._table = self.db.create_table(self.table_name, schema=schema)
+                except (OSError, ValueError):
+                    self._table = self.db.open_table(self.table_name)
+        return self._table
+
+    def get_many(self, keys: list[str]) -> dict[str, np.ndarray]:
+        found = {k: self._mem[k] for k in keys if k in self._mem}
+        missing = [k for k in keys if k not in found]
+        table = self._tbl(create=False)
+        if missing and table is not None:
+            for i in range(0, len(missing), 500):
+                chunk = missing[i : i + 500]
+                rows = table.search().where(sql_in("key", chunk)).limit(None).to_arrow()
+                for key, vec in zip(rows["key"].to_pylist(), rows["vector"].to_pylist(), strict=True):
+                    found[key] = np.asarray(vec, dtype=np.float32)
+        return found
+
+    def put_many(self, items: dict[str, np.ndarray]) -> None:
+        if not items:
+            return
+        table = self._tbl(create=True)
+        data = pa.table(
+            {
+                "key": pa.array(list(items), pa.string()),
+                "vector": pa.FixedSizeListArray.from_arrays(
+                    pa.array(np.concatenate([v.astype(np.float32) for v in items.values()])), self.dim
+                ),
+            }
+        )
+        table.merge_insert("key").when_not_matched_insert_all().execute(data)
+        if len(self._mem) + len(items) > self._memory_items:
+            self._mem.clear()
+        self._mem.update(items)
+
+
+def where_ids(ids: list[str]) -> str:
+    return sql_in("id", ids)
+
+
+__all__ = ["EmbeddingCache", "Generation", "ProjectionStore", "sql_str", "where_ids"]

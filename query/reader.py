@@ -1,0 +1,139 @@
+"""The read side: get, get_all (paged), search and history over the live projection.
+
+Every predicate starts from `compile_filters`, which pins the caller's org and project and
+applies implicit null scoping, so no read can reach another tenant or widen by accident.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping
+from typing import Any
+
+from memstream.errors import NotFoundError, ValidationError
+from memstream.models import HistoryEntry, MemoryView, Page, Tenant
+from memstream.projector.projector import Projector
+from memstream.query.filters import compile_filters
+from memstream.sqlutil import sql_in, sql_str
+
+MEMORY_COLUMNS = [
+    "id", "org_id", "project_id", "user_id", "agent_id", "app_id", "run_id", "text", "hash",
+    "metadata", "categories", "created_at", "updated_at", "expiration_date", "immutable",
+]  # fmt: skip
+MAX_PAGE_SIZE = 1000
+
+
+def tenant_predicate(tenant: Tenant) -> str:
+    return f"org_id = {sql_str(tenant.org_id)} AND project_id = {sql_str(tenant.project_id)}"
+
+
+def not_expired(today: dt.date | None = None) -> str:
+    """A memory is live through its expiration date, hidden from the day after."""
+    day = (today or dt.datetime.now(dt.UTC).date()).isoformat()
+    return f"(expiration_date IS NULL OR expiration_date >= {sql_str(day)})"
+
+
+class MemoryReader:
+    def __init__(self, projector: Projector) -> None:
+        self.projector = projector
+
+    def _predicate(self, tenant: Tenant, filters: Mapping[str, Any] | None, show_expired: bool) -> str:
+        compiled = compile_filters(filters, org_id=tenant.org_id, project_id=tenant.project_id)
+        pred = f"({compiled.lance})"
+        if not show_expired:
+            pred += " AND " + not_expired()
+        return pred
+
+    def get(self, tenant: Tenant, memory_id: str) -> MemoryView:
+        if not isinstance(memory_id, str) or not memory_id:
+            raise ValidationError("memory_id: must be a non-empty string")
+        rows = self.projector.generation().query_memories(
+            f"{tenant_predicate(tenant)} AND id = {sql_str(memory_id)}", MEMORY_COLUMNS
+        )
+        if not rows:
+            raise NotFoundError(f"Memory not found: {memory_id}")
+        return MemoryView.from_row(rows[0])
+
+    def get_all(
+        self,
+        tenant: Tenant,
+        filters: Mapping[str, Any] | None,
+        *,
+        page: int = 1,
+        page_size: int = 100,
+        show_expired: bool = False,
+    ) -> Page:
+        if page < 1:
+            raise ValidationError("page: must be >= 1")
+        if not 1 <= page_size <= MAX_PAGE_SIZE:
+            raise ValidationError(f"page_size: must be between 1 and {MAX_PAGE_SIZE}")
+        rows = self.projector.generation().query_memories(
+            self._predicate(tenant, filters, show_expired), MEMORY_COLUMNS
+        )
+        rows.sort(key=lambda r: (-r["created_at"], r["id"]))
+        start = (page - 1) * page_size
+        return Page(
+            count=len(rows),
+            page=page,
+            page_size=page_size,
+            results=[MemoryView.from_row(r) for r in rows[start : start + page_size]],
+        )
+
+    def search(
+        self,
+        tenant: Tenant,
+        query: str,
+        filters: Mapping[str, Any] | None,
+        *,
+        top_k: int = 10,
+        threshold: float | None = None,
+        show_expired: bool = False,
+    ) -> list[MemoryView]:
+        if not isinstance(query, str) or not query.strip():
+            raise ValidationError("query: must be a non-empty string")
+        if not 1 <= top_k <= 1000:
+            raise ValidationError("top_k: must be between 1 and 1000")
+        if threshold is not None and not 0.0 <= threshold <= 1.0:
+            raise ValidationError("threshold: must be between 0 and 1")
+        pred = self._predicate(tenant, filters, show_expired)
+        table = self.projector.generation().memories()
+        if table is None:
+            return []
+        vector = self.projector.embedder.embed_one(query.strip())
+        rows = (
+            table.search(vector)
+            .metric("cosine")
+            .where(pred, prefilter=True)
+            .select([*MEMORY_COLUMNS, "_distance"])
+            .limit(top_k)
+            .to_arrow()
+            .to_pylist()
+        )
+        out = []
+        for row in rows:
+            score = max(0.0, min(1.0, 1.0 - float(row["_distance"])))
+            if threshold is None or score >= threshold:
+                out.append(MemoryView.from_row(row, score=round(score, 6)))
+        return out
+
+    def history(self, tenant: Tenant, memory_id: str) -> list[HistoryEntry]:
+        """Every event of a memory, in log order: the log is the audit trail."""
+        rows = self.projector.generation().query_events(
+            f"{tenant_predicate(tenant)} AND (memory_id = {sql_str(memory_id)} "
+            f"OR resolved_memory_id = {sql_str(memory_id)})"
+        )
+        if not rows:
+            raise NotFoundError(f"Memory not found: {memory_id}")
+        rows.sort(key=lambda r: (r["occurred_at"], r["partition"], r["offset"]))
+        return [HistoryEntry.from_row(r) for r in rows]
+
+    def events_for_request(self, tenant: Tenant, request_id: str) -> list[dict[str, Any]]:
+        rows = self.projector.generation().query_events(
+            f"{tenant_predicate(tenant)} AND request_id = {sql_str(request_id)}"
+        )
+        rows.sort(key=lambda r: (r["partition"], r["offset"]))
+        return rows
+
+    def outcomes(self, event_ids: list[str]) -> dict[str, dict[str, Any]]:
+        rows = self.projector.generation().query_events(sql_in("event_id", event_ids))
+        return {r["event_id"]: r for r in rows}
