@@ -289,10 +289,14 @@ def replay() -> None:
 
 
 @app.command()
-def project(once: bool = typer.Option(False, "--once", help="catch up and exit")) -> None:
+def project(
+    once: bool = typer.Option(False, "--once", help="catch up and exit"),
+    batch_size: int = typer.Option(1000, "--batch-size", min=1, help="events per LanceDB write"),
+) -> None:
     """Run the projector standalone: consume the log into LanceDB until stopped."""
 
     async def body(ms: Memstream) -> int:
+        ms.projector.batch_size = batch_size
         if once:
             await ms.catch_up()
             return sum(ms.projector.checkpoint.values())
