@@ -62,8 +62,8 @@ class SchemaRegistry:
     def register(self, schema: dict[str, Any], *, current: bool = False) -> RegisteredSchema:
         """Add a schema. Older versions are registered with current=False: readable, never written."""
         named = dict(self._named) if not current else self._named
-        parsed = fastavro.schema.parse_schema(schema, named_schemas=named)
-        name = parsed["name"]
+        parsed: Any = fastavro.schema.parse_schema(schema, named_schemas=named)
+        name: str = parsed["name"]
         entry = RegisteredSchema(name, fingerprint_of(parsed), parsed)
         self._writers[entry.fingerprint] = entry
         if current:
@@ -103,9 +103,7 @@ class AvroCodec:
         writer = self.registry.writer(data[2:10])
         reader = self.registry.current.get(writer.name, writer)
         try:
-            record = fastavro.schemaless_reader(
-                io.BytesIO(data[10:]), writer.parsed, reader.parsed
-            )
+            record = fastavro.schemaless_reader(io.BytesIO(data[10:]), writer.parsed, reader.parsed)
         except Exception as exc:  # fastavro raises assorted errors on corrupt bodies
             raise SchemaError(f"cannot decode {writer.name}: {exc}") from exc
         assert isinstance(record, dict)

@@ -12,7 +12,7 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
@@ -48,21 +48,35 @@ state = State()
 @app.callback()
 def main_options(
     data_dir: Path = typer.Option(
-        None, "--data-dir", envvar="MEMSTREAM_DATA_DIR", help="Where the log and projections live.",
+        None,
+        "--data-dir",
+        envvar="MEMSTREAM_DATA_DIR",
+        help="Where the log and projections live.",
         show_default="./memstream-data",
     ),
     kafka: str = typer.Option(
-        None, "--kafka", envvar="KAFKA_BOOTSTRAP_SERVERS",
+        None,
+        "--kafka",
+        envvar="KAFKA_BOOTSTRAP_SERVERS",
         help="Kafka bootstrap servers; absent -> the embedded file log.",
     ),
-    topic: str = typer.Option(None, "--topic", envvar="MEMSTREAM_TOPIC", show_default="memstream.events"),
+    topic: str = typer.Option(
+        None, "--topic", envvar="MEMSTREAM_TOPIC", show_default="memstream.events"
+    ),
     embedder: str = typer.Option(
-        None, "--embedder", envvar="MEMSTREAM_EMBEDDER", show_default="minilm",
+        None,
+        "--embedder",
+        envvar="MEMSTREAM_EMBEDDER",
+        show_default="minilm",
         help="minilm | hashing | openai:<model> | sentence-transformers",
     ),
     org_id: str = typer.Option(None, "--org-id", envvar="MEMSTREAM_ORG_ID", show_default="local"),
-    project_id: str = typer.Option(None, "--project-id", envvar="MEMSTREAM_PROJECT_ID", show_default="default"),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON document (Mem0 REST shape)."),
+    project_id: str = typer.Option(
+        None, "--project-id", envvar="MEMSTREAM_PROJECT_ID", show_default="default"
+    ),
+    as_json: bool = typer.Option(
+        False, "--json", help="Print one JSON document (Mem0 REST shape)."
+    ),
 ) -> None:
     state.settings = Settings.from_env(
         data_dir=data_dir, kafka_bootstrap=kafka, topic=topic, embedder=embedder,
@@ -85,7 +99,7 @@ def run(body: Callable[[Memstream], Awaitable[T]], *, settings: Settings | None 
         fail("interrupted", code=130)
 
 
-def fail(message: str, code: int = 2) -> Any:
+def fail(message: str, code: int = 2) -> NoReturn:
     if state.json:
         print(json.dumps({"detail": message}))
     err.print(f"[red]error:[/red] {message}", highlight=False)
@@ -151,13 +165,20 @@ Filters = typer.Option(None, "--filters", help='JSON, e.g. \'{"user_id": "alice"
 # -- commands ----------------------------------------------------------------------------
 @app.command()
 def add(
-    text: str = typer.Argument(..., help="The memory text (or a JSON list of {role, content} messages)."),
-    user_id: str = UserId, agent_id: str = AgentId, app_id: str = AppId, run_id: str = RunId,
+    text: str = typer.Argument(
+        ..., help="The memory text (or a JSON list of {role, content} messages)."
+    ),
+    user_id: str = UserId,
+    agent_id: str = AgentId,
+    app_id: str = AppId,
+    run_id: str = RunId,
     metadata: str = typer.Option(None, "--metadata", help="JSON object"),
     categories: str = typer.Option(None, "--categories", help="comma-separated"),
     expiration_date: str = typer.Option(None, "--expiration-date", help="YYYY-MM-DD"),
     immutable: bool = typer.Option(False, "--immutable"),
-    request_id: str = typer.Option(None, "--request-id", help="idempotency key: a retry is a no-op"),
+    request_id: str = typer.Option(
+        None, "--request-id", help="idempotency key: a retry is a no-op"
+    ),
     no_wait: bool = typer.Option(False, "--no-wait", help="return once durable, before projection"),
 ) -> None:
     """Add a memory (each non-system message becomes one memory)."""
@@ -177,28 +198,42 @@ def add(
 def search(
     query: str = typer.Argument(...),
     filters: str = Filters,
-    user_id: str = UserId, agent_id: str = AgentId, app_id: str = AppId, run_id: str = RunId,
+    user_id: str = UserId,
+    agent_id: str = AgentId,
+    app_id: str = AppId,
+    run_id: str = RunId,
     top_k: int = typer.Option(10, "--top-k"),
     threshold: float = typer.Option(None, "--threshold", help="minimum score 0..1"),
     show_expired: bool = typer.Option(False, "--show-expired"),
 ) -> None:
     """Semantic search within a scope."""
-    f = entity_filters(filters, {"user_id": user_id, "agent_id": agent_id, "app_id": app_id, "run_id": run_id})
-    found = run(lambda ms: ms.search(query, f, top_k=top_k, threshold=threshold, show_expired=show_expired))
+    f = entity_filters(
+        filters, {"user_id": user_id, "agent_id": agent_id, "app_id": app_id, "run_id": run_id}
+    )
+    found = run(
+        lambda ms: ms.search(query, f, top_k=top_k, threshold=threshold, show_expired=show_expired)
+    )
     emit({"results": [m.to_api() for m in found]}, lambda: memory_table(found, f"search: {query}"))
 
 
 @app.command("get-all")
 def get_all(
     filters: str = Filters,
-    user_id: str = UserId, agent_id: str = AgentId, app_id: str = AppId, run_id: str = RunId,
+    user_id: str = UserId,
+    agent_id: str = AgentId,
+    app_id: str = AppId,
+    run_id: str = RunId,
     page: int = typer.Option(1, "--page"),
     page_size: int = typer.Option(100, "--page-size"),
     show_expired: bool = typer.Option(False, "--show-expired"),
 ) -> None:
     """List the memories of a scope, newest first."""
-    f = entity_filters(filters, {"user_id": user_id, "agent_id": agent_id, "app_id": app_id, "run_id": run_id})
-    result = run(lambda ms: ms.get_all(f, page=page, page_size=page_size, show_expired=show_expired))
+    f = entity_filters(
+        filters, {"user_id": user_id, "agent_id": agent_id, "app_id": app_id, "run_id": run_id}
+    )
+    result = run(
+        lambda ms: ms.get_all(f, page=page, page_size=page_size, show_expired=show_expired)
+    )
     emit(
         {"count": result.count, "page": result.page, "page_size": result.page_size,
          "results": [m.to_api() for m in result.results]},
@@ -217,14 +252,22 @@ def get(memory_id: str) -> None:
 def update(
     memory_id: str,
     text: str = typer.Option(None, "--text"),
-    metadata: str = typer.Option(None, "--metadata", help="JSON object (replaces the old metadata)"),
+    metadata: str = typer.Option(
+        None, "--metadata", help="JSON object (replaces the old metadata)"
+    ),
     categories: str = typer.Option(None, "--categories"),
-    expiration_date: str = typer.Option(None, "--expiration-date", help="YYYY-MM-DD, or 'none' to clear"),
+    expiration_date: str = typer.Option(
+        None, "--expiration-date", help="YYYY-MM-DD, or 'none' to clear"
+    ),
     request_id: str = typer.Option(None, "--request-id"),
 ) -> None:
     """Change a memory's text and/or metadata."""
     meta = parse_json("--metadata", metadata)
-    exp: Any = UNSET if expiration_date is None else (None if expiration_date == "none" else expiration_date)
+    exp: Any = (
+        UNSET
+        if expiration_date is None
+        else (None if expiration_date == "none" else expiration_date)
+    )
 
     async def body(ms: Memstream) -> MemoryView:
         await ms.update(memory_id, text=text, metadata=meta, categories=categories,
@@ -245,11 +288,16 @@ def delete(memory_id: str, request_id: str = typer.Option(None, "--request-id"))
 @app.command("delete-all")
 def delete_all(
     filters: str = Filters,
-    user_id: str = UserId, agent_id: str = AgentId, app_id: str = AppId, run_id: str = RunId,
+    user_id: str = UserId,
+    agent_id: str = AgentId,
+    app_id: str = AppId,
+    run_id: str = RunId,
     request_id: str = typer.Option(None, "--request-id"),
 ) -> None:
     """Delete every memory matching a scope (one MemoryDeleted per memory + an audit event)."""
-    f = entity_filters(filters, {"user_id": user_id, "agent_id": agent_id, "app_id": app_id, "run_id": run_id})
+    f = entity_filters(
+        filters, {"user_id": user_id, "agent_id": agent_id, "app_id": app_id, "run_id": run_id}
+    )
     count = run(lambda ms: ms.delete_all(f, request_id=request_id, actor=Actor(source="cli")))
     emit({"message": "Memories deleted successfully!", "count": count},
          lambda: out.print(f"deleted {count} memories"))  # fmt: skip
@@ -282,7 +330,9 @@ def replay() -> None:
             TimeElapsedColumn(), console=err, disable=state.json,
         ) as bar:  # fmt: skip
             task = bar.add_task("replaying", total=None)
-            return await ms.replay(lambda done, total: bar.update(task, completed=done, total=total))
+            return await ms.replay(
+                lambda done, total: bar.update(task, completed=done, total=total)
+            )
 
     n = run(body)
     emit({"message": "Replay complete", "events": n}, lambda: out.print(f"replayed {n} events"))
@@ -309,7 +359,10 @@ def project(
         return sum(ms.projector.checkpoint.values())
 
     n = run(body)
-    emit({"message": "Projector stopped", "position": n}, lambda: out.print(f"projected up to {n} events"))
+    emit(
+        {"message": "Projector stopped", "position": n},
+        lambda: out.print(f"projected up to {n} events"),
+    )
 
 
 @app.command()

@@ -21,7 +21,7 @@ from memstream.log.base import EventLog
 from memstream.service import Memstream
 from memstream.settings import Settings
 
-WRITES: list[tuple[str, dict[str, str]]] = [
+WRITES: list[tuple[str, dict[str, Any]]] = [
     ("I'm vegetarian and allergic to nuts", {"user_id": "alice"}),
     ("I live in Lisbon and work as a nurse", {"user_id": "alice"}),
     ("Alice prefers window seats on long flights", {"user_id": "alice", "agent_id": "travel_agent"}),
@@ -35,12 +35,16 @@ WRITES: list[tuple[str, dict[str, str]]] = [
 ]  # fmt: skip
 
 
-def _show(console: Console, title: str, filters: dict[str, Any], rows: list[Any], note: str) -> None:
+def _show(
+    console: Console, title: str, filters: dict[str, Any], rows: list[Any], note: str
+) -> None:
     table = Table(title=f"{title}   filters={filters}", title_justify="left")
     for col in ("memory", "agent_id", "run_id", "score"):
         table.add_column(col)
     for m in rows:
-        table.add_row(m.memory, m.agent_id or "-", m.run_id or "-", f"{m.score:.2f}" if m.score else "")
+        table.add_row(
+            m.memory, m.agent_id or "-", m.run_id or "-", f"{m.score:.2f}" if m.score else ""
+        )
     console.print(table)
     console.print(f"  [dim]{note}[/dim]\n")
 
@@ -70,7 +74,9 @@ async def _walk(settings: Settings, console: Console) -> None:
               "semantic search, scoped before ranking")  # fmt: skip
 
         console.rule("3. Delete one ticket; the other stays")
-        n = await ms.delete_all({"user_id": "alice", "run_id": "ticket-1"}, actor=Actor(source="demo"))
+        n = await ms.delete_all(
+            {"user_id": "alice", "run_id": "ticket-1"}, actor=Actor(source="demo")
+        )
         console.print(f"  deleted {n} memories of ticket-1")
         f5 = {"user_id": "alice", "run_id": "*"}
         _show(console, "alice's tickets now", f5, (await ms.get_all(f5)).results,
@@ -110,7 +116,9 @@ async def _print_log(log: EventLog, console: Console) -> None:
 def run_demo(settings: Settings, console: Console, *, keep: bool = False) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="memstream-demo-"))
     demo_settings = replace(settings, data_dir=tmp, topic=f"memstream.demo.{tmp.name}")
-    console.print(f"[bold]memstream demo[/bold] on {demo_settings.log_description}, data in {tmp}\n")
+    console.print(
+        f"[bold]memstream demo[/bold] on {demo_settings.log_description}, data in {tmp}\n"
+    )
     try:
         asyncio.run(_walk(demo_settings, console))
     finally:

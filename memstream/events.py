@@ -20,7 +20,6 @@ from typing import Any, ClassVar
 from memstream.avro import AvroCodec
 from memstream.scope import Scope
 
-
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 

@@ -74,9 +74,7 @@ class Scope:
             normalise_id("run_id", run_id),
         )
         if require_entity and not scope.has_entity():
-            raise ValidationError(
-                "at least one of user_id, agent_id, app_id, run_id is required"
-            )
+            raise ValidationError("at least one of user_id, agent_id, app_id, run_id is required")
         return scope
 
     def has_entity(self) -> bool:

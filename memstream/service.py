@@ -26,7 +26,9 @@ def open_log(settings: Settings) -> EventLog:
     if settings.kafka_bootstrap:
         from memstream.log.kafka import KafkaEventLog
 
-        return KafkaEventLog(settings.kafka_bootstrap, topic=settings.topic, partitions=settings.partitions)
+        return KafkaEventLog(
+            settings.kafka_bootstrap, topic=settings.topic, partitions=settings.partitions
+        )
     from memstream.log.file import FileEventLog
 
     return FileEventLog(settings.data_dir / "log")
@@ -77,17 +79,26 @@ class Memstream:
         await self.close()
 
     # -- writes --------------------------------------------------------------------------
-    async def add(self, messages: Any, *, tenant: Tenant | None = None, **kwargs: Any) -> list[WriteResult]:
+    async def add(
+        self, messages: Any, *, tenant: Tenant | None = None, **kwargs: Any
+    ) -> list[WriteResult]:
         return await self.writer.add(tenant or self.tenant, messages, **kwargs)
 
     async def update(
-        self, memory_id: str, *, tenant: Tenant | None = None, expiration_date: Any = UNSET, **kwargs: Any
+        self,
+        memory_id: str,
+        *,
+        tenant: Tenant | None = None,
+        expiration_date: Any = UNSET,
+        **kwargs: Any,
     ) -> WriteResult:
         return await self.writer.update(
             tenant or self.tenant, memory_id, expiration_date=expiration_date, **kwargs
         )
 
-    async def delete(self, memory_id: str, *, tenant: Tenant | None = None, **kwargs: Any) -> WriteResult:
+    async def delete(
+        self, memory_id: str, *, tenant: Tenant | None = None, **kwargs: Any
+    ) -> WriteResult:
         return await self.writer.delete(tenant or self.tenant, memory_id, **kwargs)
 
     async def delete_all(
@@ -100,7 +111,9 @@ class Memstream:
         if consistent and self._background is None:
             await self.projector.catch_up()
 
-    async def get(self, memory_id: str, *, tenant: Tenant | None = None, consistent: bool = True) -> MemoryView:
+    async def get(
+        self, memory_id: str, *, tenant: Tenant | None = None, consistent: bool = True
+    ) -> MemoryView:
         await self._fresh(consistent)
         return self.reader.get(tenant or self.tenant, memory_id)
 
@@ -113,7 +126,9 @@ class Memstream:
         **kwargs: Any,
     ) -> Page:
         await self._fresh(consistent)
-        return await asyncio.to_thread(self.reader.get_all, tenant or self.tenant, filters, **kwargs)
+        return await asyncio.to_thread(
+            self.reader.get_all, tenant or self.tenant, filters, **kwargs
+        )
 
     async def search(
         self,
@@ -125,7 +140,9 @@ class Memstream:
         **kwargs: Any,
     ) -> list[MemoryView]:
         await self._fresh(consistent)
-        return await asyncio.to_thread(self.reader.search, tenant or self.tenant, query, filters, **kwargs)
+        return await asyncio.to_thread(
+            self.reader.search, tenant or self.tenant, query, filters, **kwargs
+        )
 
     async def history(
         self, memory_id: str, *, tenant: Tenant | None = None, consistent: bool = True

@@ -100,5 +100,7 @@ def request_id(value: Any) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str) or not value.strip() or len(value) > MAX_ID:
-        raise ValidationError(f"request_id: must be a non-empty string of at most {MAX_ID} characters")
+        raise ValidationError(
+            f"request_id: must be a non-empty string of at most {MAX_ID} characters"
+        )
     return value

@@ -12,6 +12,11 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from memstream.producers import validation as v
+from memstream.projector.projector import Projector
+from memstream.query.filters import compile_filters
+from memstream.query.reader import MemoryReader
+
 from memstream.errors import ConflictError, ValidationError
 from memstream.events import (
     Actor,
@@ -26,10 +31,6 @@ from memstream.events import (
 )
 from memstream.log.base import EventLog, Position
 from memstream.models import MemoryView, Tenant, WriteResult
-from memstream.producers import validation as v
-from memstream.projector.projector import Projector
-from memstream.query.filters import compile_filters
-from memstream.query.reader import MemoryReader
 from memstream.scope import ENTITY_FIELDS, Scope
 
 UNSET: Any = object()
@@ -37,7 +38,12 @@ UNSET: Any = object()
 
 def _scope_of(memory: MemoryView) -> Scope:
     return Scope(
-        memory.org_id, memory.project_id, memory.user_id, memory.agent_id, memory.app_id, memory.run_id
+        memory.org_id,
+        memory.project_id,
+        memory.user_id,
+        memory.agent_id,
+        memory.app_id,
+        memory.run_id,
     )
 
 
@@ -123,7 +129,9 @@ class MemoryWriter:
         wait: bool = True,
     ) -> WriteResult:
         if text is None and metadata is None and categories is None and expiration_date is UNSET:
-            raise ValidationError("update: give at least one of text, metadata, categories, expiration_date")
+            raise ValidationError(
+                "update: give at least one of text, metadata, categories, expiration_date"
+            )
         new_text = v.check_text(text) if text is not None else None
         meta = v.metadata_json(metadata) if metadata is not None else None
         cats = v.categories_list(categories) if categories is not None else None
@@ -143,7 +151,9 @@ class MemoryWriter:
             expiration_date=expires, set_expiration_date=set_exp,
         )  # fmt: skip
         await self._append([event], wait)
-        return WriteResult(memory_id, "UPDATE", new_text or current.memory, event.event_id, not wait)
+        return WriteResult(
+            memory_id, "UPDATE", new_text or current.memory, event.event_id, not wait
+        )
 
     async def delete(
         self,
@@ -189,13 +199,17 @@ class MemoryWriter:
         ids: list[MemoryView] = []
         page = 1
         while True:
-            chunk = self.reader.get_all(tenant, filters, page=page, page_size=1000, show_expired=True)
+            chunk = self.reader.get_all(
+                tenant, filters, page=page, page_size=1000, show_expired=True
+            )
             ids.extend(chunk.results)
             if page * chunk.page_size >= chunk.count:
                 break
             page += 1
         who = actor or Actor()
-        simple = {k: filters[k] for k in ENTITY_FIELDS if filters and isinstance(filters.get(k), str)}
+        simple = {
+            k: filters[k] for k in ENTITY_FIELDS if filters and isinstance(filters.get(k), str)
+        }
         audit_scope = Scope(tenant.org_id, tenant.project_id, **{
             k: val for k, val in simple.items() if val != "*"
         })  # fmt: skip

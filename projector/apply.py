@@ -25,7 +25,12 @@ from memstream.scope import Scope
 
 def scope_of_row(row: dict[str, Any]) -> Scope:
     return Scope(
-        row["org_id"], row["project_id"], row["user_id"], row["agent_id"], row["app_id"], row["run_id"]
+        row["org_id"],
+        row["project_id"],
+        row["user_id"],
+        row["agent_id"],
+        row["app_id"],
+        row["run_id"],
     )
 
 
@@ -58,6 +63,14 @@ class BatchState:
             and (row["partition"], row["created_offset"]) < (before.partition, before.offset)
         ]
         return min(candidates)[1] if candidates else None
+
+    def upserts(self) -> list[dict[str, Any]]:
+        """Rows to write: changed by this batch and still live."""
+        return [row for mid in sorted(self.changed) if (row := self.rows[mid]) is not None]
+
+    def deletes(self) -> list[str]:
+        """Ids to delete: changed by this batch and now absent."""
+        return [mid for mid in sorted(self.changed) if self.rows[mid] is None]
 
     def _remove(self, memory_id: str) -> dict[str, Any] | None:
         row = self.rows.get(memory_id)
@@ -137,7 +150,11 @@ def apply_event(
             position,
             "DELETE_ALL",
             payload=json.dumps(
-                {"filters": json.loads(event.filters), "count": event.count, "memory_ids": list(event.memory_ids)}
+                {
+                    "filters": json.loads(event.filters),
+                    "count": event.count,
+                    "memory_ids": list(event.memory_ids),
+                }
             ),
         )
     return _audit(event, position, "NOOP")
@@ -152,13 +169,20 @@ def _apply_added(
         metadata=event.metadata,
         categories=list(event.categories),
         payload=json.dumps(
-            {"expiration_date": event.expiration_date, "immutable": event.immutable, "hash": event.hash}
+            {
+                "expiration_date": event.expiration_date,
+                "immutable": event.immutable,
+                "hash": event.hash,
+            }
         ),
     )
     existing = state.rows.get(event.memory_id)
     if existing is not None:
         # already applied (crash replay) or an id collision: either way nothing changes
-        same = existing["created_offset"] == position.offset and existing["partition"] == position.partition
+        same = (
+            existing["created_offset"] == position.offset
+            and existing["partition"] == position.partition
+        )
         return _audit(event, position, "ADD" if same else "NOOP", **audit)
     holder_id = state.holder(event.scope, event.hash, position) if check_duplicate else None
     if holder_id is not None:
@@ -199,7 +223,10 @@ def _apply_updated(state: BatchState, event: MemoryUpdated, position: Position) 
         metadata=event.metadata,
         categories=list(event.categories) if event.categories is not None else None,
         payload=json.dumps(
-            {"expiration_date": event.expiration_date, "set_expiration_date": event.set_expiration_date}
+            {
+                "expiration_date": event.expiration_date,
+                "set_expiration_date": event.set_expiration_date,
+            }
         ),
     )
     if row is None or row["immutable"]:

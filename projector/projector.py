@@ -20,14 +20,14 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+from memstream.projector.apply import BatchState, apply_event
+from memstream.projector.store import EmbeddingCache, Generation, ProjectionStore
+from memstream.projector.tables import EVENTS_SCHEMA, memories_schema
 
 from memstream.embedders.base import Embedder
 from memstream.errors import MemstreamError, ValidationError
 from memstream.events import MemoryAdded, MemoryUpdated, decode_event, text_hash
 from memstream.log.base import EventLog, LogReader, LogRecord, Offsets, Position
-from memstream.projector.apply import BatchState, apply_event
-from memstream.projector.store import EmbeddingCache, Generation, ProjectionStore
-from memstream.projector.tables import EVENTS_SCHEMA, memories_schema
 from memstream.sqlutil import sql_in
 
 log = logging.getLogger("memstream.projector")
@@ -204,7 +204,9 @@ class Projector:
     def _apply_sync(self, gen: Generation, records: list[LogRecord], cp: Offsets) -> Offsets:
         events = [(decode_event(r.value), r.position) for r in records]
         ids = {e.memory_id for e, _ in events if e.memory_id}
-        hashes = {e.hash for e, _ in events if isinstance(e, MemoryAdded | MemoryUpdated) and e.hash}
+        hashes = {
+            e.hash for e, _ in events if isinstance(e, MemoryAdded | MemoryUpdated) and e.hash
+        }
         state = BatchState()
         where = " OR ".join(p for p in (sql_in("id", ids), sql_in("hash", hashes)) if p != "false")
         if where:
@@ -221,12 +223,13 @@ class Projector:
             gen.events(create=True).merge_insert("event_id").when_not_matched_insert_all().execute(
                 pa.Table.from_pylist(audits, schema=EVENTS_SCHEMA)
             )
-        upserts = [row for mid in state.changed if (row := state.rows[mid]) is not None]
-        deletes = [mid for mid in state.changed if state.rows[mid] is None]
+        upserts, deletes = state.upserts(), state.deletes()
         if upserts or deletes:
             table = gen.memories(create=True)
             if upserts:
-                table.merge_insert("id").when_matched_update_all().when_not_matched_insert_all().execute(
+                table.merge_insert(
+                    "id"
+                ).when_matched_update_all().when_not_matched_insert_all().execute(
                     pa.Table.from_pylist(upserts, schema=memories_schema(gen.dim))
                 )
             if deletes:

@@ -22,9 +22,9 @@ from typing import Any
 import lancedb
 import numpy as np
 import pyarrow as pa
+from memstream.projector.tables import ENTITY_COLUMNS, EVENTS_SCHEMA, memories_schema
 
 from memstream.log.base import Offsets
-from memstream.projector.tables import ENTITY_COLUMNS, EVENTS_SCHEMA, memories_schema
 from memstream.sqlutil import sql_in, sql_str
 
 INDEXED_COLUMNS = ("org_id", "project_id", *ENTITY_COLUMNS)
@@ -151,7 +151,9 @@ class ProjectionStore:
         return GenerationMeta(embedder=data["embedder"], dim=int(data["dim"]))
 
     def _create(self, promote: bool) -> str:
-        name = "gen-" + dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+        name = (
+            "gen-" + dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+        )
         path = self.root / name
         path.mkdir(parents=True)
         _atomic_write(path / "meta.json", json.dumps({"embedder": self.embedder, "dim": self.dim}))
@@ -185,7 +187,10 @@ class EmbeddingCache:
     def _tbl(self, create: bool) -> Any:
         if self._table is None:
             schema = pa.schema(
-                [pa.field("key", pa.string(), nullable=False), pa.field("vector", pa.list_(pa.float32(), self.dim))]
+                [
+                    pa.field("key", pa.string(), nullable=False),
+                    pa.field("vector", pa.list_(pa.float32(), self.dim)),
+                ]
             )
             try:
                 self._table = self.db.open_table(self.table_name)
@@ -206,7 +211,9 @@ class EmbeddingCache:
             for i in range(0, len(missing), 500):
                 chunk = missing[i : i + 500]
                 rows = table.search().where(sql_in("key", chunk)).limit(None).to_arrow()
-                for key, vec in zip(rows["key"].to_pylist(), rows["vector"].to_pylist(), strict=True):
+                for key, vec in zip(
+                    rows["key"].to_pylist(), rows["vector"].to_pylist(), strict=True
+                ):
                     found[key] = np.asarray(vec, dtype=np.float32)
         return found
 
@@ -218,7 +225,8 @@ class EmbeddingCache:
             {
                 "key": pa.array(list(items), pa.string()),
                 "vector": pa.FixedSizeListArray.from_arrays(
-                    pa.array(np.concatenate([v.astype(np.float32) for v in items.values()])), self.dim
+                    pa.array(np.concatenate([v.astype(np.float32) for v in items.values()])),
+                    self.dim,
                 ),
             }
         )

@@ -10,10 +10,11 @@ import datetime as dt
 from collections.abc import Mapping
 from typing import Any
 
-from memstream.errors import NotFoundError, ValidationError
-from memstream.models import HistoryEntry, MemoryView, Page, Tenant
 from memstream.projector.projector import Projector
 from memstream.query.filters import compile_filters
+
+from memstream.errors import NotFoundError, ValidationError
+from memstream.models import HistoryEntry, MemoryView, Page, Tenant
 from memstream.sqlutil import sql_in, sql_str
 
 MEMORY_COLUMNS = [
@@ -37,7 +38,9 @@ class MemoryReader:
     def __init__(self, projector: Projector) -> None:
         self.projector = projector
 
-    def _predicate(self, tenant: Tenant, filters: Mapping[str, Any] | None, show_expired: bool) -> str:
+    def _predicate(
+        self, tenant: Tenant, filters: Mapping[str, Any] | None, show_expired: bool
+    ) -> str:
         compiled = compile_filters(filters, org_id=tenant.org_id, project_id=tenant.project_id)
         pred = f"({compiled.lance})"
         if not show_expired:

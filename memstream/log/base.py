@@ -76,7 +76,9 @@ class EventLog(ABC):
         """Next offset to be written, per partition: reading up to here is 'caught up'."""
 
     @abstractmethod
-    async def reader(self, start: Offsets | None = None, *, group_id: str | None = None) -> LogReader:
+    async def reader(
+        self, start: Offsets | None = None, *, group_id: str | None = None
+    ) -> LogReader:
         """A reader positioned at `start` (missing partitions start at 0).
 
         `group_id` names the consumer group whose progress `LogReader.commit` records

@@ -94,7 +94,9 @@ class FileEventLog(EventLog):
             (self.directory / "groups").mkdir(exist_ok=True)
             self._lock_fd = os.open(self.directory / "log.lock", os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
-            raise LogUnavailableError(f"cannot open the event log in {self.directory}: {exc}") from exc
+            raise LogUnavailableError(
+                f"cannot open the event log in {self.directory}: {exc}"
+            ) from exc
 
     async def close(self) -> None:
         if self._lock_fd is not None:
@@ -173,7 +175,9 @@ class FileEventLog(EventLog):
             self._tail = tail
             return tail
 
-    async def reader(self, start: Offsets | None = None, *, group_id: str | None = None) -> LogReader:
+    async def reader(
+        self, start: Offsets | None = None, *, group_id: str | None = None
+    ) -> LogReader:
         if self._lock_fd is None:
             await self.start()
         return FileLogReader(self, (start or {}).get(0, 0), group_id)

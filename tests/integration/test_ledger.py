@@ -74,28 +74,48 @@ def test_scoping_delete_all_and_replay(settings: Settings) -> None:
             assert len(written) == len(scopes()) * 2 == 72
 
             # implicit null scoping: only alice's memories with no agent, app or run
-            only_alice = expected(written, lambda w: w["user_id"] == "alice" and "agent_id" not in w and "run_id" not in w)
+            only_alice = expected(
+                written,
+                lambda w: w["user_id"] == "alice" and "agent_id" not in w and "run_id" not in w,
+            )
             assert len(only_alice) == 2
             assert await ids_of(ms, {"user_id": "alice"}) == only_alice
             # "*" = any non-null run (agent still null: it is not named)
-            runs = expected(written, lambda w: w["user_id"] == "alice" and "run_id" in w and "agent_id" not in w)
+            runs = expected(
+                written, lambda w: w["user_id"] == "alice" and "run_id" in w and "agent_id" not in w
+            )
             assert len(runs) == 6
             assert await ids_of(ms, {"user_id": "alice", "run_id": "*"}) == runs
             # a list matches any of several values
-            agents = expected(written, lambda w: w["user_id"] == "alice" and w.get("agent_id") in ("a1", "a2") and "run_id" not in w)
+            agents = expected(
+                written,
+                lambda w: (
+                    w["user_id"] == "alice"
+                    and w.get("agent_id") in ("a1", "a2")
+                    and "run_id" not in w
+                ),
+            )
             assert len(agents) == 4
             assert await ids_of(ms, {"user_id": "alice", "agent_id": ["a1", "a2"]}) == agents
             # every exact scope returns exactly its own two memories
             before = {}
             for ids in scopes():
                 got = await ids_of(ms, dict(ids))
-                assert got == expected(written, lambda w, ids=ids: {k: w.get(k) for k in ("user_id", "agent_id", "run_id")} == {k: ids.get(k) for k in ("user_id", "agent_id", "run_id")})
+                assert got == expected(
+                    written,
+                    lambda w, ids=ids: (
+                        {k: w.get(k) for k in ("user_id", "agent_id", "run_id")}
+                        == {k: ids.get(k) for k in ("user_id", "agent_id", "run_id")}
+                    ),
+                )
                 assert len(got) == 2
                 before[tuple(sorted(ids.items()))] = got
 
             # search is scoped before ranking
             hits = await ms.search("fact one", {"user_id": "bob", "run_id": "*"}, top_k=50)
-            assert {h.id for h in hits} == expected(written, lambda w: w["user_id"] == "bob" and "run_id" in w and "agent_id" not in w)
+            assert {h.id for h in hits} == expected(
+                written, lambda w: w["user_id"] == "bob" and "run_id" in w and "agent_id" not in w
+            )
 
             # delete_all removes exactly one session
             gone = await ids_of(ms, {"user_id": "alice", "run_id": "ticket-1"})
@@ -112,7 +132,9 @@ def test_scoping_delete_all_and_replay(settings: Settings) -> None:
             deletes = [e for e in events if isinstance(e, MemoryDeleted)]
             audits = [e for e in events if isinstance(e, DeleteAllRequested)]
             assert {e.memory_id for e in deletes} == gone
-            assert all(e.reason == "delete_all" and e.cause_event_id == audits[0].event_id for e in deletes)
+            assert all(
+                e.reason == "delete_all" and e.cause_event_id == audits[0].event_id for e in deletes
+            )
             assert len(audits) == 1 and audits[0].count == 2 and set(audits[0].memory_ids) == gone
 
             live = {key: await ids_of(ms, dict(key)) for key in before}
@@ -139,7 +161,9 @@ def test_duplicates_updates_history_and_idempotent_retries(settings: Settings) -
             assert other.event == "ADD" and other.id != first.id  # another scope: its own memory
 
             # two racing adds of the same text: exactly one memory, decided in log order
-            results = await asyncio.gather(*[ms.add("races to the log", user_id="dana") for _ in range(8)])
+            results = await asyncio.gather(
+                *[ms.add("races to the log", user_id="dana") for _ in range(8)]
+            )
             events = sorted(r[0].event for r in results)
             assert events == ["ADD"] + ["NONE"] * 7
             assert len({r[0].id for r in results}) == 1
@@ -158,7 +182,10 @@ def test_duplicates_updates_history_and_idempotent_retries(settings: Settings) -
                 await ms.get(first.id)
             hist = await ms.history(first.id)
             assert [h.event for h in hist] == ["ADD", "NONE", "UPDATE", "DELETE"]
-            assert (hist[2].old_memory, hist[2].new_memory) == ("likes green tea", "likes jasmine tea")
+            assert (hist[2].old_memory, hist[2].new_memory) == (
+                "likes green tea",
+                "likes jasmine tea",
+            )
             assert hist[3].reason == "api"
             assert (await ms.get_all({"user_id": "dana"})).count == count - 1
 
@@ -178,7 +205,10 @@ def test_bad_input_is_a_clear_error_and_writes_nothing(settings: Settings) -> No
                 (ms.add("x", user_id="erin", agent_id=["a"]), "agent_id: must be a string"),
                 (ms.add("x"), "at least one of user_id"),
                 (ms.add("x", user_id="erin", metadata="nope"), "metadata: must be a JSON object"),
-                (ms.add([{"role": "user", "content": 3}], user_id="erin"), r"messages\[0\].content"),
+                (
+                    ms.add([{"role": "user", "content": 3}], user_id="erin"),
+                    r"messages\[0\].content",
+                ),
                 (ms.get_all({"user_id": "erin", "colour": "red"}), "colour"),
                 (ms.get_all({"user_id": 7}), "filters.user_id"),
                 (ms.get_all({}), "at least one of"),

@@ -13,15 +13,23 @@ import time
 from pathlib import Path
 
 from memstream.events import MemoryAdded, message_of, new_id, text_hash
+from memstream.scope import Scope
 from memstream.service import open_log
 from memstream.settings import Settings
-from memstream.scope import Scope
 
 N = 5000
 
 
 def cli_args(settings: Settings) -> list[str]:
-    args = [sys.executable, "-m", "memstream.cli", "--data-dir", str(settings.data_dir), "--embedder", settings.embedder]
+    args = [
+        sys.executable,
+        "-m",
+        "memstream.cli",
+        "--data-dir",
+        str(settings.data_dir),
+        "--embedder",
+        settings.embedder,
+    ]
     if settings.kafka_bootstrap:
         args += ["--kafka", settings.kafka_bootstrap, "--topic", settings.topic]
     return args
@@ -54,9 +62,17 @@ def kill_projector_after(settings: Settings, at_least: int) -> int:
 
 
 def test_sigkill_mid_stream_loses_nothing_and_duplicates_nothing(settings: Settings) -> None:
-    scopes = [Scope("local", "default", user_id=f"u{i}", run_id=(f"r{i % 3}" if i % 2 else None)) for i in range(10)]
+    scopes = [
+        Scope("local", "default", user_id=f"u{i}", run_id=(f"r{i % 3}" if i % 2 else None))
+        for i in range(10)
+    ]
     events = [
-        MemoryAdded(scope=scopes[i % 10], memory_id=new_id(), text=f"memory number {i}", hash=text_hash(f"memory number {i}"))
+        MemoryAdded(
+            scope=scopes[i % 10],
+            memory_id=new_id(),
+            text=f"memory number {i}",
+            hash=text_hash(f"memory number {i}"),
+        )
         for i in range(N)
     ]
 
@@ -77,13 +93,22 @@ def test_sigkill_mid_stream_loses_nothing_and_duplicates_nothing(settings: Setti
     second = kill_projector_after(settings, first + 1000)
     assert second < N, f"killed at {second}: not in the middle"
 
-    done = subprocess.run([*cli_args(settings), "--json", "project", "--once"], capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [*cli_args(settings), "--json", "project", "--once"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["position"] == N
 
     import lancedb
 
-    gen = settings.data_dir / "projections" / (settings.data_dir / "projections" / "CURRENT").read_text().strip()
+    gen = (
+        settings.data_dir
+        / "projections"
+        / (settings.data_dir / "projections" / "CURRENT").read_text().strip()
+    )
     db = lancedb.connect(gen / "lance")
     memories = db.open_table("memories").to_arrow()
     ids = memories["id"].to_pylist()

@@ -7,13 +7,17 @@ from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from memstream.projector.apply import BatchState, apply_event
 
 from memstream.events import Event, MemoryAdded, MemoryDeleted, MemoryUpdated, text_hash
 from memstream.log.base import Position
-from memstream.projector.apply import BatchState, apply_event
 from memstream.scope import Scope
 
-SCOPES = [Scope("o", "p", user_id="alice"), Scope("o", "p", user_id="alice", run_id="t1"), Scope("o", "p", user_id="bob")]
+SCOPES = [
+    Scope("o", "p", user_id="alice"),
+    Scope("o", "p", user_id="alice", run_id="t1"),
+    Scope("o", "p", user_id="bob"),
+]
 TEXTS = ["tea", "coffee", "water"]
 IDS = ["m1", "m2", "m3", "m4"]
 
@@ -48,7 +52,7 @@ def run_batches(events: list[Event], cuts: list[int], crash_at: int | None) -> d
     live: dict[str, dict[str, Any]] = {}
     recorded: dict[str, str] = {}  # the events table: event_id -> outcome, written first
     bounds = sorted({0, len(events), *[c for c in cuts if 0 < c < len(events)]})
-    batches = [list(enumerate(events))[a:b] for a, b in zip(bounds, bounds[1:])]
+    batches = [list(enumerate(events))[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
     for i, batch in enumerate(batches):
         for _ in range(2 if i == crash_at else 1):
             state = BatchState()
@@ -57,18 +61,21 @@ def run_batches(events: list[Event], cuts: list[int], crash_at: int | None) -> d
             for offset, event in batch:
                 audit = apply_event(state, event, Position(0, offset), recorded.get(event.event_id))
                 recorded.setdefault(event.event_id, audit["outcome"])
-            for mid in state.changed:
-                row = state.rows[mid]
-                if row is None:
-                    live.pop(mid, None)
-                else:
-                    live[mid] = row
-    return {mid: (r["text"], r["hash"], r["created_offset"], r["last_offset"]) for mid, r in live.items()}
+            for row in state.upserts():
+                live[row["id"]] = row
+            for mid in state.deletes():
+                live.pop(mid, None)
+    return {
+        mid: (r["text"], r["hash"], r["created_offset"], r["last_offset"])
+        for mid, r in live.items()
+    }
 
 
 @settings(max_examples=300)
 @given(streams(), st.lists(st.integers(0, 25), max_size=4), st.integers(0, 4))
-def test_reapplying_a_batch_after_a_crash_changes_nothing(events: list[Event], cuts: list[int], crash: int) -> None:
+def test_reapplying_a_batch_after_a_crash_changes_nothing(
+    events: list[Event], cuts: list[int], crash: int
+) -> None:
     assert run_batches(events, cuts, crash_at=crash) == run_batches(events, [], crash_at=None)
 
 
@@ -82,7 +89,9 @@ def test_exact_duplicate_in_the_same_scope_is_one_memory_decided_in_log_order() 
     state = BatchState()
     a = apply_event(state, added("m1", SCOPES[0], "tea"), Position(0, 0))
     b = apply_event(state, added("m2", SCOPES[0], "tea"), Position(0, 1))
-    c = apply_event(state, added("m3", SCOPES[1], "tea"), Position(0, 2))  # other scope: its own memory
+    c = apply_event(
+        state, added("m3", SCOPES[1], "tea"), Position(0, 2)
+    )  # other scope: its own memory
     assert (a["outcome"], b["outcome"], c["outcome"]) == ("ADD", "NONE", "ADD")
     assert b["resolved_memory_id"] == "m1"
     assert state.rows.get("m2") is None and state.rows["m3"] is not None
@@ -99,11 +108,23 @@ def test_after_delete_the_same_text_can_be_added_again() -> None:
 def test_update_records_old_and_new_text_and_skips_immutable() -> None:
     state = BatchState()
     apply_event(state, added("m1", SCOPES[0], "tea"), Position(0, 0))
-    up = apply_event(state, MemoryUpdated(scope=SCOPES[0], memory_id="m1", text="green tea", hash=text_hash("green tea")), Position(0, 1))
+    up = apply_event(
+        state,
+        MemoryUpdated(
+            scope=SCOPES[0], memory_id="m1", text="green tea", hash=text_hash("green tea")
+        ),
+        Position(0, 1),
+    )
     assert (up["outcome"], up["old_text"], up["text"]) == ("UPDATE", "tea", "green tea")
     row = state.rows["m1"]
     assert row is not None and row["text"] == "green tea" and row["last_offset"] == 1
-    imm = MemoryAdded(scope=SCOPES[0], memory_id="m9", text="fixed", hash=text_hash("fixed"), immutable=True)
+    imm = MemoryAdded(
+        scope=SCOPES[0], memory_id="m9", text="fixed", hash=text_hash("fixed"), immutable=True
+    )
     apply_event(state, imm, Position(0, 2))
-    res = apply_event(state, MemoryUpdated(scope=SCOPES[0], memory_id="m9", text="changed", hash=text_hash("changed")), Position(0, 3))
+    res = apply_event(
+        state,
+        MemoryUpdated(scope=SCOPES[0], memory_id="m9", text="changed", hash=text_hash("changed")),
+        Position(0, 3),
+    )
     assert res["outcome"] == "NOOP" and state.rows["m9"]["text"] == "fixed"  # type: ignore[index]

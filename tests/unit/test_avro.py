@@ -74,7 +74,9 @@ def test_every_event_type_round_trips(event: object) -> None:
 
 def test_every_schema_file_is_loaded_and_every_event_type_has_one() -> None:
     registry = SchemaRegistry.load_default()
-    files = {p.name for p in resources.files("memstream.schemas").iterdir() if p.name.endswith(".avsc")}
+    files = {
+        p.name for p in resources.files("memstream.schemas").iterdir() if p.name.endswith(".avsc")
+    }
     assert {f"{n}.avsc" for n in registry.current} == files
     for name in EVENT_TYPES:
         assert f"memstream.{name}" in registry.current
@@ -87,8 +89,9 @@ def test_message_starts_with_magic_and_the_writer_fingerprint() -> None:
     assert data[:2] == MAGIC == b"\xc3\x01"
     assert data[2:10] == registry.current["memstream.MemoryDeleted"].fingerprint
     # the fingerprint is CRC-64-AVRO, little-endian, as the spec's test vector for "null" shows
-    from memstream.avro import fingerprint_of
     import fastavro.schema
+
+    from memstream.avro import fingerprint_of
 
     null_fp = fingerprint_of(fastavro.schema.parse_schema("null"))
     assert struct.unpack("<Q", null_fp)[0] == 0x63DD24E7CC258F8A
@@ -105,7 +108,9 @@ def test_a_message_written_with_an_older_schema_version_stays_readable() -> None
     """v0 of MemoryAdded had no categories, expiration_date, immutable or source_hash; the
     current reader fills their defaults."""
     registry = SchemaRegistry.load_default()
-    current = json.loads(resources.files("memstream.schemas").joinpath("memstream.MemoryAdded.avsc").read_text())
+    current = json.loads(
+        resources.files("memstream.schemas").joinpath("memstream.MemoryAdded.avsc").read_text()
+    )
     old = copy.deepcopy(current)
     dropped = {"categories", "expiration_date", "immutable", "source_hash"}
     old["fields"] = [f for f in old["fields"] if f["name"] not in dropped]

@@ -61,12 +61,16 @@ def _appender(directory: str, worker: int, batches: int) -> None:
     async def go() -> None:
         log = FileEventLog(directory)
         for i in range(batches):
-            await log.append([(f"w{worker}".encode(), f"{worker}:{i}:{j}".encode()) for j in range(3)])
+            await log.append(
+                [(f"w{worker}".encode(), f"{worker}:{i}:{j}".encode()) for j in range(3)]
+            )
 
     asyncio.run(go())
 
 
-def test_many_processes_appending_at_once_lose_nothing_and_keep_per_writer_order(tmp_path: Path) -> None:
+def test_many_processes_appending_at_once_lose_nothing_and_keep_per_writer_order(
+    tmp_path: Path,
+) -> None:
     ctx = mp.get_context("spawn")
     procs = [ctx.Process(target=_appender, args=(str(tmp_path), w, 40)) for w in range(4)]
     for p in procs:
@@ -109,7 +113,9 @@ asyncio.run(go())
 
 
 def test_sigkill_during_appends_leaves_every_acknowledged_record_readable(tmp_path: Path) -> None:
-    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", WRITER, str(tmp_path)], stdout=subprocess.PIPE, text=True
+    )
     assert proc.stdout is not None
     acked = -1
     deadline = time.monotonic() + 60
