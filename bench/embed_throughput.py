@@ -118,13 +118,16 @@ def raw_onnxruntime(threads: int, batch_size: int) -> Callable[[list[str]], np.n
     return embed
 
 
-def timed(fn: Callable[[], object], repeats: int) -> list[float]:
+def timed(fn: Callable[[], object], repeats: int) -> tuple[list[float], float]:
+    """Wall seconds of each run, and CPU seconds per wall second over all runs (at most the
+    thread count; far below it means the run was starved by other processes)."""
     times = []
+    cpu_start = time.process_time()
     for _ in range(repeats):
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
-    return times
+    return times, (time.process_time() - cpu_start) / sum(times)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -149,8 +152,8 @@ def main(argv: list[str] | None = None) -> int:
     raw = raw_onnxruntime(threads, args.batch_size)
     raw(sentences[:128])
 
-    batched_times = timed(lambda: embedder.embed(sentences), args.repeats)
-    raw_times = timed(lambda: raw(sentences), args.repeats)
+    batched_times, batched_cpu = timed(lambda: embedder.embed(sentences), args.repeats)
+    raw_times, raw_cpu = timed(lambda: raw(sentences), args.repeats)
     latencies = []
     for text in sentences:
         start = time.perf_counter()
@@ -187,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         f"single query latency: p50 {p50:.2f} ms, p95 {p95:.2f} ms; model load {load_seconds:.2f} s"
     )
     print(f"batched / raw onnxruntime: {batched_rate / raw_rate:.2f}x; min cosine {agreement:.6f}")
+    print(f"CPU use while batching: {batched_cpu:.2f} of {threads} cores (low = machine busy)")
 
     record = {
         "benchmark": "embed_throughput",
@@ -210,6 +214,8 @@ def main(argv: list[str] | None = None) -> int:
             "batched_runs_s": [round(t, 4) for t in batched_times],
             "raw_runs_s": [round(t, 4) for t in raw_times],
             "min_cosine_batched_vs_raw": agreement,
+            "batched_cpu_cores_used": round(batched_cpu, 2),
+            "raw_cpu_cores_used": round(raw_cpu, 2),
         },
         "ratios": {
             "batched_vs_one_by_one": round(batched_rate / one_by_one_rate, 3),
