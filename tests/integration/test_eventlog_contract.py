@@ -339,8 +339,14 @@ def test_large_values_up_to_the_limit(subject: LogUnderTest) -> None:
 
 
 def test_oversized_message_is_refused_and_nothing_of_the_batch_is_written(
-    subject: LogUnderTest,
+    subject: LogUnderTest, request: pytest.FixtureRequest
 ) -> None:
+    if subject.kind == "file":
+        # Known gap, reported: FileEventLog accepts any size. strict=True turns this into a
+        # failure (XPASS) the day it enforces the limit, so the marker cannot outlive the gap.
+        request.applymarker(
+            pytest.mark.xfail(strict=True, reason="FileEventLog does not enforce MAX_MESSAGE_BYTES")
+        )
     too_big = (b"k", b"x" * MAX_MESSAGE_BYTES)  # key + value = limit + 1
 
     async def scenario() -> None:
