@@ -96,8 +96,19 @@ class DeleteAllRequested(Event):
     memory_ids: tuple[str, ...] = ()
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FeedbackGiven(Event):
+    """A caller rated a memory (Mem0's POST /v1/feedback/); the memory itself is unchanged."""
+
+    event_type: ClassVar[str] = "FeedbackGiven"
+
+    feedback: str | None = None  # POSITIVE | NEGATIVE | VERY_NEGATIVE
+    feedback_reason: str | None = None
+
+
 EVENT_TYPES: dict[str, type[Event]] = {
-    cls.event_type: cls for cls in (MemoryAdded, MemoryUpdated, MemoryDeleted, DeleteAllRequested)
+    cls.event_type: cls
+    for cls in (MemoryAdded, MemoryUpdated, MemoryDeleted, DeleteAllRequested, FeedbackGiven)
 }
 
 

@@ -15,6 +15,7 @@ from typing import Any
 from memstream.events import (
     DeleteAllRequested,
     Event,
+    FeedbackGiven,
     MemoryAdded,
     MemoryDeleted,
     MemoryUpdated,
@@ -156,6 +157,13 @@ def apply_event(
                     "memory_ids": list(event.memory_ids),
                 }
             ),
+        )
+    if isinstance(event, FeedbackGiven):
+        return _audit(
+            event,
+            position,
+            "FEEDBACK",
+            payload=json.dumps({"feedback": event.feedback, "feedback_reason": event.feedback_reason}),
         )
     return _audit(event, position, "NOOP")
 
