@@ -1,0 +1,138 @@
+"""The FastAPI application: a Mem0-Platform-compatible REST API over the memory ledger.
+
+One process runs the HTTP server, the projector (a background task) and, by default, the
+embedded file log; with Kafka configured, several servers (each with its own data dir) can
+share one topic. Errors map to HTTP in one place (`install_error_handlers`) as JSON
+`{"detail": "<message>"}`, the shape the mem0 client reads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from memstream.errors import AuthError, LogUnavailableError, MemstreamError
+from memstream.keys import KeyRegistry
+from memstream.server import routes_entities, routes_exports, routes_memories, routes_platform
+from memstream.service import Memstream
+from memstream.settings import Settings
+
+log = logging.getLogger("memstream.server")
+
+DESCRIPTION = """\
+The Mem0 Platform API, served by memstream: point `mem0.MemoryClient(api_key=KEY,
+host="http://HOST:PORT")` at it. Authenticate with `Authorization: Token <key>` (keys come
+from `memstream keys create`); the key decides the org and project of every request.
+See docs/rest.md for where memstream deliberately differs from the hosted platform.
+"""
+
+
+class JSON(JSONResponse):
+    """JSON with non-ASCII escaped: any string a client sent can be echoed back safely."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=True, separators=(",", ":")).encode("ascii")
+
+
+def _field(loc: tuple[Any, ...] | list[Any]) -> str:
+    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
+    where = ".".join(parts)
+    if loc and loc[0] in ("query", "path", "header") and where:
+        return f"{loc[0]} parameter {where}"
+    return where or "body"
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """The one place where failures become HTTP statuses."""
+
+    async def memstream_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, MemstreamError)
+        headers: dict[str, str] = {}
+        if isinstance(exc, AuthError):
+            headers["WWW-Authenticate"] = "Token"
+        elif isinstance(exc, LogUnavailableError):
+            headers["Retry-After"] = "1"
+        if exc.status_code >= 500:
+            log.error(
+                "%s %s -> %d: %s", request.method, request.url.path, exc.status_code, exc.message
+            )
+        return JSON({"detail": exc.message}, status_code=exc.status_code, headers=headers)
+
+    async def validation_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        errors = [
+            {
+                "field": _field(e.get("loc", ())),
+                "message": str(e.get("msg", "invalid")),
+                "type": e.get("type"),
+            }
+            for e in exc.errors()
+        ]
+        detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors) or "invalid request"
+        return JSON({"detail": detail, "errors": errors}, status_code=422)
+
+    app.add_exception_handler(MemstreamError, memstream_error)
+    app.add_exception_handler(RequestValidationError, validation_error)
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """The ASGI app; the ledger (log, projector, keys) starts and stops with its lifespan."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        ms = Memstream(settings)
+        await ms.start(background_projector=True)
+        keys = KeyRegistry.from_settings(settings)
+        stop = asyncio.Event()
+        follower: asyncio.Task[None] | None = None
+        try:
+            await keys.start()
+            follower = asyncio.create_task(keys.follow(stop))
+            app.state.ms, app.state.keys = ms, keys
+            log.info("memstream serving %s from %s", settings.log_description, settings.data_dir)
+            yield
+        finally:
+            stop.set()
+            if follower is not None:
+                await follower
+            await keys.close()
+            await ms.close()
+
+    app = FastAPI(
+        title="memstream",
+        version=_version(),
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        redirect_slashes=False,
+        default_response_class=JSON,
+    )
+    install_error_handlers(app)
+    for module in (routes_platform, routes_memories, routes_entities, routes_exports):
+        app.include_router(module.router)
+    return app
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("memstream")
+    except PackageNotFoundError:
+        return "0"
+
+
+def serve(
+    settings: Settings, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info"
+) -> None:
+    """Run the server until SIGINT/SIGTERM (uvicorn; one process)."""
+    import uvicorn
+
+    uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level, access_log=False)

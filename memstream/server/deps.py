@@ -1,0 +1,83 @@
+"""Shared request plumbing: the service objects, idempotency keys, ids, filters from queries."""
+
+from __future__ import annotations
+
+import ast
+import json
+from collections.abc import Mapping
+from typing import Annotated, Any
+
+from fastapi import Depends, Header, Request
+
+from memstream.errors import ValidationError
+from memstream.scope import ENTITY_FIELDS, normalise_id
+from memstream.service import Memstream
+
+MAX_QUERY_FILTERS = 65_536
+
+
+def get_ms(request: Request) -> Memstream:
+    ms: Memstream = request.app.state.ms
+    return ms
+
+
+MsDep = Annotated[Memstream, Depends(get_ms)]
+
+
+def idempotency_key(
+    idempotency_key: Annotated[
+        str | None, Header(description="Retry-safe writes: the same key twice writes once.")
+    ] = None,
+) -> str | None:
+    return idempotency_key
+
+
+IdempotencyDep = Annotated[str | None, Depends(idempotency_key)]
+
+
+def memory_id_param(memory_id: str) -> str:
+    """A memory id from a path or body: a plain, printable id (never empty, never '*')."""
+    value = normalise_id("memory_id", memory_id)
+    assert value is not None
+    return value
+
+
+def combine(
+    filters: Mapping[str, Any] | None, *conditions: Mapping[str, Any]
+) -> dict[str, Any] | None:
+    """`filters` AND every extra condition (kept as is when there is none, so error paths stay short)."""
+    parts = [dict(c) for c in conditions if c]
+    if not parts:
+        return dict(filters) if filters is not None else None
+    if filters:
+        parts.insert(0, dict(filters))
+    return parts[0] if len(parts) == 1 else {"AND": parts}
+
+
+def parse_query_object(name: str, text: str | None) -> dict[str, Any] | None:
+    """A dict passed in a query string: JSON, or the Python repr the mem0 client sends for dicts."""
+    if text is None:
+        return None
+    if len(text) > MAX_QUERY_FILTERS:
+        raise ValidationError(f"{name}: longer than {MAX_QUERY_FILTERS} characters")
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError):
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+            raise ValidationError(f"{name}: not a JSON object (or Python dict literal)") from None
+    if not isinstance(value, dict):
+        raise ValidationError(f"{name}: must be an object, got {type(value).__name__}")
+    return value
+
+
+def any_value(field: str) -> dict[str, Any]:
+    """A condition that names `field` (lifting implicit null scoping) yet accepts null or any id."""
+    return {"OR": [{field: "*"}, {field: None}]}
+
+
+def entity_scope_filters(entity_type: str, name: str) -> dict[str, Any]:
+    """Every memory of one entity, whatever its other ids (entity deletion)."""
+    field = f"{entity_type}_id"
+    return {"AND": [{field: name}, *(any_value(f) for f in ENTITY_FIELDS if f != field)]}

@@ -1,0 +1,105 @@
+"""Platform plumbing the client needs: key validation (ping), the key's project, feedback."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request
+
+from memstream.errors import NotFoundError
+from memstream.events import FeedbackGiven, message_of
+from memstream.keys import KeyRegistry
+from memstream.models import iso_ms
+from memstream.scope import Scope
+from memstream.server.auth import Caller, CallerDep
+from memstream.server.deps import IdempotencyDep, MsDep, memory_id_param
+from memstream.server.schemas import FeedbackRequest, Out, PingOut, doc
+
+router = APIRouter(tags=["platform"])
+
+PROJECT_NOT_FOUND = "Organization or project not found"
+
+
+@router.get("/v1/ping/", responses=doc(PingOut), summary="Validate the API key")
+async def ping(caller: CallerDep) -> Any:
+    """The mem0 client calls this when it is constructed and reads org_id, project_id, user_email."""
+    return {
+        "status": "ok",
+        "message": "pong",
+        "org_id": caller.tenant.org_id,
+        "project_id": caller.tenant.project_id,
+        "user_email": caller.user_email,
+        "key_id": caller.key.key_id,
+    }
+
+
+def _project(request: Request, caller: Caller) -> dict[str, Any]:
+    keys: KeyRegistry = request.app.state.keys
+    mine = [k for k in keys.list() if k.tenant == caller.tenant]
+    created = min((k.created_at for k in mine), default=caller.key.created_at)
+    updated = max((k.revoked_at or k.created_at for k in mine), default=created)
+    return {
+        "org_id": caller.tenant.org_id,
+        "project_id": caller.tenant.project_id,
+        "name": caller.tenant.project_id,
+        "description": None,
+        "created_at": iso_ms(created),
+        "updated_at": iso_ms(updated),
+        "members": [
+            {
+                "username": caller.key.name or caller.key.key_id,
+                "role": "OWNER",
+                "email": caller.user_email,
+            }
+        ],
+        "custom_instructions": None,
+        "custom_categories": [],
+        "memory_depth": None,
+        "usecase": None,
+        "multilingual": False,
+    }
+
+
+@router.get(
+    "/api/v1/orgs/organizations/{org_id}/projects/{project_id}/", summary="The key's project"
+)
+async def get_project(
+    request: Request, caller: CallerDep, org_id: str, project_id: str,
+    fields: Annotated[list[str] | None, Query(description="restrict the answer to these keys")] = None,
+) -> Any:  # fmt: skip
+    """Only the project the key belongs to exists for it: any other org/project is 404."""
+    if (org_id, project_id) != (caller.tenant.org_id, caller.tenant.project_id):
+        raise NotFoundError(PROJECT_NOT_FOUND)
+    doc = _project(request, caller)
+    if fields:
+        keep = {"org_id", "project_id", *fields}
+        doc = {k: v for k, v in doc.items() if k in keep}
+    return doc
+
+
+@router.get("/api/v1/orgs/organizations/{org_id}/projects/", summary="The key's projects")
+async def list_projects(request: Request, caller: CallerDep, org_id: str) -> Any:
+    if org_id != caller.tenant.org_id:
+        raise NotFoundError(PROJECT_NOT_FOUND)
+    return [_project(request, caller)]
+
+
+@router.post("/v1/feedback/", responses=doc(Out), summary="Rate a memory")
+async def feedback(
+    ms: MsDep, caller: CallerDep, body: FeedbackRequest, idempotency: IdempotencyDep
+) -> Any:
+    """Recorded as a `FeedbackGiven` event on the log (it shows in the memory's history)."""
+    m = await ms.get(memory_id_param(body.memory_id), tenant=caller.tenant)
+    event = FeedbackGiven(
+        scope=Scope(m.org_id, m.project_id, m.user_id, m.agent_id, m.app_id, m.run_id),
+        memory_id=m.id, actor=caller.actor, request_id=idempotency,
+        feedback=body.feedback, feedback_reason=body.feedback_reason,
+    )  # fmt: skip
+    positions = await ms.log.append([message_of(event)])
+    await ms.projector.wait_for(positions)
+    return {
+        "id": event.event_id,
+        "memory_id": m.id,
+        "feedback": body.feedback,
+        "feedback_reason": body.feedback_reason,
+    }

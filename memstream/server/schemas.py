@@ -1,0 +1,283 @@
+"""Request and response models at the REST edge (pydantic), shaped like the Mem0 Platform's.
+
+Unknown body fields are ignored, as the platform does (older clients send `org_id`,
+`project_id`, `version`, `output_format`...). Wrong types are answered 422 naming the field.
+Business rules (ids, dates, filters) stay in the core and answer 400 naming the field; these
+models only fix the JSON types, so the OpenAPI document says what each endpoint takes.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+Filters = dict[str, Any]
+
+
+def _first_lone_surrogate(value: Any) -> str | None:
+    """Path of the first string holding a lone surrogate (JSON allows `\\ud800`, UTF-8 does not)."""
+    stack: list[tuple[str, Any]] = [("", value)]
+    while stack:
+        path, v = stack.pop()
+        if isinstance(v, str):
+            try:
+                v.encode("utf-8")
+            except UnicodeEncodeError:
+                return path or "(body)"
+        elif isinstance(v, dict):
+            for k, item in v.items():
+                key = str(k)
+                try:
+                    key.encode("utf-8")
+                except UnicodeEncodeError:
+                    return f"{path or '(body)'} (a key)"
+                stack.append((f"{path}.{key}" if path else key, item))
+        elif isinstance(v, list):
+            stack.extend((f"{path}[{i}]", item) for i, item in enumerate(v))
+    return None
+
+
+class Body(BaseModel):
+    """Base of every request body: extra fields ignored, strings must be valid Unicode."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _valid_unicode(cls, data: Any) -> Any:
+        bad = _first_lone_surrogate(data)
+        if bad is not None:
+            raise ValueError(f"{bad}: not valid Unicode (lone surrogate)")
+        return data
+
+
+class EntityIds(Body):
+    user_id: str | None = None
+    agent_id: str | None = None
+    app_id: str | None = None
+    run_id: str | None = None
+
+    def entities(self) -> dict[str, str]:
+        return {
+            k: v
+            for k, v in (
+                ("user_id", self.user_id),
+                ("agent_id", self.agent_id),
+                ("app_id", self.app_id),
+                ("run_id", self.run_id),
+            )
+            if v is not None
+        }
+
+
+class Message(Body):
+    role: str = Field(
+        default="user",
+        description="user | assistant | system | tool; system messages are not remembered",
+    )
+    content: str
+
+
+class AddRequest(EntityIds):
+    """POST /v3/memories/add/ (and the legacy POST /v1/memories/)."""
+
+    messages: list[Message] | Message | str = Field(
+        ..., description="Each non-system message becomes one memory (no LLM inference)."
+    )
+    filters: Filters | None = Field(
+        default=None, description='Entity ids may also be given here, e.g. {"user_id": "alice"}.'
+    )
+    metadata: dict[str, Any] | None = None
+    categories: list[str] | str | None = None
+    expiration_date: str | None = Field(
+        default=None, description="YYYY-MM-DD; hidden from reads after it"
+    )
+    immutable: bool = False
+    infer: bool | None = Field(
+        default=None, description="Accepted and ignored: memstream never calls an LLM."
+    )
+    async_mode: bool | None = Field(
+        default=None,
+        description="true: answer PENDING once the events are durable, before projection.",
+    )
+    request_id: str | None = Field(
+        default=None,
+        description="Idempotency key (also the Idempotency-Key header): a retry is a no-op.",
+    )
+
+
+class GetAllRequest(EntityIds):
+    """POST /v3/memories/ (get_all). page/page_size in the query win over the body."""
+
+    filters: Filters | None = None
+    page: int | None = None
+    page_size: int | None = None
+    show_expired: bool = False
+    start_date: str | None = Field(
+        default=None, description="created_at >= this (ISO date or datetime)"
+    )
+    end_date: str | None = Field(
+        default=None, description="created_at <= this (ISO date or datetime)"
+    )
+    categories: list[str] | None = Field(default=None, description="any of these categories")
+    keywords: str | None = Field(
+        default=None, description="case-insensitive substring of the memory text"
+    )
+
+
+class SearchRequest(EntityIds):
+    """POST /v3/memories/search/."""
+
+    query: str
+    filters: Filters | None = None
+    top_k: int = Field(default=10, description="1..1000")
+    threshold: float | None = Field(
+        default=0.1, description="minimum score 0..1; 0 or null disables"
+    )
+    show_expired: bool = False
+    categories: list[str] | None = None
+    rerank: bool | None = Field(default=None, description="Accepted and ignored.")
+    keyword_search: bool | None = Field(default=None, description="Accepted and ignored.")
+
+
+class UpdateRequest(Body):
+    """PUT /v1/memories/{memory_id}/ — an explicit `"expiration_date": null` clears it."""
+
+    text: str | None = None
+    metadata: dict[str, Any] | None = None
+    categories: list[str] | str | None = None
+    expiration_date: str | None = None
+    timestamp: int | float | str | None = Field(default=None, description="Accepted and ignored.")
+    request_id: str | None = None
+
+
+class BatchUpdateItem(UpdateRequest):
+    memory_id: str
+
+
+class BatchUpdateRequest(Body):
+    memories: list[BatchUpdateItem]
+
+
+class BatchDeleteItem(Body):
+    memory_id: str
+
+
+class BatchDeleteRequest(Body):
+    memories: list[BatchDeleteItem]
+
+
+class ExportCreateRequest(EntityIds):
+    """POST /v1/exports/."""
+
+    export_schema: Any = Field(
+        default=None, alias="schema", description="Echoed back in the export."
+    )
+    filters: Filters | None = None
+
+
+class ExportGetRequest(EntityIds):
+    """POST /v1/exports/get/: an export by id, or (no id) a fresh export of `filters`."""
+
+    memory_export_id: str | None = None
+    filters: Filters | None = None
+
+
+class FeedbackRequest(Body):
+    memory_id: str
+    feedback: Literal["POSITIVE", "NEGATIVE", "VERY_NEGATIVE"] | None = None
+    feedback_reason: str | None = None
+
+
+# -- responses (OpenAPI documentation only: handlers return plain dicts, sent as they are) --
+class Out(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+def doc(model: Any, status: int = 200) -> dict[int | str, dict[str, Any]]:
+    """`responses=` for a route: documents the success body without filtering it."""
+    return {status: {"model": model, "description": "Success"}}
+
+
+class MemoryOut(Out):
+    id: str
+    memory: str
+    user_id: str | None = None
+    agent_id: str | None = None
+    app_id: str | None = None
+    run_id: str | None = None
+    session_id: str | None = Field(default=None, description="the same as run_id")
+    hash: str | None = None
+    metadata: dict[str, Any] | None = None
+    categories: list[str] | None = None
+    created_at: str
+    updated_at: str | None = None
+    expiration_date: str | None = None
+    immutable: bool | None = None
+    score: float | None = Field(default=None, description="search only: 0..1, higher is closer")
+
+
+class PageOut(Out):
+    count: int
+    next: str | None
+    previous: str | None
+    results: list[MemoryOut]
+
+
+class ResultsOut(Out):
+    results: list[MemoryOut]
+
+
+class WriteResultOut(Out):
+    id: str
+    event: str = Field(..., description="ADD | UPDATE | DELETE | NONE (exact duplicate)")
+    memory: str | None = None
+    data: dict[str, Any] | None = None
+    status: str | None = None
+
+
+class AddOut(Out):
+    results: list[WriteResultOut]
+    status: str | None = Field(default=None, description="PENDING with async_mode")
+    event_id: str | None = None
+    message: str | None = None
+
+
+class MessageOut(Out):
+    message: str
+
+
+class HistoryOut(Out):
+    id: str
+    memory_id: str
+    event: str = Field(
+        ..., description="ADD | UPDATE | DELETE | NONE | NOOP | DELETE_ALL | FEEDBACK"
+    )
+    old_memory: str | None = None
+    new_memory: str | None = None
+    input: list[dict[str, Any]] = []
+    created_at: str
+
+
+class PingOut(Out):
+    status: str
+    org_id: str
+    project_id: str
+    user_email: str
+
+
+class EntityOut(Out):
+    id: str
+    name: str
+    type: Literal["user", "agent", "app", "run"]
+    total_memories: int
+    created_at: str | None
+    updated_at: str | None
+
+
+class EntitiesOut(Out):
+    count: int
+    next: str | None
+    previous: str | None
+    results: list[EntityOut]
