@@ -22,10 +22,12 @@ shapes that Lance answers from its scalar indexes.
 Metadata lives in a JSON *string* column. LanceDB 0.40's JSON functions (`json_extract`,
 `json_get_string`, ...) only accept Lance's binary JSONB type (`lance.json`), not strings,
 and DataFusion has no JSON parser of its own, so the Lance predicate cannot test metadata.
-For filters that mention metadata, `.lance` is a *superset* predicate (each metadata leaf,
-in either polarity, becomes TRUE) and `lance_exact` is False: apply `matches` to the rows
-it returns, or call `exact_lance_filter` to turn it into an exact `id IN (...)` predicate
-before a vector search with a top_k. DuckDB's JSON extension evaluates metadata exactly.
+For filters that mention metadata, `lance_exact` is False, `.lance_prefilter` is a
+*superset* predicate (each metadata leaf, in either polarity, becomes TRUE) and `.lance`
+raises InexactLanceFilter rather than widen a read or a delete_all: apply `matches` to the
+rows of `.lance_prefilter`, or call `exact_lance_filter` to get an exact `id IN (...)`
+predicate before a vector search with a top_k. DuckDB's JSON extension evaluates
+metadata exactly.
 
 See docs/filters.md for the language reference.
 """
@@ -51,6 +53,7 @@ __all__ = [
     "DateCompare",
     "EntityMatch",
     "IdMatch",
+    "InexactLanceFilter",
     "MetaCompare",
     "Node",
     "Not",
@@ -1061,21 +1064,43 @@ def _render_duckdb(sql: _Sql) -> tuple[str, list[Any]]:
 # --------------------------------------------------------------------------------------
 
 
+class InexactLanceFilter(RuntimeError):
+    """`.lance` was read for a filter LanceDB cannot evaluate exactly (metadata conditions).
+
+    A programming error, not a bad request: use `exact_lance_filter(table, compiled)`, or
+    `compiled.lance_prefilter` and keep only the rows `compiled.matches`.
+    """
+
+
 @dataclass(frozen=True)
 class CompiledFilter:
     """One filters object, compiled for LanceDB, DuckDB and the reference evaluator.
 
     `ast` is the whole predicate: Tenant, the user's filter, and an `EntityMatch(null=True)`
     for every entity field the filter does not name (implicit null scoping).
-    `lance_exact` is False when `lance` over-approximates (metadata conditions): rows it
-    returns must still pass `matches` (or use `exact_lance_filter`).
+
+    `lance_prefilter` is a Lance predicate that every matching row satisfies. When
+    `lance_exact` it is the filter itself and `.lance` returns it; otherwise (metadata
+    conditions) it is a superset and `.lance` raises InexactLanceFilter, so that no caller
+    can silently read, or delete, more than the filter selects.
     """
 
-    lance: str
+    lance_prefilter: str
     duckdb: tuple[str, list[Any]]
     named_entities: frozenset[str]
     lance_exact: bool
     ast: Node = field(repr=False)
+
+    @property
+    def lance(self) -> str:
+        """The exact LanceDB/DataFusion predicate (tenancy first)."""
+        if not self.lance_exact:
+            raise InexactLanceFilter(
+                "this filter has metadata conditions, which LanceDB cannot evaluate on the "
+                "JSON string column: use exact_lance_filter(table, compiled), or "
+                "compiled.lance_prefilter and keep the rows for which compiled.matches(row)"
+            )
+        return self.lance_prefilter
 
     def matches(self, row: Mapping[str, Any]) -> bool:
         """The reference evaluator: does this memory row (projection columns) match?"""
@@ -1109,7 +1134,9 @@ def compile_filters(
     ast = And((tenant, user, *nulls))
     lance, duck = _LanceDialect(), _DuckDialect()
     return CompiledFilter(
-        lance=_render_lance(_rooted(lance.compile(tenant), lance.compile(And((user, *nulls))))),
+        lance_prefilter=_render_lance(
+            _rooted(lance.compile(tenant), lance.compile(And((user, *nulls))))
+        ),
         duckdb=_render_duckdb(_rooted(duck.compile(tenant), duck.compile(And((user, *nulls))))),
         named_entities=named,
         lance_exact=not _has_metadata(user),
@@ -1136,7 +1163,7 @@ def exact_lance_filter(table: Any, compiled: CompiledFilter) -> str:
     """An exact Lance predicate for `compiled`, for a vector search with a top_k.
 
     When `compiled.lance_exact`, that is `compiled.lance`. Otherwise this scans the rows of
-    the (superset) predicate, keeps those `matches` accepts, and returns the tenancy
+    `compiled.lance_prefilter`, keeps those `matches` accepts, and returns the tenancy
     conjunct AND `id IN (...)` of them (`... AND FALSE` when none), so a prefiltered
     search returns exactly the top_k of the matching memories. `table` is a LanceDB table
     (pass the checked-out version for as-of reads).
@@ -1145,7 +1172,7 @@ def exact_lance_filter(table: Any, compiled: CompiledFilter) -> str:
         return compiled.lance
     rows = (
         table.search()
-        .where(compiled.lance)
+        .where(compiled.lance_prefilter)
         .select(list(REFERENCE_COLUMNS))
         .limit(None)
         .to_arrow()

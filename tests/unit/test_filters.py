@@ -22,6 +22,7 @@ from memstream.projector.tables import memories_schema
 from memstream.query.filters import (
     ALLOWED_KEYS,
     CompiledFilter,
+    InexactLanceFilter,
     compile_filters,
     fold,
     parse_filters,
@@ -89,7 +90,7 @@ def test_compiled_filter_shape() -> None:
     assert not c.matches(row(user_id="alice", agent_id="bot"))
     assert not c.matches(row(user_id="alice", project_id="other"))
     with pytest.raises(AttributeError):
-        c.lance = "TRUE"  # type: ignore[misc]
+        c.lance_prefilter = "TRUE"  # type: ignore[misc]
 
 
 @pytest.mark.parametrize(
@@ -104,7 +105,7 @@ def test_compiled_filter_shape() -> None:
 )
 def test_lance_predicate_always_starts_with_tenancy(filters: dict[str, Any]) -> None:
     c = compile_(filters)
-    assert c.lance.startswith("org_id = 'org-1' AND project_id = 'proj-1'")
+    assert c.lance_prefilter.startswith("org_id = 'org-1' AND project_id = 'proj-1'")
     assert c.duckdb[0].startswith("org_id = ? AND project_id = ?")
     assert c.duckdb[1][:2] == ["org-1", "proj-1"]
 
@@ -119,10 +120,14 @@ def test_tenancy_values_are_escaped_too() -> None:
 def test_metadata_makes_lance_a_superset_and_duckdb_exact() -> None:
     c = compile_({"user_id": "a", "metadata": {"type": "semantic"}})
     assert not c.lance_exact
-    assert "metadata" not in c.lance  # LanceDB cannot read the JSON string column
+    # LanceDB cannot read the JSON string column: the prefilter is a superset, and the
+    # exact predicate is refused rather than silently widened (think delete_all).
+    assert c.lance_prefilter == compile_({"user_id": "a"}).lance
+    with pytest.raises(InexactLanceFilter, match="exact_lance_filter"):
+        _ = c.lance
     assert "json_extract_string(metadata, ?)" in c.duckdb[0]
     negated = compile_({"user_id": "a", "NOT": {"metadata": {"type": "semantic"}}})
-    assert negated.lance == c.lance  # TRUE in either polarity: still a superset
+    assert negated.lance_prefilter == c.lance_prefilter  # TRUE in either polarity
 
 
 def test_parse_gives_a_typed_ast() -> None:
@@ -645,7 +650,7 @@ def test_hostile_values_only_ever_appear_as_literals(hostile: str) -> None:
 
     for hostile_f, benign_f in zip(shapes(hostile), shapes("b"), strict=True):
         c, benign = compile_(hostile_f), compile_(benign_f)
-        assert skeleton(c.lance) == skeleton(benign.lance)
+        assert skeleton(c.lance_prefilter) == skeleton(benign.lance_prefilter)
         assert c.duckdb[0] == benign.duckdb[0]  # every value is a bound parameter
         # and the literal decodes back to exactly the value
         if c.lance_exact:

@@ -24,7 +24,13 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from memstream.projector.tables import memories_schema
-from memstream.query.filters import CompiledFilter, compile_filters, exact_lance_filter, fold
+from memstream.query.filters import (
+    CompiledFilter,
+    InexactLanceFilter,
+    compile_filters,
+    exact_lance_filter,
+    fold,
+)
 
 from memstream.scope import ENTITY_FIELDS
 
@@ -115,23 +121,29 @@ class Engines:
         """Every engine and access path returns the reference set; returns it."""
         expected = self.reference(compiled)
         n = len(self.rows)
-        assert compiled.lance.startswith(f"org_id = '{ORG}' AND project_id = '{PROJECT}'")
+        pre = compiled.lance_prefilter
+        assert pre.startswith(f"org_id = '{ORG}' AND project_id = '{PROJECT}'")
+        if compiled.lance_exact:
+            assert compiled.lance == pre
+        else:
+            with pytest.raises(InexactLanceFilter):
+                _ = compiled.lance
 
-        scanned = self.lance_scan(compiled.lance)
+        scanned = self.lance_scan(pre)
         scanned_ids = {r["id"] for r in scanned}
         if compiled.lance_exact:
-            assert scanned_ids == expected, compiled.lance
-            assert self.table.count_rows(compiled.lance) == len(expected)
+            assert scanned_ids == expected, pre
+            assert self.table.count_rows(pre) == len(expected)
         else:  # a superset, made exact by the reference evaluator
-            assert expected <= scanned_ids, compiled.lance
+            assert expected <= scanned_ids, pre
             assert {r["id"] for r in scanned if compiled.matches(r)} == expected
         exact = exact_lance_filter(self.table, compiled)
         assert {r["id"] for r in self.lance_scan(exact)} == expected
 
         query = np.random.default_rng(seed + 1).standard_normal(DIM).astype(np.float32)
-        searched = {r["id"] for r in self.lance_search(compiled.lance, n + 1, query)}
+        searched = {r["id"] for r in self.lance_search(pre, n + 1, query)}
         if compiled.lance_exact:
-            assert searched == expected, compiled.lance
+            assert searched == expected, pre
         else:
             assert expected <= searched
         assert {r["id"] for r in self.lance_search(exact, n + 1, query)} == expected
