@@ -12,7 +12,7 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
@@ -21,10 +21,11 @@ from rich.table import Table
 
 from memstream.errors import MemstreamError, ValidationError
 from memstream.events import Actor
-from memstream.models import MemoryView, WriteResult, iso_ms
-from memstream.producers.writer import UNSET
-from memstream.service import Memstream
+from memstream.models import UNSET, MemoryView, WriteResult, iso_ms
 from memstream.settings import Settings
+
+if TYPE_CHECKING:  # the ledger stack (LanceDB alone takes ~3 s to import) loads on first use,
+    from memstream.service import Memstream  # so --help and bad input answer at once
 
 app = typer.Typer(
     help="memstream: an event-sourced memory ledger for AI agents (Mem0-compatible).",
@@ -87,6 +88,8 @@ def main_options(
 
 # -- plumbing ----------------------------------------------------------------------------
 def run(body: Callable[[Memstream], Awaitable[T]], *, settings: Settings | None = None) -> T:
+    from memstream.service import Memstream
+
     async def go() -> T:
         async with Memstream(settings or state.settings) as ms:
             return await body(ms)

@@ -11,6 +11,9 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+UNSET: Any = type("Unset", (), {"__repr__": lambda self: "UNSET"})()
+"""'Not given' for optional fields where None is a meaningful value (clear an expiration)."""
+
 
 def iso_ms(ms: int | None) -> str | None:
     if ms is None:

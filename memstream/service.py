@@ -15,8 +15,8 @@ from memstream.embedders import get_embedder
 from memstream.embedders.base import Embedder
 from memstream.events import Actor
 from memstream.log.base import EventLog
-from memstream.models import HistoryEntry, MemoryView, Page, Tenant, WriteResult
-from memstream.producers.writer import UNSET, MemoryWriter
+from memstream.models import UNSET, HistoryEntry, MemoryView, Page, Tenant, WriteResult
+from memstream.producers.writer import MemoryWriter
 from memstream.projector.projector import Projector
 from memstream.query.reader import MemoryReader
 from memstream.settings import Settings

@@ -12,11 +12,6 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from memstream.producers import validation as v
-from memstream.projector.projector import Projector
-from memstream.query.filters import compile_filters
-from memstream.query.reader import MemoryReader
-
 from memstream.errors import ConflictError, ValidationError
 from memstream.events import (
     Actor,
@@ -30,10 +25,12 @@ from memstream.events import (
     text_hash,
 )
 from memstream.log.base import EventLog, Position
-from memstream.models import MemoryView, Tenant, WriteResult
+from memstream.models import UNSET, MemoryView, Tenant, WriteResult
+from memstream.producers import validation as v
+from memstream.projector.projector import Projector
+from memstream.query.filters import compile_filters
+from memstream.query.reader import MemoryReader
 from memstream.scope import ENTITY_FIELDS, Scope
-
-UNSET: Any = object()
 
 
 def _scope_of(memory: MemoryView) -> Scope:

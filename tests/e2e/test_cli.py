@@ -1,0 +1,165 @@
+"""The CLI as a user runs it: real subprocesses, one JSON document per command with --json,
+clear errors that write nothing, and several processes sharing one data directory."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from memstream.settings import Settings
+
+
+def cli(settings: Settings, *args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
+    cmd = [sys.executable, "-m", "memstream.cli", "--data-dir", str(settings.data_dir),
+           "--embedder", settings.embedder]  # fmt: skip
+    if settings.kafka_bootstrap:
+        cmd += ["--kafka", settings.kafka_bootstrap, "--topic", settings.topic]
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("KAFKA_BOOTSTRAP_SERVERS", "MEMSTREAM_DATA_DIR")
+    }
+    proc = subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=300, env=env)
+    if ok:
+        assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def doc(proc: subprocess.CompletedProcess[str]) -> Any:
+    return json.loads(proc.stdout)  # exactly one JSON document, or this raises
+
+
+@pytest.fixture(params=["file", pytest.param("kafka", marks=pytest.mark.kafka)])
+def settings(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
+    if request.param == "kafka":
+        return Settings(data_dir=tmp_path / "d", embedder="hashing",
+                        kafka_bootstrap=request.getfixturevalue("kafka_bootstrap"),
+                        topic=request.getfixturevalue("kafka_topic"))  # fmt: skip
+    return Settings(data_dir=tmp_path / "d", embedder="hashing")
+
+
+def test_json_documents_are_shaped_like_the_mem0_responses(settings: Settings) -> None:
+    added = doc(cli(settings, "--json", "add", "Prefers aisle seats", "--user-id", "alice",
+                    "--agent-id", "travel", "--metadata", '{"source": "chat"}', "--categories", "travel,seats"))  # fmt: skip
+    [result] = added["results"]
+    assert result["event"] == "ADD" and result["memory"] == "Prefers aisle seats"
+    mid = result["id"]
+    cli(settings, "add", "Ticket: lost luggage", "--user-id", "alice", "--run-id", "t-1")
+
+    listed = doc(
+        cli(settings, "--json", "get-all", "--filters", '{"user_id": "alice", "agent_id": "*"}')
+    )
+    assert listed["count"] == 1
+    [m] = listed["results"]
+    assert (m["id"], m["agent_id"], m["run_id"], m["session_id"]) == (mid, "travel", None, None)
+    assert m["metadata"] == {"source": "chat"} and m["categories"] == ["travel", "seats"]
+    assert m["created_at"].endswith("Z")
+
+    found = doc(
+        cli(
+            settings,
+            "--json",
+            "search",
+            "aisle seats",
+            "--user-id",
+            "alice",
+            "--agent-id",
+            "travel",
+        )
+    )
+    assert [r["id"] for r in found["results"]] == [mid] and 0 < found["results"][0]["score"] <= 1
+
+    updated = doc(cli(settings, "--json", "update", mid, "--text", "Prefers window seats"))
+    assert updated["memory"] == "Prefers window seats"
+    history = doc(cli(settings, "--json", "history", mid))
+    assert [h["event"] for h in history["results"]] == ["ADD", "UPDATE"]
+    assert history["results"][1]["old_memory"] == "Prefers aisle seats"
+
+    deleted = doc(cli(settings, "--json", "delete-all", "--user-id", "alice", "--run-id", "t-1"))
+    assert deleted["message"] == "Memories deleted successfully!" and deleted["count"] == 1
+    assert doc(cli(settings, "--json", "get", mid))["memory"] == "Prefers window seats"
+
+
+def test_bad_input_names_the_problem_and_writes_nothing(tmp_path: Path) -> None:
+    """Validation is the same on every log (tests/integration covers both); here the CLI's
+    part: exit code, one JSON error document naming the problem, the log untouched."""
+    settings = Settings(data_dir=tmp_path / "d", embedder="hashing")
+    cli(settings, "add", "seed", "--user-id", "bob")
+    log_dir = settings.data_dir / "log"
+    before = (
+        sorted((p.name, p.stat().st_size) for p in log_dir.glob("*.seg"))
+        if not settings.kafka_bootstrap
+        else None
+    )
+    cases = [
+        (["get-all", "--filters", '{"user_id": '], "--filters: not valid JSON"),
+        (["get-all", "--filters", '{"user_id": "bob", "colour": "red"}'], "filters.colour"),
+        (["get-all", "--filters", '{"user_id": 42}'], "filters.user_id"),
+        (["add", "   ", "--user-id", "bob"], "must not be empty"),
+        (["add", "x", "--user-id", ""], "user_id: must not be empty"),
+        (["add", "x", "--user-id", "bob", "--metadata", "[1]"], "metadata: must be a JSON object"),
+        (["add", "x"], "at least one of user_id"),
+        (["delete-all", "--filters", "{}"], "at least one of"),
+    ]
+    for args, message in cases:
+        proc = cli(settings, "--json", *args, ok=False)
+        assert proc.returncode != 0, args
+        assert message.lower() in doc(proc)["detail"].lower(), (args, proc.stdout)
+    assert sorted((p.name, p.stat().st_size) for p in log_dir.glob("*.seg")) == before
+    assert doc(cli(settings, "--json", "get-all", "--user-id", "bob"))["count"] == 1
+
+
+def test_several_cli_processes_on_one_data_dir_at_once(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path / "shared", embedder="hashing")
+    cli(settings, "add", "warm-up", "--user-id", "w")  # create the tables once
+    base = [
+        sys.executable,
+        "-m",
+        "memstream.cli",
+        "--data-dir",
+        str(settings.data_dir),
+        "--embedder",
+        "hashing",
+        "--json",
+    ]
+    procs = [subprocess.Popen([*base, "add", f"note {i}", "--user-id", "crowd", "--run-id", f"r{i % 2}"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(4)]  # fmt: skip
+    procs.append(subprocess.Popen([*base, "get-all", "--filters", '{"user_id": "crowd", "run_id": "*"}'],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))  # fmt: skip
+    outputs = [p.communicate(timeout=300) for p in procs]
+    for p, (out, err) in zip(procs, outputs, strict=True):
+        assert p.returncode == 0, err
+        json.loads(out)
+    final = doc(
+        cli(settings, "--json", "get-all", "--filters", '{"user_id": "crowd", "run_id": "*"}')
+    )
+    assert sorted(m["memory"] for m in final["results"]) == sorted(f"note {i}" for i in range(4))
+    # the log is intact: a replay rebuilds exactly the same memories
+    assert doc(cli(settings, "--json", "replay"))["events"] == 5
+    again = doc(
+        cli(settings, "--json", "get-all", "--filters", '{"user_id": "crowd", "run_id": "*"}')
+    )
+    assert {m["id"] for m in again["results"]} == {m["id"] for m in final["results"]}
+
+
+def test_demo_runs_on_the_default_embedder(tmp_path: Path) -> None:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("KAFKA_BOOTSTRAP_SERVERS", "MEMSTREAM_EMBEDDER")
+    }
+    proc = subprocess.run([sys.executable, "-m", "memstream.cli", "demo"], capture_output=True, text=True,
+                          timeout=300, env=env, cwd=tmp_path)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "ticket-2 is untouched" in proc.stdout
+    assert "replayed 13 events; alice's agent memories after replay: identical" in proc.stdout
+    # the semantic search ranks the beach hotel first for a question about sleeping by the sea
+    section = proc.stdout.split("search 'where should I sleep by the sea?'")[1]
+    first_row = next(line for line in section.splitlines() if "│" in line and "Alice" in line)
+    assert "hotel near the beach" in first_row
