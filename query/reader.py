@@ -10,11 +10,10 @@ import datetime as dt
 from collections.abc import Mapping
 from typing import Any
 
-from memstream.projector.projector import Projector
-from memstream.query.filters import compile_filters
-
 from memstream.errors import NotFoundError, ValidationError
 from memstream.models import HistoryEntry, MemoryView, Page, Tenant
+from memstream.projector.projector import Projector
+from memstream.query.filters import CompiledFilter, compile_filters, exact_lance_filter
 from memstream.sqlutil import sql_in, sql_str
 
 MEMORY_COLUMNS = [
@@ -38,14 +37,12 @@ class MemoryReader:
     def __init__(self, projector: Projector) -> None:
         self.projector = projector
 
-    def _predicate(
-        self, tenant: Tenant, filters: Mapping[str, Any] | None, show_expired: bool
-    ) -> str:
-        compiled = compile_filters(filters, org_id=tenant.org_id, project_id=tenant.project_id)
-        pred = f"({compiled.lance})"
-        if not show_expired:
-            pred += " AND " + not_expired()
-        return pred
+    def _compile(self, tenant: Tenant, filters: Mapping[str, Any] | None) -> CompiledFilter:
+        return compile_filters(filters, org_id=tenant.org_id, project_id=tenant.project_id)
+
+    @staticmethod
+    def _live(pred: str, show_expired: bool) -> str:
+        return f"({pred})" if show_expired else f"({pred}) AND {not_expired()}"
 
     def get(self, tenant: Tenant, memory_id: str) -> MemoryView:
         if not isinstance(memory_id, str) or not memory_id:
@@ -70,9 +67,15 @@ class MemoryReader:
             raise ValidationError("page: must be >= 1")
         if not 1 <= page_size <= MAX_PAGE_SIZE:
             raise ValidationError(f"page_size: must be between 1 and {MAX_PAGE_SIZE}")
-        rows = self.projector.generation().query_memories(
-            self._predicate(tenant, filters, show_expired), MEMORY_COLUMNS
-        )
+        compiled = self._compile(tenant, filters)
+        # metadata conditions cannot run inside Lance: prefilter there, decide exactly here
+        rows = [
+            row
+            for row in self.projector.generation().query_memories(
+                self._live(compiled.lance_prefilter, show_expired), MEMORY_COLUMNS
+            )
+            if compiled.lance_exact or compiled.matches(row)
+        ]
         rows.sort(key=lambda r: (-r["created_at"], r["id"]))
         start = (page - 1) * page_size
         return Page(
@@ -98,10 +101,11 @@ class MemoryReader:
             raise ValidationError("top_k: must be between 1 and 1000")
         if threshold is not None and not 0.0 <= threshold <= 1.0:
             raise ValidationError("threshold: must be between 0 and 1")
-        pred = self._predicate(tenant, filters, show_expired)
+        compiled = self._compile(tenant, filters)
         table = self.projector.generation().memories()
         if table is None:
             return []
+        pred = self._live(exact_lance_filter(table, compiled), show_expired)
         vector = self.projector.embedder.embed_one(query.strip())
         rows = (
             table.search(vector)

@@ -224,3 +224,24 @@ def test_bad_input_is_a_clear_error_and_writes_nothing(settings: Settings) -> No
             assert (await ms.get_all({"user_id": "erin"})).count == 1
 
     asyncio.run(go())
+
+
+def test_metadata_filters_are_exact_in_reads_and_in_delete_all(settings: Settings) -> None:
+    """Lance cannot evaluate metadata conditions, so they are decided after a prefilter; a
+    superset here would make delete_all remove memories the filter does not match."""
+
+    async def go() -> None:
+        async with Memstream(settings) as ms:
+            [tea] = await ms.add("likes tea", user_id="fay", metadata={"kind": "drink", "n": 3})
+            [jazz] = await ms.add("likes jazz", user_id="fay", metadata={"kind": "music", "n": 5})
+            await ms.add("likes coffee", user_id="fay", run_id="s1", metadata={"kind": "drink"})
+            drinks = {"user_id": "fay", "metadata": {"kind": "drink"}}
+            assert [m.id for m in (await ms.get_all(drinks)).results] == [tea.id]
+            assert [m.id for m in await ms.search("likes", drinks, top_k=10)] == [tea.id]
+            big = {"user_id": "fay", "metadata": {"n": {"gt": 4}}}
+            assert [m.id for m in (await ms.get_all(big)).results] == [jazz.id]
+            assert await ms.delete_all(drinks) == 1
+            assert [m.id for m in (await ms.get_all({"user_id": "fay"})).results] == [jazz.id]
+            assert (await ms.get_all({"user_id": "fay", "run_id": "s1"})).count == 1
+
+    asyncio.run(go())
