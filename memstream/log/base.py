@@ -12,6 +12,12 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from memstream.errors import ValidationError
+
+MAX_MESSAGE_BYTES = 1_048_000
+"""Largest key + value of one message, on every log: it fits Kafka's default broker limit
+(1,048,588 bytes with record overhead), so the file log cannot accept what Kafka would refuse."""
+
 Offsets = dict[int, int]
 """partition -> next offset to read (Kafka's meaning of a committed offset)."""
 
@@ -43,7 +49,11 @@ class LogReader(ABC):
 
     @abstractmethod
     async def commit(self, offsets: Offsets) -> None:
-        """Record consumer progress. Call only after the projection of those records is written."""
+        """Record consumer progress. Call only after the projection of those records is written.
+
+        Partitions not named keep their previous progress (a merge). Raises ValueError on a
+        reader opened without a group_id.
+        """
 
     @abstractmethod
     async def close(self) -> None: ...
@@ -66,9 +76,10 @@ class EventLog(ABC):
         """Durably append (key, value) messages and return their positions, in input order.
 
         Messages with the same key keep their relative order. Returns only once every message
-        is durable (fsync / acks=all); on any failure raises LogUnavailableError and the caller
-        must treat the whole batch as not written (at-least-once retries are made safe by
-        event ids and request ids downstream).
+        is durable (fsync / acks=all). A malformed or oversized message raises ValidationError
+        before anything is written (see `check_messages`); a failure of the log itself raises
+        LogUnavailableError, and the caller must treat the whole batch as not written
+        (at-least-once retries are made safe by event ids and request ids downstream).
         """
 
     @abstractmethod
@@ -84,6 +95,18 @@ class EventLog(ABC):
         `group_id` names the consumer group whose progress `LogReader.commit` records
         (Kafka consumer group; a progress file for the file log).
         """
+
+    @staticmethod
+    def check_messages(messages: Sequence[tuple[bytes, bytes]]) -> None:
+        """Refuse a batch with a non-bytes or oversized message, before any of it is written."""
+        for i, (key, value) in enumerate(messages):
+            if not isinstance(key, bytes | bytearray) or not isinstance(value, bytes | bytearray):
+                raise ValidationError(f"message {i}: key and value must be bytes")
+            if len(key) + len(value) > MAX_MESSAGE_BYTES:
+                raise ValidationError(
+                    f"message {i}: key + value is {len(key) + len(value)} bytes, over the "
+                    f"event log limit of {MAX_MESSAGE_BYTES} bytes"
+                )
 
     async def committed(self, group_id: str) -> Offsets:
         """The progress last committed by `group_id` (empty if none)."""

@@ -127,6 +127,7 @@ class FileEventLog(EventLog):
     async def append(self, messages: Sequence[tuple[bytes, bytes]]) -> list[Position]:
         if not messages:
             return []
+        self.check_messages(messages)
         if self._lock_fd is None:
             await self.start()
         return await asyncio.to_thread(self._append_sync, list(messages))
@@ -263,10 +264,11 @@ class FileLogReader(LogReader):
 
     async def commit(self, offsets: Offsets) -> None:
         if self.group_id is None:
-            return
+            raise ValueError("this reader has no group_id: nothing to commit progress for")
+        merged = {**await self.log.committed(self.group_id), **offsets}
         path = self.log._group_path(self.group_id)
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({str(p): o for p, o in offsets.items()}))
+        tmp.write_text(json.dumps({str(p): o for p, o in merged.items()}))
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -10,7 +10,7 @@
   `LogUnavailableError` naming the bootstrap servers, the topic and the cause; every network
   step is bounded by a timeout, so an unreachable broker is an error, not a hang.
 
-Message size: one message's key + value may be at most `MAX_MESSAGE_BYTES` (1,048,000 bytes).
+Message size: one message's key + value may be at most `memstream.log.base.MAX_MESSAGE_BYTES`.
 It then fits, with record-batch framing, under Kafka's default `message.max.bytes`
 (1,048,588 bytes per record batch), so no broker or topic setting has to change. Larger
 messages are refused with `ValidationError` before anything of the batch is sent.
@@ -31,11 +31,10 @@ from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 from memstream.errors import LogUnavailableError, ValidationError
 from memstream.log.base import EventLog, LogReader, LogRecord, Offsets, Position
 
-__all__ = ["KafkaEventLog", "KafkaLogReader", "MAX_MESSAGE_BYTES"]
+__all__ = ["KafkaEventLog", "KafkaLogReader"]
 
 log = logging.getLogger(__name__)
 
-MAX_MESSAGE_BYTES = 1_048_000
 """Largest key + value of one message, in bytes (see the module docstring)."""
 
 BROKER_MAX_BATCH_BYTES = 1_048_588
@@ -225,14 +224,7 @@ class KafkaEventLog(EventLog):
         producer = self._require_started()
         if not messages:
             return []
-        for i, (key, value) in enumerate(messages):
-            if not isinstance(key, bytes | bytearray) or not isinstance(value, bytes | bytearray):
-                raise ValidationError(f"message {i}: key and value must be bytes")
-            if len(key) + len(value) > MAX_MESSAGE_BYTES:
-                raise ValidationError(
-                    f"message {i}: key + value is {len(key) + len(value)} bytes, over the "
-                    f"event log limit of {MAX_MESSAGE_BYTES} bytes"
-                )
+        self.check_messages(messages)
         futures: list[asyncio.Future[Any]] = []
 
         async def send_all() -> list[Any]:

@@ -26,8 +26,7 @@ from pathlib import Path
 import pytest
 
 from memstream.errors import LogUnavailableError, ValidationError
-from memstream.log.base import EventLog, LogRecord, Offsets, Position
-from memstream.log.kafka import MAX_MESSAGE_BYTES
+from memstream.log.base import MAX_MESSAGE_BYTES, EventLog, LogRecord, Offsets, Position
 
 pytestmark = pytest.mark.timeout(300)  # the first Kafka case may include a cold broker start
 
@@ -341,12 +340,6 @@ def test_large_values_up_to_the_limit(subject: LogUnderTest) -> None:
 def test_oversized_message_is_refused_and_nothing_of_the_batch_is_written(
     subject: LogUnderTest, request: pytest.FixtureRequest
 ) -> None:
-    if subject.kind == "file":
-        # Known gap, reported: FileEventLog accepts any size. strict=True turns this into a
-        # failure (XPASS) the day it enforces the limit, so the marker cannot outlive the gap.
-        request.applymarker(
-            pytest.mark.xfail(strict=True, reason="FileEventLog does not enforce MAX_MESSAGE_BYTES")
-        )
     too_big = (b"k", b"x" * MAX_MESSAGE_BYTES)  # key + value = limit + 1
 
     async def scenario() -> None:

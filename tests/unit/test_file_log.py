@@ -11,6 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from memstream.log.file import FileEventLog, _frame
 
 
@@ -136,6 +138,10 @@ def test_consumer_progress_is_durable(tmp_path: Path) -> None:
         reader = await log.reader({0: 0}, group_id="proj/1")
         await reader.commit({0: 5})
         assert await FileEventLog(tmp_path).committed("proj/1") == {0: 5}
+        await reader.commit({})  # partitions not named keep their progress
+        assert await FileEventLog(tmp_path).committed("proj/1") == {0: 5}
+        with pytest.raises(ValueError, match="no group_id"):
+            await (await log.reader({0: 0})).commit({0: 1})
         assert await FileEventLog(tmp_path).committed("other") == {}
 
     asyncio.run(go())
