@@ -163,7 +163,9 @@ def apply_event(
             event,
             position,
             "FEEDBACK",
-            payload=json.dumps({"feedback": event.feedback, "feedback_reason": event.feedback_reason}),
+            payload=json.dumps(
+                {"feedback": event.feedback, "feedback_reason": event.feedback_reason}
+            ),
         )
     return _audit(event, position, "NOOP")
 

@@ -20,19 +20,19 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-from memstream.projector.apply import BatchState, apply_event
-from memstream.projector.store import EmbeddingCache, Generation, ProjectionStore
-from memstream.projector.tables import EVENTS_SCHEMA, memories_schema
 
 from memstream.embedders.base import Embedder
 from memstream.errors import MemstreamError, ValidationError
 from memstream.events import MemoryAdded, MemoryUpdated, decode_event, text_hash
 from memstream.log.base import EventLog, LogReader, LogRecord, Offsets, Position
+from memstream.projector.apply import BatchState, apply_event
+from memstream.projector.store import EmbeddingCache, Generation, ProjectionStore
+from memstream.projector.tables import EVENTS_SCHEMA, memories_schema
 from memstream.sqlutil import sql_in
 
 log = logging.getLogger("memstream.projector")
 
-MAINTENANCE_EVERY = 64  # batches between optimize()/index refreshes
+SMALL_FRAGMENTS = 32  # compact a table once it has this many small fragments
 
 
 class ProjectionTimeout(MemstreamError):
@@ -73,7 +73,6 @@ class Projector:
         self._reader_next: Offsets = {}
         self._alock = asyncio.Lock()
         self._lock_fd = os.open(data_dir / "projector.lock", os.O_RDWR | os.O_CREAT, 0o644)
-        self._batches = 0
         self.checkpoint: Offsets = {}
         self._background = False
         self._progress = asyncio.Event()
@@ -239,17 +238,26 @@ class Projector:
             p = r.position.partition
             new_cp[p] = max(new_cp.get(p, 0), r.position.offset + 1)
         gen.write_checkpoint(new_cp)
-        self._batches += 1
-        if self._batches % MAINTENANCE_EVERY == 1:
-            self.maintain(gen)
+        self.maintain(gen)
         return new_cp
 
-    def maintain(self, gen: Generation) -> None:
-        """Compact small fragments and keep scalar indexes current."""
-        gen.ensure_indexes()
-        for table in (gen.memories(), gen.events()):
-            if table is not None and self._batches > 1:
-                table.optimize()
+    def maintain(self, gen: Generation, *, force: bool = False) -> None:
+        """Compact small fragments and fold new rows into the scalar indexes.
+
+        Decided from each table's own fragment statistics, not a per-process counter, so
+        many short-lived CLI processes compact as well as one long-running server.
+        """
+        tables = [gen.memories(), gen.events(), self.cache.table()]
+        due = [
+            t
+            for t in tables
+            if t is not None
+            and (force or t.stats()["fragment_stats"]["num_small_fragments"] >= SMALL_FRAGMENTS)
+        ]
+        if due or force:
+            gen.ensure_indexes()
+        for table in due:
+            table.optimize()
 
     def _fill_vectors(self, state: BatchState) -> None:
         rows = [r for mid in state.needs_vector if (r := state.rows[mid]) is not None]
@@ -289,8 +297,7 @@ class Projector:
                         async with self._flock():
                             target = await self.log.end_offsets()
                             if covers(cp, target):
-                                gen_any: Any = new
-                                self.maintain(gen_any)
+                                self.maintain(new, force=True)
                                 self.store.promote(new.path.name)
                                 break
                     batch = await reader.next_batch(self.batch_size, timeout_s=0.5)

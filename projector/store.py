@@ -22,9 +22,9 @@ from typing import Any
 import lancedb
 import numpy as np
 import pyarrow as pa
-from memstream.projector.tables import ENTITY_COLUMNS, EVENTS_SCHEMA, memories_schema
 
 from memstream.log.base import Offsets
+from memstream.projector.tables import ENTITY_COLUMNS, EVENTS_SCHEMA, memories_schema
 from memstream.sqlutil import sql_in, sql_str
 
 INDEXED_COLUMNS = ("org_id", "project_id", *ENTITY_COLUMNS)
@@ -202,6 +202,10 @@ class EmbeddingCache:
                 except (OSError, ValueError):
                     self._table = self.db.open_table(self.table_name)
         return self._table
+
+    def table(self) -> Any:
+        """The cache's LanceDB table, or None before the first vector is stored."""
+        return self._tbl(create=False)
 
     def get_many(self, keys: list[str]) -> dict[str, np.ndarray]:
         found = {k: self._mem[k] for k in keys if k in self._mem}
