@@ -32,6 +32,7 @@ import lancedb
 import numpy as np
 import pyarrow as pa
 from lancedb.index import Bitmap, BTree
+
 from memstream.projector.tables import memories_schema
 from memstream.query.filters import compile_filters
 

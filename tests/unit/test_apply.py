@@ -7,10 +7,10 @@ from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from memstream.projector.apply import BatchState, apply_event
 
 from memstream.events import Event, MemoryAdded, MemoryDeleted, MemoryUpdated, text_hash
 from memstream.log.base import Position
+from memstream.projector.apply import BatchState, apply_event
 from memstream.scope import Scope
 
 SCOPES = [

@@ -18,6 +18,8 @@ import pyarrow as pa
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+from memstream.errors import FilterError, ValidationError
 from memstream.projector.tables import memories_schema
 from memstream.query.filters import (
     ALLOWED_KEYS,
@@ -28,8 +30,6 @@ from memstream.query.filters import (
     parse_filters,
     sql_fold,
 )
-
-from memstream.errors import FilterError, ValidationError
 from memstream.scope import ENTITY_FIELDS, normalise_id
 
 ORG, PROJECT = "org-1", "proj-1"

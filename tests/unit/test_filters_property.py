@@ -23,6 +23,7 @@ import pyarrow as pa
 import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
+
 from memstream.projector.tables import memories_schema
 from memstream.query.filters import (
     CompiledFilter,
@@ -31,7 +32,6 @@ from memstream.query.filters import (
     exact_lance_filter,
     fold,
 )
-
 from memstream.scope import ENTITY_FIELDS
 
 DIM = 8
