@@ -135,7 +135,7 @@ class MemoryWriter:
         set_exp = expiration_date is not UNSET
         expires = v.expiration(expiration_date) if set_exp else None
         rid = v.request_id(request_id)
-        if (previous := await self._replayed(tenant, rid)) is not None:
+        if previous := await self._replayed(tenant, rid):  # [] = the id only named a delete_all
             return previous[0]
         await self.projector.catch_up()
         current = self.reader.get(tenant, memory_id)
@@ -162,7 +162,7 @@ class MemoryWriter:
         wait: bool = True,
     ) -> WriteResult:
         rid = v.request_id(request_id)
-        if (previous := await self._replayed(tenant, rid)) is not None:
+        if previous := await self._replayed(tenant, rid):  # [] = the id only named a delete_all
             return previous[0]
         await self.projector.catch_up()
         current = self.reader.get(tenant, memory_id)
