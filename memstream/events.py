@@ -106,9 +106,44 @@ class FeedbackGiven(Event):
     feedback_reason: str | None = None
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MemoryExpired(Event):
+    event_type: ClassVar[str] = "MemoryExpired"
+
+    reason: str  # expiration_date | policy
+    policy_id: str | None = None
+    expiration_date: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RetentionPolicySet(Event):
+    event_type: ClassVar[str] = "RetentionPolicySet"
+
+    policy_id: str
+    field: str  # run_id | app_id | agent_id | user_id
+    pattern: str  # exact id, 'prefix*', or '*'
+    ttl_seconds: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RetentionPolicyRemoved(Event):
+    event_type: ClassVar[str] = "RetentionPolicyRemoved"
+
+    policy_id: str
+
+
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.event_type: cls
-    for cls in (MemoryAdded, MemoryUpdated, MemoryDeleted, DeleteAllRequested, FeedbackGiven)
+    for cls in (
+        MemoryAdded,
+        MemoryUpdated,
+        MemoryDeleted,
+        DeleteAllRequested,
+        FeedbackGiven,
+        MemoryExpired,
+        RetentionPolicySet,
+        RetentionPolicyRemoved,
+    )
 }
 
 

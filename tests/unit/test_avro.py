@@ -20,7 +20,10 @@ from memstream.events import (
     DeleteAllRequested,
     MemoryAdded,
     MemoryDeleted,
+    MemoryExpired,
     MemoryUpdated,
+    RetentionPolicyRemoved,
+    RetentionPolicySet,
     decode_event,
     encode_event,
     text_hash,
@@ -49,6 +52,23 @@ def events(draw: st.DrawFn) -> object:
         occurred_at=draw(st.integers(0, 253_402_300_799_999)),  # up to 9999-12-31
     )
     kind = draw(st.sampled_from(sorted(EVENT_TYPES)))
+    if kind == "MemoryExpired":
+        return MemoryExpired(
+            **common,
+            reason="policy",
+            policy_id=draw(ids),
+            expiration_date=draw(st.sampled_from([None, "2030-01-31"])),
+        )
+    if kind == "RetentionPolicySet":
+        return RetentionPolicySet(
+            **common,
+            policy_id=draw(texts),
+            field="run_id",
+            pattern=draw(texts),
+            ttl_seconds=draw(st.integers(0, 2**40)),
+        )
+    if kind == "RetentionPolicyRemoved":
+        return RetentionPolicyRemoved(**common, policy_id=draw(texts))
     if kind == "MemoryAdded":
         t = draw(texts)
         return MemoryAdded(**common, text=t, hash=text_hash(t), metadata=json.dumps({"k": draw(texts)}),
