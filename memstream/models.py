@@ -51,6 +51,7 @@ class MemoryView:
     org_id: str
     project_id: str
     score: float | None = None
+    expired_at: int | None = None
 
     @classmethod
     def from_row(cls, row: dict[str, Any], score: float | None = None) -> MemoryView:
@@ -71,6 +72,7 @@ class MemoryView:
             org_id=row["org_id"],
             project_id=row["project_id"],
             score=score,
+            expired_at=row.get("expired_at"),
         )
 
     def to_api(self) -> dict[str, Any]:
@@ -91,6 +93,8 @@ class MemoryView:
             "expiration_date": self.expiration_date,
             "immutable": self.immutable,
         }
+        if self.expired_at is not None:
+            out["expired_at"] = iso_ms(self.expired_at)
         if self.score is not None:
             out["score"] = self.score
         return out

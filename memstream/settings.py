@@ -14,7 +14,8 @@ class Settings:
     kafka_bootstrap: str | None = None  # None -> the embedded file log in data_dir/log
     topic: str = "memstream.events"
     partitions: int = 3
-    embedder: str = "minilm"
+    embedder: str | None = None  # None -> the live projection's embedder, else minilm
+    sweep_interval_s: float = 60.0  # expiry sweeper period in server mode
     org_id: str = "local"
     project_id: str = "default"
 
@@ -26,7 +27,8 @@ class Settings:
             kafka_bootstrap=env.get("KAFKA_BOOTSTRAP_SERVERS") or None,
             topic=env.get("MEMSTREAM_TOPIC", "memstream.events"),
             partitions=int(env.get("MEMSTREAM_PARTITIONS", "3")),
-            embedder=env.get("MEMSTREAM_EMBEDDER", "minilm"),
+            embedder=env.get("MEMSTREAM_EMBEDDER") or None,
+            sweep_interval_s=float(env.get("MEMSTREAM_SWEEP_INTERVAL_S", "60")),
             org_id=env.get("MEMSTREAM_ORG_ID", "local"),
             project_id=env.get("MEMSTREAM_PROJECT_ID", "default"),
         )

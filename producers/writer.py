@@ -12,16 +12,20 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from memstream.errors import ConflictError, ValidationError
+from memstream.errors import ConflictError, NotFoundError, ValidationError
 from memstream.events import (
     Actor,
     DeleteAllRequested,
     Event,
     MemoryAdded,
     MemoryDeleted,
+    MemoryExpired,
     MemoryUpdated,
+    RetentionPolicyRemoved,
+    RetentionPolicySet,
     message_of,
     new_id,
+    now_ms,
     text_hash,
 )
 from memstream.log.base import EventLog, Position
@@ -30,6 +34,7 @@ from memstream.producers import validation as v
 from memstream.projector.projector import Projector
 from memstream.query.filters import compile_filters
 from memstream.query.reader import MemoryReader
+from memstream.query.retention import check_policy, parse_ttl
 from memstream.scope import ENTITY_FIELDS, Scope
 
 
@@ -224,6 +229,71 @@ class MemoryWriter:
         ]  # fmt: skip
         await self._append([audit, *deletes], wait)
         return len(ids)
+
+
+class RetentionWriter:
+    """Retention rules and the expiry sweeper: both only append facts to the log."""
+
+    def __init__(self, log: EventLog, projector: Projector, reader: MemoryReader) -> None:
+        self.log = log
+        self.projector = projector
+        self.reader = reader
+
+    async def set_policy(
+        self,
+        tenant: Tenant,
+        *,
+        field: str,
+        pattern: str,
+        ttl: str | int,
+        policy_id: str | None = None,
+        actor: Actor | None = None,
+    ) -> dict[str, Any]:
+        check_policy(field, pattern)
+        seconds = parse_ttl(ttl)
+        pid = v.request_id(policy_id) or f"{field}:{pattern}"
+        event = RetentionPolicySet(
+            scope=Scope(tenant.org_id, tenant.project_id), actor=actor or Actor(),
+            policy_id=pid, field=field, pattern=pattern, ttl_seconds=seconds,
+        )  # fmt: skip
+        positions = await self.log.append([message_of(event)])
+        await self.projector.wait_for(positions)
+        return {"policy_id": pid, "field": field, "pattern": pattern, "ttl_seconds": seconds}
+
+    async def remove_policy(
+        self, tenant: Tenant, policy_id: str, actor: Actor | None = None
+    ) -> None:
+        await self.projector.catch_up()
+        if not any(p["policy_id"] == policy_id for p in self.reader.policies(tenant)):
+            raise NotFoundError(f"retention policy not found: {policy_id}")
+        event = RetentionPolicyRemoved(
+            scope=Scope(tenant.org_id, tenant.project_id),
+            actor=actor or Actor(),
+            policy_id=policy_id,
+        )
+        await self.projector.wait_for(await self.log.append([message_of(event)]))
+
+    async def expire(self, now: int | None = None, actor: Actor | None = None) -> int:
+        """Record MemoryExpired for every memory (in every project) that expired by `now`.
+
+        Reads hide these memories already; the events make the expiry part of the audit.
+        Running it twice, or in two processes at once, is safe: a second expiry is a no-op.
+        """
+        await self.projector.catch_up()
+        when = now if now is not None else now_ms()
+        events = [
+            MemoryExpired(
+                scope=_scope_of(MemoryView.from_row(row)), memory_id=row["id"],
+                actor=actor or Actor(source="sweeper"), reason=reason, policy_id=policy_id,
+                expiration_date=row["expiration_date"] if reason == "expiration_date" else None,
+            )
+            for row, reason, policy_id in self.reader.due_for_expiry(when)
+        ]  # fmt: skip
+        for i in range(0, len(events), 1000):
+            await self.projector.wait_for(
+                await self.log.append([message_of(e) for e in events[i : i + 1000]])
+            )
+        return len(events)
 
 
 def _result_of(row: dict[str, Any]) -> WriteResult:

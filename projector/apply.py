@@ -18,7 +18,10 @@ from memstream.events import (
     FeedbackGiven,
     MemoryAdded,
     MemoryDeleted,
+    MemoryExpired,
     MemoryUpdated,
+    RetentionPolicyRemoved,
+    RetentionPolicySet,
 )
 from memstream.log.base import Position
 from memstream.scope import Scope
@@ -44,6 +47,8 @@ class BatchState:
     by_hash: dict[tuple[Scope, str], set[str]] = field(default_factory=dict)
     changed: set[str] = field(default_factory=set)
     needs_vector: set[str] = field(default_factory=set)
+    # retention rules set (row) or removed (None) by this batch, by policies-table key
+    policies: dict[str, dict[str, Any] | None] = field(default_factory=dict)
 
     def load(self, row: dict[str, Any]) -> None:
         self.rows[row["id"]] = row
@@ -145,6 +150,10 @@ def apply_event(
             categories=list(row["categories"]),
             payload=json.dumps({"cause_event_id": event.cause_event_id}),
         )
+    if isinstance(event, MemoryExpired):
+        return _apply_expired(state, event, position)
+    if isinstance(event, RetentionPolicySet | RetentionPolicyRemoved):
+        return _apply_policy(state, event, position)
     if isinstance(event, DeleteAllRequested):
         return _audit(
             event,
@@ -214,6 +223,7 @@ def _apply_added(
         "updated_at": event.occurred_at,
         "expiration_date": event.expiration_date,
         "immutable": event.immutable,
+        "expired_at": None,
         "partition": position.partition,
         "created_offset": position.offset,
         "last_offset": position.offset,
@@ -262,3 +272,50 @@ def _apply_updated(state: BatchState, event: MemoryUpdated, position: Position) 
     state.rows[row["id"]] = new
     state.changed.add(row["id"])
     return _audit(event, position, "UPDATE", **audit)
+
+
+def _apply_expired(state: BatchState, event: MemoryExpired, position: Position) -> dict[str, Any]:
+    """Expiry hides a memory from search and get_all; get(id) still returns it (as on the
+    Mem0 platform), so the row stays, marked with when it expired."""
+    row = state.rows.get(event.memory_id or "")
+    payload = json.dumps({"policy_id": event.policy_id, "expiration_date": event.expiration_date})
+    if row is None or row["expired_at"] is not None:
+        return _audit(event, position, "NOOP", reason=event.reason, payload=payload)
+    new = dict(row, expired_at=event.occurred_at, last_offset=position.offset)
+    state.rows[row["id"]] = new
+    state.changed.add(row["id"])
+    return _audit(
+        event, position, "EXPIRE", reason=event.reason, old_text=row["text"], payload=payload
+    )
+
+
+def policy_key(org_id: str, project_id: str, policy_id: str) -> str:
+    return f"{org_id}/{project_id}/{policy_id}"
+
+
+def _apply_policy(
+    state: BatchState, event: RetentionPolicySet | RetentionPolicyRemoved, position: Position
+) -> dict[str, Any]:
+    key = policy_key(event.scope.org_id, event.scope.project_id, event.policy_id)
+    if isinstance(event, RetentionPolicyRemoved):
+        state.policies[key] = None
+        return _audit(
+            event, position, "POLICY_REMOVED", payload=json.dumps({"policy_id": event.policy_id})
+        )
+    row = {
+        "key": key,
+        "org_id": event.scope.org_id,
+        "project_id": event.scope.project_id,
+        "policy_id": event.policy_id,
+        "field": event.field,
+        "pattern": event.pattern,
+        "ttl_seconds": event.ttl_seconds,
+        "created_at": event.occurred_at,
+    }
+    state.policies[key] = row
+    return _audit(
+        event,
+        position,
+        "POLICY_SET",
+        payload=json.dumps({k: row[k] for k in ("policy_id", "field", "pattern", "ttl_seconds")}),
+    )

@@ -27,7 +27,12 @@ from memstream.events import MemoryAdded, MemoryUpdated, decode_event, text_hash
 from memstream.log.base import EventLog, LogReader, LogRecord, Offsets, Position
 from memstream.projector.apply import BatchState, apply_event
 from memstream.projector.store import EmbeddingCache, Generation, ProjectionStore
-from memstream.projector.tables import EVENTS_SCHEMA, memories_schema
+from memstream.projector.tables import (
+    EVENTS_SCHEMA,
+    POLICIES_SCHEMA,
+    PROJECTION_VERSION,
+    memories_schema,
+)
 from memstream.sqlutil import sql_in
 
 log = logging.getLogger("memstream.projector")
@@ -95,6 +100,13 @@ class Projector:
             self._reset_reader()
         assert self._gen is not None
         return self._gen
+
+    def outdated(self) -> bool:
+        """True when the live generation was built by an older projection version."""
+        name = self.store.current_name()
+        if name is None or not (self.store.root / name).exists():
+            return False
+        return self.store.meta(name).version < PROJECTION_VERSION
 
     def _reset_reader(self) -> None:
         if self._reader is not None:
@@ -233,6 +245,18 @@ class Projector:
                 )
             if deletes:
                 table.delete(sql_in("id", deletes))
+        if state.policies:
+            table = gen.policies(create=True)
+            kept = [row for row in state.policies.values() if row is not None]
+            gone = [key for key, row in state.policies.items() if row is None]
+            if gone:
+                table.delete(sql_in("key", gone))
+            if kept:
+                table.merge_insert(
+                    "key"
+                ).when_matched_update_all().when_not_matched_insert_all().execute(
+                    pa.Table.from_pylist(kept, schema=POLICIES_SCHEMA)
+                )
         new_cp = dict(cp)
         for r in records:
             p = r.position.partition

@@ -24,7 +24,13 @@ import numpy as np
 import pyarrow as pa
 
 from memstream.log.base import Offsets
-from memstream.projector.tables import ENTITY_COLUMNS, EVENTS_SCHEMA, memories_schema
+from memstream.projector.tables import (
+    ENTITY_COLUMNS,
+    EVENTS_SCHEMA,
+    POLICIES_SCHEMA,
+    PROJECTION_VERSION,
+    memories_schema,
+)
 from memstream.sqlutil import sql_in, sql_str
 
 INDEXED_COLUMNS = ("org_id", "project_id", *ENTITY_COLUMNS)
@@ -43,6 +49,7 @@ def _atomic_write(path: Path, text: str) -> None:
 class GenerationMeta:
     embedder: str
     dim: int
+    version: int
 
 
 class Generation:
@@ -54,6 +61,7 @@ class Generation:
         self.db = lancedb.connect(path / "lance", read_consistency_interval=dt.timedelta(0))
         self._memories: Any = None
         self._events: Any = None
+        self._policies: Any = None
 
     # tables are created lazily, so a read of an empty generation needs no writer
     def _open(self, name: str, schema: pa.Schema, create: bool) -> Any:
@@ -76,6 +84,18 @@ class Generation:
         if self._events is None:
             self._events = self._open("events", EVENTS_SCHEMA, create)
         return self._events
+
+    def policies(self, create: bool = False) -> Any:
+        if self._policies is None:
+            self._policies = self._open("policies", POLICIES_SCHEMA, create)
+        return self._policies
+
+    def query_policies(self, where: str = "true") -> list[dict[str, Any]]:
+        table = self.policies()
+        if table is None:
+            return []
+        rows: list[dict[str, Any]] = table.search().where(where).limit(None).to_arrow().to_pylist()
+        return rows
 
     # -- checkpoint ----------------------------------------------------------------------
     def checkpoint(self) -> Offsets:
@@ -126,6 +146,16 @@ class Generation:
                     events.create_scalar_index(column, index_type="BTREE")
 
 
+def live_embedder(data_dir: Path) -> str | None:
+    """The embedder the live projection in `data_dir` was built with, if there is one."""
+    root = data_dir / "projections"
+    try:
+        name = (root / "CURRENT").read_text().strip()
+        return str(json.loads((root / name / "meta.json").read_text())["embedder"])
+    except (FileNotFoundError, KeyError, ValueError):
+        return None
+
+
 class ProjectionStore:
     """Finds the live generation and creates new ones (for replay)."""
 
@@ -148,7 +178,9 @@ class ProjectionStore:
 
     def meta(self, name: str) -> GenerationMeta:
         data = json.loads((self.root / name / "meta.json").read_text())
-        return GenerationMeta(embedder=data["embedder"], dim=int(data["dim"]))
+        return GenerationMeta(
+            embedder=data["embedder"], dim=int(data["dim"]), version=int(data.get("version", 1))
+        )
 
     def _create(self, promote: bool) -> str:
         name = (
@@ -156,7 +188,10 @@ class ProjectionStore:
         )
         path = self.root / name
         path.mkdir(parents=True)
-        _atomic_write(path / "meta.json", json.dumps({"embedder": self.embedder, "dim": self.dim}))
+        _atomic_write(
+            path / "meta.json",
+            json.dumps({"embedder": self.embedder, "dim": self.dim, "version": PROJECTION_VERSION}),
+        )
         if promote:
             self.promote(name)
         return name

@@ -31,6 +31,7 @@ def memories_schema(dim: int) -> pa.Schema:
             pa.field("updated_at", pa.int64(), nullable=False),  # ms UTC
             pa.field("expiration_date", pa.string()),  # 'YYYY-MM-DD' or null
             pa.field("immutable", pa.bool_(), nullable=False),
+            pa.field("expired_at", pa.int64()),  # ms UTC of MemoryExpired, or null
             pa.field("partition", pa.int32(), nullable=False),  # log partition of the scope
             pa.field("created_offset", pa.int64(), nullable=False),  # position of MemoryAdded
             pa.field("last_offset", pa.int64(), nullable=False),  # last applied event
@@ -67,5 +68,22 @@ EVENTS_SCHEMA = pa.schema(
         pa.field("payload", pa.string(), nullable=False),  # the whole event as JSON, for audits
     ]
 )
+
+POLICIES_SCHEMA = pa.schema(
+    [
+        pa.field("key", pa.string(), nullable=False),  # org_id + '/' + project_id + '/' + policy_id
+        pa.field("org_id", pa.string(), nullable=False),
+        pa.field("project_id", pa.string(), nullable=False),
+        pa.field("policy_id", pa.string(), nullable=False),
+        pa.field("field", pa.string(), nullable=False),
+        pa.field("pattern", pa.string(), nullable=False),
+        pa.field("ttl_seconds", pa.int64(), nullable=False),
+        pa.field("created_at", pa.int64(), nullable=False),
+    ]
+)
+
+PROJECTION_VERSION = 2
+"""Bump when a table's schema or an event's meaning changes: older generations are then
+rebuilt from the log on start (they are derived data, so nothing is lost)."""
 
 EMBEDDINGS_COLUMNS = ("key", "model", "vector")  # key = model + ':' + sha256(text)
