@@ -22,6 +22,7 @@ from fastapi.responses import JSONResponse
 from memstream.errors import AuthError, LogUnavailableError, MemstreamError
 from memstream.keys import KeyRegistry
 from memstream.server import routes_entities, routes_exports, routes_memories, routes_platform
+from memstream.server.deps import PendingAdds
 from memstream.service import Memstream
 from memstream.settings import Settings
 
@@ -96,7 +97,7 @@ def create_app(settings: Settings) -> FastAPI:
         try:
             await keys.start()
             follower = asyncio.create_task(keys.follow(stop))
-            app.state.ms, app.state.keys = ms, keys
+            app.state.ms, app.state.keys, app.state.pending = ms, keys, PendingAdds()
             log.info("memstream serving %s from %s", settings.log_description, settings.data_dir)
             yield
         finally:

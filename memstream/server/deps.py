@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import ast
 import json
+from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Annotated, Any
 
 from fastapi import Depends, Header, Request
 
 from memstream.errors import ValidationError
+from memstream.models import Tenant
 from memstream.scope import ENTITY_FIELDS, normalise_id
 from memstream.service import Memstream
 
@@ -22,6 +24,35 @@ def get_ms(request: Request) -> Memstream:
 
 
 MsDep = Annotated[Memstream, Depends(get_ms)]
+
+
+class PendingAdds:
+    """The event ids of recent `async_mode` adds, so GET /v1/event/{id}/ can answer PENDING for
+    an add that is durable but not projected yet (bounded; this server's adds only)."""
+
+    def __init__(self, limit: int = 10_000) -> None:
+        self.limit = limit
+        self._by_event: OrderedDict[str, tuple[Tenant, tuple[str, ...]]] = OrderedDict()
+
+    def remember(self, tenant: Tenant, event_ids: list[str]) -> None:
+        if not event_ids:
+            return
+        self._by_event[event_ids[0]] = (tenant, tuple(event_ids))
+        while len(self._by_event) > self.limit:
+            self._by_event.popitem(last=False)
+
+    def lookup(self, tenant: Tenant, event_id: str) -> tuple[str, ...] | None:
+        """Every event id of the add that `event_id` names, if it was this tenant's."""
+        entry = self._by_event.get(event_id)
+        return entry[1] if entry is not None and entry[0] == tenant else None
+
+
+def get_pending(request: Request) -> PendingAdds:
+    pending: PendingAdds = request.app.state.pending
+    return pending
+
+
+PendingDep = Annotated[PendingAdds, Depends(get_pending)]
 
 
 def idempotency_key(

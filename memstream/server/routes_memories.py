@@ -7,18 +7,21 @@ the tenant from the caller's key; the core does the rest (validation, filters, e
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Query, Request
 
-from memstream.errors import ValidationError
-from memstream.models import MemoryView, WriteResult
+from memstream.errors import NotFoundError, ValidationError
+from memstream.models import MemoryView, WriteResult, iso_ms
 from memstream.producers.writer import UNSET
-from memstream.scope import ENTITY_FIELDS
+from memstream.scope import ENTITY_FIELDS, normalise_id
 from memstream.server.auth import CallerDep
 from memstream.server.deps import (
     IdempotencyDep,
     MsDep,
+    PendingAdds,
+    PendingDep,
     combine,
     memory_id_param,
     parse_query_object,
@@ -28,6 +31,7 @@ from memstream.server.schemas import (
     AddRequest,
     BatchDeleteRequest,
     BatchUpdateRequest,
+    EventOut,
     GetAllRequest,
     HistoryOut,
     MemoryOut,
@@ -71,7 +75,7 @@ def _add_entities(body: AddRequest) -> dict[str, Any]:
 
 
 async def _add(
-    ms: MsDep, caller: CallerDep, body: AddRequest, idempotency: str | None
+    ms: MsDep, caller: CallerDep, body: AddRequest, idempotency: str | None, queue: PendingAdds
 ) -> dict[str, Any]:
     messages: Any = body.messages
     if isinstance(messages, list):
@@ -92,6 +96,7 @@ async def _add(
         wait=not pending,
     )
     if pending:
+        queue.remember(caller.tenant, [r.event_id for r in results if r.event_id])
         return {
             "message": QUEUED,
             "status": "PENDING",
@@ -103,18 +108,54 @@ async def _add(
 
 @router.post("/v3/memories/add/", responses=doc(AddOut), summary="Add memories")
 async def add_v3(
-    ms: MsDep, caller: CallerDep, body: AddRequest, idempotency: IdempotencyDep
+    ms: MsDep, caller: CallerDep, body: AddRequest, idempotency: IdempotencyDep, queue: PendingDep
 ) -> Any:
     """Each non-system message becomes one memory. `async_mode: true` answers PENDING once the
-    events are durable in the log, before they are projected."""
-    return await _add(ms, caller, body, idempotency)
+    events are durable in the log, before they are projected (poll GET /v1/event/{event_id}/)."""
+    return await _add(ms, caller, body, idempotency, queue)
 
 
 @router.post("/v1/memories/", responses=doc(AddOut), summary="Add memories (legacy v1 path)")
 async def add_v1(
-    ms: MsDep, caller: CallerDep, body: AddRequest, idempotency: IdempotencyDep
+    ms: MsDep, caller: CallerDep, body: AddRequest, idempotency: IdempotencyDep, queue: PendingDep
 ) -> Any:
-    return await _add(ms, caller, body, idempotency)
+    return await _add(ms, caller, body, idempotency, queue)
+
+
+@router.get("/v1/event/{event_id}/", responses=doc(EventOut), summary="Status of an add")
+async def get_event(ms: MsDep, caller: CallerDep, event_id: str, queue: PendingDep) -> Any:
+    """PENDING until every memory of the add is projected, then SUCCEEDED with the results.
+    Any event id of the caller's project works (e.g. one from a memory's history)."""
+    eid = normalise_id("event_id", event_id)
+    assert eid is not None
+    ids = queue.lookup(caller.tenant, eid) or (eid,)
+    rows = [
+        r
+        for r in (await asyncio.to_thread(ms.reader.outcomes, list(ids))).values()
+        if (r["org_id"], r["project_id"]) == (caller.tenant.org_id, caller.tenant.project_id)
+    ]
+    if not rows and queue.lookup(caller.tenant, eid) is None:
+        raise NotFoundError("Event not found or you don't have permission to access it.")
+    rows.sort(key=lambda r: (r["partition"], r["offset"]))
+    done = len(rows) == len(ids)
+    first = min((r["occurred_at"] for r in rows), default=None)
+    return {
+        "id": eid,
+        "event_type": "ADD"
+        if all(r["event_type"] == "MemoryAdded" for r in rows)
+        else rows[0]["event_type"],
+        "status": "SUCCEEDED" if done else "PENDING",
+        "results": [
+            {
+                "id": r["resolved_memory_id"] if r["outcome"] == "NONE" else r["memory_id"],
+                "event": r["outcome"],
+                "data": {"memory": r["text"] or r["old_text"]},
+            }
+            for r in rows
+        ],
+        "created_at": iso_ms(first),
+        "updated_at": iso_ms(max((r["occurred_at"] for r in rows), default=None)),
+    }
 
 
 # -- get_all -------------------------------------------------------------------------------

@@ -244,6 +244,13 @@ class AddOut(Out):
     message: str | None = None
 
 
+class EventOut(Out):
+    id: str
+    event_type: str
+    status: Literal["PENDING", "SUCCEEDED"]
+    results: list[WriteResultOut]
+
+
 class MessageOut(Out):
     message: str
 
