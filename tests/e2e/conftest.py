@@ -1,0 +1,198 @@
+"""End-to-end fixtures: a real `memstream serve` subprocess on a free loopback port.
+
+`server` (session scope, parametrized over the embedded file log and real Kafka) starts
+`memstream [--kafka B --topic T] --embedder hashing serve` in a temporary data dir, creates
+API keys with the real CLI (`memstream keys create`, the key read from the last stdout line),
+waits until the server answers, and stops it (SIGTERM) at the end. Tests share the servers,
+so each test writes under its own unique entity ids or its own project (`server.new_key()`).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+
+os.environ.setdefault("MEM0_TELEMETRY", "False")  # the mem0 client must not phone home
+
+START_TIMEOUT_S = 90.0
+MEMSTREAM = [sys.executable, "-m", "memstream.cli"]
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Server:
+    """A running `memstream serve` and the CLI options that reach the same log and keys."""
+
+    base_url: str
+    data_dir: Path
+    global_args: list[str]
+    backend: str
+    proc: subprocess.Popen[bytes] | None = None
+    log_path: Path | None = None
+    keys: dict[str, str] = field(default_factory=dict)  # label -> key
+
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(
+            [*MEMSTREAM, *self.global_args, *args],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            stdin=subprocess.DEVNULL,
+        )
+        if check and proc.returncode != 0:
+            raise AssertionError(
+                f"memstream {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}"
+            )
+        return proc
+
+    def create_key(self, org_id: str, project_id: str, name: str | None = None) -> str:
+        return self.create_keys([(org_id, project_id, name)])[0]
+
+    def create_keys(self, specs: list[tuple[str, str, str | None]]) -> list[str]:
+        """`memstream keys create` for each (org, project, name), run in parallel."""
+        procs = []
+        for org_id, project_id, name in specs:
+            args = ["keys", "create", "--org-id", org_id, "--project-id", project_id]
+            args += ["--name", name] if name else []
+            procs.append(subprocess.Popen(
+                [*MEMSTREAM, *self.global_args, *args], stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
+            ))  # fmt: skip
+        keys = []
+        for proc in procs:
+            out, err = proc.communicate(timeout=120)
+            assert proc.returncode == 0, f"keys create exited {proc.returncode}:\n{out}\n{err}"
+            keys.append([ln for ln in out.splitlines() if ln.strip()][-1].strip())
+        return keys
+
+    def new_key(self, prefix: str = "proj") -> tuple[str, str, str]:
+        """A key for a brand-new project: (key, org_id, project_id)."""
+        org, project = "org_e2e", f"{prefix}_{uuid.uuid4().hex[:8]}"
+        return self.create_key(org, project), org, project
+
+    def log_tail(self, lines: int = 60) -> str:
+        if self.log_path is None or not self.log_path.exists():
+            return ""
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def start_server(
+    data_dir: Path,
+    *,
+    kafka: tuple[str, str] | None = None,
+    embedder: str = "hashing",
+    keys: dict[str, tuple[str, str, str | None]] | None = None,
+) -> Server:
+    """Start `memstream serve`; `keys` (label -> org, project, name) are created meanwhile."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    global_args = ["--data-dir", str(data_dir), "--embedder", embedder]
+    if kafka is not None:
+        global_args += ["--kafka", kafka[0], "--topic", kafka[1]]
+    server = Server(f"http://127.0.0.1:{port}", data_dir, global_args, "kafka" if kafka else "file")
+    server.log_path = data_dir / "server.log"
+    with open(server.log_path, "wb") as log:
+        server.proc = subprocess.Popen(
+            [*MEMSTREAM, *global_args, "serve", "--host", "127.0.0.1", "--port", str(port),
+             "--log-level", "warning"],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+    if keys:
+        server.keys.update(zip(keys, server.create_keys(list(keys.values())), strict=True))
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while True:
+        if server.proc.poll() is not None:
+            raise AssertionError(
+                f"memstream serve exited {server.proc.returncode}:\n{server.log_tail()}"
+            )
+        try:
+            if httpx.get(f"{server.base_url}/v1/ping/", timeout=2).status_code == 401:
+                return server
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            stop_server(server)
+            raise AssertionError(
+                f"memstream serve did not answer in {START_TIMEOUT_S}s:\n{server.log_tail()}"
+            )
+        time.sleep(0.2)
+
+
+def stop_server(server: Server) -> None:
+    proc = server.proc
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
+def _session_server(request: pytest.FixtureRequest, backend: str) -> Iterator[Server]:
+    kafka = None
+    if backend == "kafka":
+        kafka = (
+            request.getfixturevalue("kafka_bootstrap"),
+            f"memstream-e2e.{uuid.uuid4().hex[:10]}",
+        )
+    keys = {
+        "a": ("org_a", "proj_a", "alpha"),
+        "a2": ("org_a", "proj_a2", None),
+        "b": ("org_b", "proj_b", None),
+    }
+    tmp = request.getfixturevalue("tmp_path_factory").mktemp(f"serve-{backend}")
+    srv = start_server(tmp, kafka=kafka, keys=keys)
+    try:
+        yield srv
+    finally:
+        stop_server(srv)
+        if srv.proc is not None and srv.proc.returncode not in (0, -signal.SIGTERM):
+            print(f"memstream serve exited {srv.proc.returncode}:\n{srv.log_tail()}")
+
+
+@pytest.fixture(scope="session")
+def file_server(request: pytest.FixtureRequest) -> Iterator[Server]:
+    """A server on the embedded file log, with keys for two orgs and three projects (a, a2, b)."""
+    yield from _session_server(request, "file")
+
+
+@pytest.fixture(scope="session")
+def kafka_server(request: pytest.FixtureRequest) -> Iterator[Server]:
+    """The same on a fresh topic of a real Kafka broker (tests/kafka_broker.py)."""
+    yield from _session_server(request, "kafka")
+
+
+@pytest.fixture(scope="session", params=["file", pytest.param("kafka", marks=pytest.mark.kafka)])
+def server(request: pytest.FixtureRequest) -> Server:
+    """`file_server` and `kafka_server` in turn: every test using it runs on both logs."""
+    srv: Server = request.getfixturevalue(f"{request.param}_server")
+    return srv
+
+
+@pytest.fixture
+def uid(request: pytest.FixtureRequest) -> Callable[[str], str]:
+    """Unique entity ids per test, readable in the server's data."""
+    token = uuid.uuid4().hex[:8]
+
+    def make(name: str) -> str:
+        return f"{name}-{token}"
+
+    return make

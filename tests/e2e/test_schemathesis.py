@@ -1,0 +1,68 @@
+"""Property-based fuzzing of the whole REST API from its own /openapi.json (schemathesis).
+
+Bounded: every operation gets a fixed number of generated requests, valid per the schema
+(positive) and invalid (negative), 8 of each (~380 in all), sent with a valid key to a real
+`memstream serve` on the file log; no answer may be 5xx.
+
+schemathesis' pytest plugin does not run under pytest 9 yet, so each operation is driven
+with plain hypothesis over `operation.as_strategy()`; the operations are taken from the app's
+OpenAPI document at collection time (no server needed for that).
+"""
+
+from __future__ import annotations
+
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, given, settings
+from schemathesis.checks import not_a_server_error
+from schemathesis.generation.modes import GenerationMode
+
+from memstream.server import create_app
+from memstream.settings import Settings
+from tests.e2e.conftest import Server
+
+EXAMPLES_PER_MODE = 8
+
+OPERATIONS = sorted(
+    (method.upper(), path)
+    for path, ops in create_app(Settings()).openapi()["paths"].items()
+    for method in ops
+)
+
+
+@pytest.fixture(scope="session")
+def fuzz_key(file_server: Server) -> str:
+    """A project of its own, so fuzzed writes and deletes touch no other test's data."""
+    key, _, _ = file_server.new_key("fuzz")
+    return key
+
+
+@pytest.fixture(scope="session")
+def live_schema(file_server: Server) -> schemathesis.schemas.BaseSchema:
+    return schemathesis.openapi.from_url(f"{file_server.base_url}/openapi.json")
+
+
+@pytest.mark.parametrize("mode", list(GenerationMode), ids=str)
+@pytest.mark.parametrize(("method", "path"), OPERATIONS, ids=[f"{m} {p}" for m, p in OPERATIONS])
+def test_no_server_errors(
+    live_schema: schemathesis.schemas.BaseSchema,
+    fuzz_key: str,
+    method: str,
+    path: str,
+    mode: GenerationMode,
+) -> None:
+    operation = live_schema[path][method]
+    headers = {"Authorization": f"Token {fuzz_key}"}
+
+    @settings(
+        max_examples=EXAMPLES_PER_MODE,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(case=operation.as_strategy(generation_mode=mode))
+    def fuzz(case: schemathesis.Case) -> None:
+        case.call_and_validate(headers=headers, checks=[not_a_server_error], timeout=60)
+
+    fuzz()
