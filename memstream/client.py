@@ -243,7 +243,7 @@ def _settings(api_key: str | None, host: str | None) -> tuple[str, str]:
     key = api_key or os.environ.get("MEMSTREAM_API_KEY") or os.environ.get("MEM0_API_KEY")
     if not key:
         raise AuthError("no API key: pass api_key= or set MEMSTREAM_API_KEY")
-    return key, (host or os.environ.get("MEMSTREAM_HOST") or DEFAULT_HOST).rstrip("/")
+    return key, (host or os.environ.get("MEMSTREAM_URL") or DEFAULT_HOST).rstrip("/")
 
 
 def _headers(api_key: str) -> dict[str, str]:
