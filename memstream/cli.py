@@ -431,7 +431,11 @@ def keys_create(
 @keys_app.command("list")
 def keys_list() -> None:
     """Every key issued (never the keys themselves)."""
-    keys = run_keys(lambda r: asyncio.sleep(0, r.list()))
+
+    async def listed(registry: Any) -> list[Any]:
+        return list(registry.list())
+
+    keys = run_keys(listed)
 
     def human() -> None:
         table = Table(title=f"{len(keys)} API keys")
