@@ -77,6 +77,13 @@ class Scope:
             raise ValidationError("at least one of user_id, agent_id, app_id, run_id is required")
         return scope
 
+    @classmethod
+    def of_row(cls, row: Any) -> Scope:
+        """The scope of a projection row (a dict) or of an object with the same attributes."""
+        fields = ("org_id", "project_id", *ENTITY_FIELDS)
+        values = row if isinstance(row, dict) else {f: getattr(row, f) for f in fields}
+        return cls(*(values[f] for f in fields))
+
     def has_entity(self) -> bool:
         return any(getattr(self, f) is not None for f in ENTITY_FIELDS)
 

@@ -38,29 +38,22 @@ from memstream.query.retention import check_policy, parse_ttl
 from memstream.scope import ENTITY_FIELDS, Scope
 
 
-def _scope_of(memory: MemoryView) -> Scope:
-    return Scope(
-        memory.org_id,
-        memory.project_id,
-        memory.user_id,
-        memory.agent_id,
-        memory.app_id,
-        memory.run_id,
-    )
+class _Producer:
+    """Append events and, unless told not to, wait until the projector has applied them."""
 
-
-class MemoryWriter:
     def __init__(self, log: EventLog, projector: Projector, reader: MemoryReader) -> None:
         self.log = log
         self.projector = projector
         self.reader = reader
 
-    async def _append(self, events: list[Event], wait: bool) -> list[Position]:
+    async def _append(self, events: list[Event], wait: bool = True) -> list[Position]:
         positions = await self.log.append([message_of(e) for e in events])
         if wait:
             await self.projector.wait_for(positions)
         return positions
 
+
+class MemoryWriter(_Producer):
     async def _replayed(self, tenant: Tenant, request_id: str | None) -> list[WriteResult] | None:
         """The original results of a retried request (same request_id), or None if it is new."""
         if request_id is None:
@@ -147,7 +140,7 @@ class MemoryWriter:
         if current.immutable:
             raise ConflictError(f"memory {memory_id} is immutable and cannot be updated")
         event = MemoryUpdated(
-            scope=_scope_of(current), memory_id=memory_id, actor=actor or Actor(), request_id=rid,
+            scope=Scope.of_row(current), memory_id=memory_id, actor=actor or Actor(), request_id=rid,
             text=new_text, hash=text_hash(new_text) if new_text is not None else None,
             previous_hash=current.hash, metadata=meta, categories=cats,
             expiration_date=expires, set_expiration_date=set_exp,
@@ -172,7 +165,7 @@ class MemoryWriter:
         await self.projector.catch_up()
         current = self.reader.get(tenant, memory_id)
         event = MemoryDeleted(
-            scope=_scope_of(current), memory_id=memory_id, actor=actor or Actor(), request_id=rid,
+            scope=Scope.of_row(current), memory_id=memory_id, actor=actor or Actor(), request_id=rid,
             reason="api",
         )  # fmt: skip
         await self._append([event], wait)
@@ -222,7 +215,7 @@ class MemoryWriter:
         )  # fmt: skip
         deletes: list[Event] = [
             MemoryDeleted(
-                scope=_scope_of(m), memory_id=m.id, actor=who, request_id=rid,
+                scope=Scope.of_row(m), memory_id=m.id, actor=who, request_id=rid,
                 reason="delete_all", cause_event_id=audit.event_id,
             )
             for m in ids
@@ -231,13 +224,8 @@ class MemoryWriter:
         return len(ids)
 
 
-class RetentionWriter:
+class RetentionWriter(_Producer):
     """Retention rules and the expiry sweeper: both only append facts to the log."""
-
-    def __init__(self, log: EventLog, projector: Projector, reader: MemoryReader) -> None:
-        self.log = log
-        self.projector = projector
-        self.reader = reader
 
     async def set_policy(
         self,
@@ -256,8 +244,7 @@ class RetentionWriter:
             scope=Scope(tenant.org_id, tenant.project_id), actor=actor or Actor(),
             policy_id=pid, field=field, pattern=pattern, ttl_seconds=seconds,
         )  # fmt: skip
-        positions = await self.log.append([message_of(event)])
-        await self.projector.wait_for(positions)
+        await self._append([event])
         return {"policy_id": pid, "field": field, "pattern": pattern, "ttl_seconds": seconds}
 
     async def remove_policy(
@@ -271,7 +258,7 @@ class RetentionWriter:
             actor=actor or Actor(),
             policy_id=policy_id,
         )
-        await self.projector.wait_for(await self.log.append([message_of(event)]))
+        await self._append([event])
 
     async def expire(self, now: int | None = None, actor: Actor | None = None) -> int:
         """Record MemoryExpired for every memory (in every project) that expired by `now`.
@@ -283,16 +270,14 @@ class RetentionWriter:
         when = now if now is not None else now_ms()
         events = [
             MemoryExpired(
-                scope=_scope_of(MemoryView.from_row(row)), memory_id=row["id"],
+                scope=Scope.of_row(row), memory_id=row["id"],
                 actor=actor or Actor(source="sweeper"), reason=reason, policy_id=policy_id,
                 expiration_date=row["expiration_date"] if reason == "expiration_date" else None,
             )
             for row, reason, policy_id in self.reader.due_for_expiry(when)
         ]  # fmt: skip
         for i in range(0, len(events), 1000):
-            await self.projector.wait_for(
-                await self.log.append([message_of(e) for e in events[i : i + 1000]])
-            )
+            await self._append(list(events[i : i + 1000]))
         return len(events)
 
 

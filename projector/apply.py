@@ -55,10 +55,10 @@ class BatchState:
         self.index(row)
 
     def index(self, row: dict[str, Any]) -> None:
-        self.by_hash.setdefault((scope_of_row(row), row["hash"]), set()).add(row["id"])
+        self.by_hash.setdefault((Scope.of_row(row), row["hash"]), set()).add(row["id"])
 
     def unindex(self, row: dict[str, Any]) -> None:
-        self.by_hash.get((scope_of_row(row), row["hash"]), set()).discard(row["id"])
+        self.by_hash.get((Scope.of_row(row), row["hash"]), set()).discard(row["id"])
 
     def holder(self, scope: Scope, text_hash: str, before: Position) -> str | None:
         """The earliest live memory of `scope` with this text created before `before`."""
