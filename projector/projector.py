@@ -70,7 +70,7 @@ class Projector:
         self.log = log_
         self.embedder = embedder
         self.batch_size = batch_size
-        self.store = ProjectionStore(data_dir, embedder.dim, embedder.name)
+        self.store = ProjectionStore(data_dir, embedder.dim, embedder.name, log_.identity)
         self.cache = EmbeddingCache(data_dir, embedder.name, embedder.dim)
         self._gen: Generation | None = None
         self._gen_name: str | None = None
@@ -89,6 +89,12 @@ class Projector:
         if self._gen is None or name != self._gen_name:
             gen = self.store.current()
             meta = self.store.meta(gen.path.name)
+            if meta.log is not None and meta.log != self.log.identity:
+                raise ValidationError(
+                    f"the projection in {self.data_dir} was built from the log '{meta.log}', "
+                    f"not '{self.log.identity}': use another --data-dir for this log, or run "
+                    "`memstream replay` to rebuild this one from it"
+                )
             if meta.embedder != self.embedder.name:
                 raise ValidationError(
                     f"the projection in {self.data_dir} was built with embedder '{meta.embedder}', "

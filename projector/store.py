@@ -50,6 +50,7 @@ class GenerationMeta:
     embedder: str
     dim: int
     version: int
+    log: str | None  # the EventLog.identity it projects (None: written before it was recorded)
 
 
 class Generation:
@@ -159,10 +160,11 @@ def live_embedder(data_dir: Path) -> str | None:
 class ProjectionStore:
     """Finds the live generation and creates new ones (for replay)."""
 
-    def __init__(self, data_dir: Path, dim: int, embedder: str) -> None:
+    def __init__(self, data_dir: Path, dim: int, embedder: str, log_identity: str) -> None:
         self.root = data_dir / "projections"
         self.dim = dim
         self.embedder = embedder
+        self.log_identity = log_identity
         self.root.mkdir(parents=True, exist_ok=True)
 
     def current_name(self) -> str | None:
@@ -179,7 +181,10 @@ class ProjectionStore:
     def meta(self, name: str) -> GenerationMeta:
         data = json.loads((self.root / name / "meta.json").read_text())
         return GenerationMeta(
-            embedder=data["embedder"], dim=int(data["dim"]), version=int(data.get("version", 1))
+            embedder=data["embedder"],
+            dim=int(data["dim"]),
+            version=int(data.get("version", 1)),
+            log=data.get("log"),
         )
 
     def _create(self, promote: bool) -> str:
@@ -190,7 +195,14 @@ class ProjectionStore:
         path.mkdir(parents=True)
         _atomic_write(
             path / "meta.json",
-            json.dumps({"embedder": self.embedder, "dim": self.dim, "version": PROJECTION_VERSION}),
+            json.dumps(
+                {
+                    "embedder": self.embedder,
+                    "dim": self.dim,
+                    "version": PROJECTION_VERSION,
+                    "log": self.log_identity,
+                }
+            ),
         )
         if promote:
             self.promote(name)

@@ -64,6 +64,12 @@ class EventLog(ABC):
 
     name: str = "log"
 
+    @property
+    def identity(self) -> str:
+        """Which log this is, stable across restarts and hosts; a projection records it so
+        one data directory can never mix events from two logs."""
+        return self.name
+
     @abstractmethod
     async def start(self) -> None:
         """Connect / open files; create the topic if missing. Idempotent."""

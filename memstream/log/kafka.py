@@ -58,6 +58,10 @@ class KafkaEventLog(EventLog):
 
     name = "kafka"
 
+    @property
+    def identity(self) -> str:
+        return f"kafka:{self.topic}"
+
     def __init__(
         self,
         bootstrap_servers: str,

@@ -15,17 +15,25 @@ import pytest
 from memstream.settings import Settings
 
 
+def clean_env() -> dict[str, str]:
+    """The environment minus what would point a CLI at another log or data dir."""
+    hidden = (
+        "KAFKA_BOOTSTRAP_SERVERS",
+        "MEMSTREAM_DATA_DIR",
+        "MEMSTREAM_EMBEDDER",
+        "MEMSTREAM_TOPIC",
+    )
+    return {k: v for k, v in os.environ.items() if k not in hidden}
+
+
 def cli(settings: Settings, *args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
     cmd = [sys.executable, "-m", "memstream.cli", "--data-dir", str(settings.data_dir),
            "--embedder", settings.embedder]  # fmt: skip
     if settings.kafka_bootstrap:
         cmd += ["--kafka", settings.kafka_bootstrap, "--topic", settings.topic]
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in ("KAFKA_BOOTSTRAP_SERVERS", "MEMSTREAM_DATA_DIR")
-    }
-    proc = subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=300, env=env)
+    proc = subprocess.run(
+        [*cmd, *args], capture_output=True, text=True, timeout=300, env=clean_env()
+    )
     if ok:
         assert proc.returncode == 0, proc.stderr
     return proc
@@ -129,9 +137,11 @@ def test_several_cli_processes_on_one_data_dir_at_once(tmp_path: Path) -> None:
         "--json",
     ]
     procs = [subprocess.Popen([*base, "add", f"note {i}", "--user-id", "crowd", "--run-id", f"r{i % 2}"],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(4)]  # fmt: skip
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=clean_env())
+             for i in range(4)]  # fmt: skip
     procs.append(subprocess.Popen([*base, "get-all", "--filters", '{"user_id": "crowd", "run_id": "*"}'],
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))  # fmt: skip
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                  env=clean_env()))  # fmt: skip
     outputs = [p.communicate(timeout=300) for p in procs]
     for p, (out, err) in zip(procs, outputs, strict=True):
         assert p.returncode == 0, err
@@ -149,13 +159,8 @@ def test_several_cli_processes_on_one_data_dir_at_once(tmp_path: Path) -> None:
 
 
 def test_demo_runs_on_the_default_embedder(tmp_path: Path) -> None:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in ("KAFKA_BOOTSTRAP_SERVERS", "MEMSTREAM_EMBEDDER")
-    }
     proc = subprocess.run([sys.executable, "-m", "memstream.cli", "demo"], capture_output=True, text=True,
-                          timeout=300, env=env, cwd=tmp_path)  # fmt: skip
+                          timeout=300, env=clean_env(), cwd=tmp_path)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert "ticket-2 is untouched" in proc.stdout
     assert "replayed 13 events; alice's agent memories after replay: identical" in proc.stdout

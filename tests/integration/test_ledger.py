@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import shutil
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -243,5 +245,37 @@ def test_metadata_filters_are_exact_in_reads_and_in_delete_all(settings: Setting
             assert await ms.delete_all(drinks) == 1
             assert [m.id for m in (await ms.get_all({"user_id": "fay"})).results] == [jazz.id]
             assert (await ms.get_all({"user_id": "fay", "run_id": "s1"})).count == 1
+
+    asyncio.run(go())
+
+
+@pytest.mark.kafka
+def test_a_data_dir_never_mixes_two_logs(
+    tmp_path: Path, kafka_bootstrap: str, kafka_topic: str
+) -> None:
+    """A projection built from the file log refuses to follow a Kafka topic (and back):
+    applying both would interleave two unrelated histories in one set of tables."""
+    file_settings = Settings(data_dir=tmp_path / "d", embedder="hashing")
+    kafka_settings = dataclasses.replace(
+        file_settings, kafka_bootstrap=kafka_bootstrap, topic=kafka_topic
+    )
+
+    async def go() -> None:
+        async with Memstream(file_settings) as ms:
+            await ms.add("from the file log", user_id="kim")
+        with pytest.raises(ValidationError, match="built from the log 'file'"):
+            async with Memstream(kafka_settings) as ms:
+                pass
+        # replay is the way to re-point a data dir: it rebuilds from the new log
+        ms = Memstream(kafka_settings)
+        await ms.start(for_replay=True)
+        try:
+            await ms.replay()
+            await ms.add("from kafka", user_id="kim")
+            assert [m.memory for m in (await ms.get_all({"user_id": "kim"})).results] == [
+                "from kafka"
+            ]
+        finally:
+            await ms.close()
 
     asyncio.run(go())
