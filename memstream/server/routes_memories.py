@@ -299,13 +299,17 @@ async def delete_all(
     filters: Annotated[str | None, Query(description="JSON object, or a Python dict literal")] = None,
     metadata: Annotated[str | None, Query(description="JSON object: metadata equality")] = None,
 ) -> Any:  # fmt: skip
-    """Deletes exactly the memories that get_all with the same filters returns (entity ids in
-    the query become `filters`; `"*"` = any non-null id). A request with no entity id is refused."""
-    ids = {
+    """Entity ids in the query constrain only the ids they name, as on the Mem0 platform:
+    `?run_id=ticket-9` deletes that session's memories whatever user or agent they carry
+    (`"*"` = any non-null id). A `filters` object follows the filter language (implicit null
+    scoping), exactly as get_all does. A request that names no entity id is refused."""
+    ids: dict[str, Any] = {
         k: v
         for k, v in zip(ENTITY_FIELDS, (user_id, agent_id, app_id, run_id), strict=True)
         if v is not None
     }
+    if ids and filters is None:
+        ids.update({k: ["*", None] for k in ENTITY_FIELDS if k not in ids})  # unnamed: any
     meta = parse_query_object("metadata", metadata)
     f = combine(
         parse_query_object("filters", filters), ids, {"metadata": meta} if meta is not None else {}

@@ -205,6 +205,13 @@ def test_delete_all_of_one_run_leaves_the_others(
     assert client.get(w[("u1", None, "r2")])["memory"]
     # "*" for one run id = every run of that user and agent
     assert client.delete_all(user_id=uid("u2"), agent_id=uid("a2"), run_id="*")["count"] == 2
+    # the issue's own example: a run id alone deletes that session, whatever user or agent
+    # its memories carry (query ids constrain only the ids they name, as on the platform)
+    in_r1 = {mid for key, mid in w.items() if key[2] == "r1"} & live()
+    assert len(in_r1) >= 2
+    assert client.delete_all(run_id=r1)["count"] == len(in_r1)
+    assert not live() & in_r1
+    assert {mid for key, mid in w.items() if key[2] != "r1"} & live()  # the others stay
     # nothing named: refused, nothing deleted
     with pytest.raises(Mem0ValidationError):
         client.delete_all()
