@@ -68,7 +68,7 @@ def main_options(
         None,
         "--embedder",
         envvar="MEMSTREAM_EMBEDDER",
-        show_default="minilm",
+        show_default="the projection's own, else minilm",
         help="minilm | hashing | openai:<model> | sentence-transformers",
     ),
     org_id: str = typer.Option(None, "--org-id", envvar="MEMSTREAM_ORG_ID", show_default="local"),
@@ -87,12 +87,21 @@ def main_options(
 
 
 # -- plumbing ----------------------------------------------------------------------------
-def run(body: Callable[[Memstream], Awaitable[T]], *, settings: Settings | None = None) -> T:
+def run(
+    body: Callable[[Memstream], Awaitable[T]],
+    *,
+    settings: Settings | None = None,
+    for_replay: bool = False,
+) -> T:
     from memstream.service import Memstream
 
     async def go() -> T:
-        async with Memstream(settings or state.settings) as ms:
+        ms = Memstream(settings or state.settings)
+        await ms.start(for_replay=for_replay)
+        try:
             return await body(ms)
+        finally:
+            await ms.close()
 
     try:
         return asyncio.run(go())
@@ -337,7 +346,7 @@ def replay() -> None:
                 lambda done, total: bar.update(task, completed=done, total=total)
             )
 
-    n = run(body)
+    n = run(body, for_replay=True)
     emit({"message": "Replay complete", "events": n}, lambda: out.print(f"replayed {n} events"))
 
 
@@ -467,5 +476,12 @@ def main() -> None:
         sys.exit(1)
 
 
+# commands kept in their own modules register themselves on `app`
+from memstream import cli_retention  # noqa: E402, F401
+
 if __name__ == "__main__":
-    main()
+    # `python -m memstream.cli` runs this file as __main__; the commands of the modules above
+    # registered themselves on the app of the imported `memstream.cli`, so run that one
+    from memstream.cli import main as registered_main
+
+    registered_main()

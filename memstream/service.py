@@ -7,6 +7,8 @@ delegation to the writer or reader, so the logic lives once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -16,10 +18,14 @@ from memstream.embedders.base import Embedder
 from memstream.events import Actor
 from memstream.log.base import EventLog
 from memstream.models import UNSET, HistoryEntry, MemoryView, Page, Tenant, WriteResult
-from memstream.producers.writer import MemoryWriter
+from memstream.producers.writer import MemoryWriter, RetentionWriter
 from memstream.projector.projector import Projector
+from memstream.projector.store import live_embedder
 from memstream.query.reader import MemoryReader
 from memstream.settings import Settings
+
+logger = logging.getLogger("memstream")
+DEFAULT_EMBEDDER = "minilm"
 
 
 def open_log(settings: Settings) -> EventLog:
@@ -47,28 +53,56 @@ class Memstream:
         self.settings = settings or Settings.from_env()
         self.data_dir = Path(self.settings.data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.embedder = embedder or get_embedder(self.settings.embedder)
+        spec = self.settings.embedder or live_embedder(self.data_dir) or DEFAULT_EMBEDDER
+        self.embedder = embedder or get_embedder(spec)
         self.log = log or open_log(self.settings)
         self.projector = Projector(self.data_dir, self.log, self.embedder)
         self.reader = MemoryReader(self.projector)
         self.writer = MemoryWriter(self.log, self.projector, self.reader)
+        self.retention = RetentionWriter(self.log, self.projector, self.reader)
         self.tenant = Tenant(self.settings.org_id, self.settings.project_id)
         self._stop = asyncio.Event()
         self._background: asyncio.Task[None] | None = None
+        self._sweeper: asyncio.Task[None] | None = None
 
-    async def start(self, *, background_projector: bool = False) -> Memstream:
+    async def start(
+        self, *, background_projector: bool = False, for_replay: bool = False
+    ) -> Memstream:
+        """Open the log and the projection; a server passes background_projector=True to
+        project continuously and sweep expiries. An outdated projection is rebuilt from the
+        log first (it is derived data); `for_replay` skips the checks replay itself fixes."""
         await self.log.start()
-        self.projector.generation()
+        if not for_replay:
+            if self.projector.outdated():
+                logger.warning("projection format changed: rebuilding it from the log")
+                await self.projector.replay()
+            self.projector.generation()
         if background_projector:
             self._stop.clear()
             self._background = asyncio.create_task(self.projector.run_forever(self._stop))
+            self._sweeper = asyncio.create_task(self._sweep_forever())
         return self
+
+    async def _sweep_forever(self) -> None:
+        while not self._stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), self.settings.sweep_interval_s)
+            if self._stop.is_set():
+                return
+            try:
+                if n := await self.retention.expire():
+                    logger.info("expiry sweeper recorded %d MemoryExpired events", n)
+            except Exception:  # the sweeper retries next period; the server keeps serving
+                logger.exception("expiry sweep failed")
 
     async def close(self) -> None:
         if self._background is not None:
             self._stop.set()
             await self._background
             self._background = None
+        if self._sweeper is not None:
+            await self._sweeper
+            self._sweeper = None
         await self.projector.close()
         await self.log.close()
 
@@ -149,6 +183,27 @@ class Memstream:
     ) -> list[HistoryEntry]:
         await self._fresh(consistent)
         return self.reader.history(tenant or self.tenant, memory_id)
+
+    # -- retention -----------------------------------------------------------------------
+    async def set_retention_policy(
+        self, *, field: str, pattern: str, ttl: str | int, tenant: Tenant | None = None, **kw: Any
+    ) -> dict[str, Any]:
+        return await self.retention.set_policy(
+            tenant or self.tenant, field=field, pattern=pattern, ttl=ttl, **kw
+        )
+
+    async def remove_retention_policy(
+        self, policy_id: str, *, tenant: Tenant | None = None
+    ) -> None:
+        await self.retention.remove_policy(tenant or self.tenant, policy_id)
+
+    async def retention_policies(self, *, tenant: Tenant | None = None) -> list[dict[str, Any]]:
+        await self._fresh(True)
+        return self.reader.policies(tenant or self.tenant)
+
+    async def expire(self, now: int | None = None) -> int:
+        """Record MemoryExpired for everything that has expired (the sweeper, once)."""
+        return await self.retention.expire(now)
 
     # -- the log itself ------------------------------------------------------------------
     async def replay(self, progress: Callable[[int, int], Any] | None = None) -> int:

@@ -6,31 +6,27 @@ applies implicit null scoping, so no read can reach another tenant or widen by a
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Mapping
 from typing import Any
 
 from memstream.errors import NotFoundError, ValidationError
+from memstream.events import now_ms
 from memstream.models import HistoryEntry, MemoryView, Page, Tenant
 from memstream.projector.projector import Projector
 from memstream.query.filters import CompiledFilter, compile_filters, exact_lance_filter
+from memstream.query.retention import date_expired, policy_expires, visible
 from memstream.sqlutil import sql_in, sql_str
 
 MEMORY_COLUMNS = [
     "id", "org_id", "project_id", "user_id", "agent_id", "app_id", "run_id", "text", "hash",
     "metadata", "categories", "created_at", "updated_at", "expiration_date", "immutable",
+    "expired_at",
 ]  # fmt: skip
 MAX_PAGE_SIZE = 1000
 
 
 def tenant_predicate(tenant: Tenant) -> str:
     return f"org_id = {sql_str(tenant.org_id)} AND project_id = {sql_str(tenant.project_id)}"
-
-
-def not_expired(today: dt.date | None = None) -> str:
-    """A memory is live through its expiration date, hidden from the day after."""
-    day = (today or dt.datetime.now(dt.UTC).date()).isoformat()
-    return f"(expiration_date IS NULL OR expiration_date >= {sql_str(day)})"
 
 
 class MemoryReader:
@@ -40,9 +36,16 @@ class MemoryReader:
     def _compile(self, tenant: Tenant, filters: Mapping[str, Any] | None) -> CompiledFilter:
         return compile_filters(filters, org_id=tenant.org_id, project_id=tenant.project_id)
 
-    @staticmethod
-    def _live(pred: str, show_expired: bool) -> str:
-        return f"({pred})" if show_expired else f"({pred}) AND {not_expired()}"
+    def _live(self, tenant: Tenant, pred: str, show_expired: bool) -> str:
+        """Add the retention clauses: expired memories leave search and get_all at once,
+        before the sweeper records their expiry (get(id) still returns them)."""
+        if show_expired:
+            return f"({pred})"
+        return f"({pred}) AND {visible(self.policies(tenant), now_ms())}"
+
+    def policies(self, tenant: Tenant) -> list[dict[str, Any]]:
+        rows = self.projector.generation().query_policies(tenant_predicate(tenant))
+        return sorted(rows, key=lambda r: r["policy_id"])
 
     def get(self, tenant: Tenant, memory_id: str) -> MemoryView:
         if not isinstance(memory_id, str) or not memory_id:
@@ -72,7 +75,7 @@ class MemoryReader:
         rows = [
             row
             for row in self.projector.generation().query_memories(
-                self._live(compiled.lance_prefilter, show_expired), MEMORY_COLUMNS
+                self._live(tenant, compiled.lance_prefilter, show_expired), MEMORY_COLUMNS
             )
             if compiled.lance_exact or compiled.matches(row)
         ]
@@ -105,7 +108,7 @@ class MemoryReader:
         table = self.projector.generation().memories()
         if table is None:
             return []
-        pred = self._live(exact_lance_filter(table, compiled), show_expired)
+        pred = self._live(tenant, exact_lance_filter(table, compiled), show_expired)
         vector = self.projector.embedder.embed_one(query.strip())
         rows = (
             table.search(vector)
@@ -133,6 +136,22 @@ class MemoryReader:
             raise NotFoundError(f"Memory not found: {memory_id}")
         rows.sort(key=lambda r: (r["occurred_at"], r["partition"], r["offset"]))
         return [HistoryEntry.from_row(r) for r in rows]
+
+    def due_for_expiry(self, now: int) -> list[tuple[dict[str, Any], str, str | None]]:
+        """Live memories, in every project, that expired by `now` but have no MemoryExpired
+        yet: (row, reason, policy_id), by date first, then by each project's policies."""
+        gen = self.projector.generation()
+        due: dict[str, tuple[dict[str, Any], str, str | None]] = {}
+        for row in gen.query_memories(
+            f"expired_at IS NULL AND {date_expired(now)}", MEMORY_COLUMNS
+        ):
+            due[row["id"]] = (row, "expiration_date", None)
+        for policy in gen.query_policies():
+            scope = tenant_predicate(Tenant(policy["org_id"], policy["project_id"]))
+            pred = f"{scope} AND expired_at IS NULL AND {policy_expires(policy, now)}"
+            for row in gen.query_memories(pred, MEMORY_COLUMNS):
+                due.setdefault(row["id"], (row, "policy", policy["policy_id"]))
+        return sorted(due.values(), key=lambda d: (d[0]["created_at"], d[0]["id"]))
 
     def events_for_request(self, tenant: Tenant, request_id: str) -> list[dict[str, Any]]:
         rows = self.projector.generation().query_events(
