@@ -146,10 +146,15 @@ class Memstream:
             await self.projector.catch_up()
 
     async def get(
-        self, memory_id: str, *, tenant: Tenant | None = None, consistent: bool = True
+        self,
+        memory_id: str,
+        *,
+        tenant: Tenant | None = None,
+        consistent: bool = True,
+        as_of: Any = None,
     ) -> MemoryView:
         await self._fresh(consistent)
-        return self.reader.get(tenant or self.tenant, memory_id)
+        return self.reader.get(tenant or self.tenant, memory_id, as_of=as_of)
 
     async def get_all(
         self,

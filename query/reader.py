@@ -15,6 +15,7 @@ from memstream.models import HistoryEntry, MemoryView, Page, Tenant
 from memstream.projector.projector import Projector
 from memstream.query.filters import CompiledFilter, compile_filters, exact_lance_filter
 from memstream.query.retention import date_expired, policy_expires, visible
+from memstream.query.timetravel import PointInTime
 from memstream.sqlutil import sql_in, sql_str
 
 MEMORY_COLUMNS = [
@@ -47,9 +48,11 @@ class MemoryReader:
         rows = self.projector.generation().query_policies(tenant_predicate(tenant))
         return sorted(rows, key=lambda r: r["policy_id"])
 
-    def get(self, tenant: Tenant, memory_id: str) -> MemoryView:
+    def get(self, tenant: Tenant, memory_id: str, *, as_of: Any = None) -> MemoryView:
         if not isinstance(memory_id, str) or not memory_id:
             raise ValidationError("memory_id: must be a non-empty string")
+        if as_of is not None:  # point-in-time: a fold of the events table (query/timetravel.py)
+            return PointInTime(self.projector).get(tenant, memory_id, as_of)
         rows = self.projector.generation().query_memories(
             f"{tenant_predicate(tenant)} AND id = {sql_str(memory_id)}", MEMORY_COLUMNS
         )
@@ -65,11 +68,16 @@ class MemoryReader:
         page: int = 1,
         page_size: int = 100,
         show_expired: bool = False,
+        as_of: Any = None,
     ) -> Page:
         if page < 1:
             raise ValidationError("page: must be >= 1")
         if not 1 <= page_size <= MAX_PAGE_SIZE:
             raise ValidationError(f"page_size: must be between 1 and {MAX_PAGE_SIZE}")
+        if as_of is not None:
+            return PointInTime(self.projector).get_all(
+                tenant, filters, as_of, page=page, page_size=page_size, show_expired=show_expired
+            )
         compiled = self._compile(tenant, filters)
         # metadata conditions cannot run inside Lance: prefilter there, decide exactly here
         rows = [
@@ -97,6 +105,7 @@ class MemoryReader:
         top_k: int = 10,
         threshold: float | None = None,
         show_expired: bool = False,
+        as_of: Any = None,
     ) -> list[MemoryView]:
         if not isinstance(query, str) or not query.strip():
             raise ValidationError("query: must be a non-empty string")
@@ -104,6 +113,11 @@ class MemoryReader:
             raise ValidationError("top_k: must be between 1 and 1000")
         if threshold is not None and not 0.0 <= threshold <= 1.0:
             raise ValidationError("threshold: must be between 0 and 1")
+        if as_of is not None:
+            return PointInTime(self.projector).search(
+                tenant, query, filters, as_of,
+                top_k=top_k, threshold=threshold, show_expired=show_expired,
+            )  # fmt: skip
         compiled = self._compile(tenant, filters)
         table = self.projector.generation().memories()
         if table is None:

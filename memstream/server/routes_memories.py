@@ -27,6 +27,7 @@ from memstream.server.deps import (
     parse_query_object,
 )
 from memstream.server.schemas import (
+    AS_OF_DOC,
     AddOut,
     AddRequest,
     BatchDeleteRequest,
@@ -200,6 +201,7 @@ async def _get_all(
         page=page,
         page_size=size,
         show_expired=body.show_expired,
+        as_of=body.as_of,
     )
     has_next = page * size < result.count
     return {
@@ -268,7 +270,7 @@ async def _search(ms: MsDep, caller: CallerDep, body: SearchRequest) -> list[dic
     threshold = body.threshold if body.threshold else None  # 0 / null disable it
     found: list[MemoryView] = await ms.search(
         body.query, combine(body.filters, *extra), tenant=caller.tenant,
-        top_k=body.top_k, threshold=threshold, show_expired=body.show_expired,
+        top_k=body.top_k, threshold=threshold, show_expired=body.show_expired, as_of=body.as_of,
     )  # fmt: skip
     return [m.to_api() for m in found]
 
@@ -320,9 +322,12 @@ async def delete_all(
 
 # -- one memory ----------------------------------------------------------------------------
 @router.get("/v1/memories/{memory_id}/", responses=doc(MemoryOut), summary="Get a memory")
-async def get_memory(ms: MsDep, caller: CallerDep, memory_id: str) -> Any:
+async def get_memory(
+    ms: MsDep, caller: CallerDep, memory_id: str,
+    as_of: Annotated[str | None, Query(description=AS_OF_DOC)] = None,
+) -> Any:  # fmt: skip
     """Expired memories are still returned here (they are only hidden from lists and search)."""
-    m = await ms.get(memory_id_param(memory_id), tenant=caller.tenant)
+    m = await ms.get(memory_id_param(memory_id), tenant=caller.tenant, as_of=as_of)
     return m.to_api()
 
 

@@ -107,6 +107,13 @@ class AddRequest(EntityIds):
     )
 
 
+AS_OF_DOC = (
+    "Answer from the log as it was: an ISO-8601 time (naive = UTC), or a log position "
+    '{"partition": p, "offset": o} / "p:o" / an offset on partition 0 (docs/audit.md)'
+)
+AsOf = str | int | dict[str, int] | list[dict[str, int]]
+
+
 class GetAllRequest(EntityIds):
     """POST /v3/memories/ (get_all). page/page_size in the query win over the body."""
 
@@ -124,6 +131,7 @@ class GetAllRequest(EntityIds):
     keywords: str | None = Field(
         default=None, description="case-insensitive substring of the memory text"
     )
+    as_of: AsOf | None = Field(default=None, description=AS_OF_DOC)
 
 
 class SearchRequest(EntityIds):
@@ -139,6 +147,7 @@ class SearchRequest(EntityIds):
     categories: list[str] | None = None
     rerank: bool | None = Field(default=None, description="Accepted and ignored.")
     keyword_search: bool | None = Field(default=None, description="Accepted and ignored.")
+    as_of: AsOf | None = Field(default=None, description=AS_OF_DOC)
 
 
 class UpdateRequest(Body):
