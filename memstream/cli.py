@@ -172,6 +172,9 @@ AgentId = typer.Option(None, "--agent-id")
 AppId = typer.Option(None, "--app-id")
 RunId = typer.Option(None, "--run-id")
 Filters = typer.Option(None, "--filters", help='JSON, e.g. \'{"user_id": "alice", "run_id": "*"}\'')
+AsOfOption = typer.Option(
+    None, "--as-of", help="read the log as it was: ISO-8601 time, or log position 0:1234"
+)
 
 
 # -- commands ----------------------------------------------------------------------------
@@ -217,13 +220,16 @@ def search(
     top_k: int = typer.Option(10, "--top-k"),
     threshold: float = typer.Option(None, "--threshold", help="minimum score 0..1"),
     show_expired: bool = typer.Option(False, "--show-expired"),
+    as_of: str = AsOfOption,
 ) -> None:
     """Semantic search within a scope."""
     f = entity_filters(
         filters, {"user_id": user_id, "agent_id": agent_id, "app_id": app_id, "run_id": run_id}
     )
     found = run(
-        lambda ms: ms.search(query, f, top_k=top_k, threshold=threshold, show_expired=show_expired)
+        lambda ms: ms.search(
+            query, f, top_k=top_k, threshold=threshold, show_expired=show_expired, as_of=as_of
+        )
     )
     emit({"results": [m.to_api() for m in found]}, lambda: memory_table(found, f"search: {query}"))
 
@@ -238,13 +244,16 @@ def get_all(
     page: int = typer.Option(1, "--page"),
     page_size: int = typer.Option(100, "--page-size"),
     show_expired: bool = typer.Option(False, "--show-expired"),
+    as_of: str = AsOfOption,
 ) -> None:
     """List the memories of a scope, newest first."""
     f = entity_filters(
         filters, {"user_id": user_id, "agent_id": agent_id, "app_id": app_id, "run_id": run_id}
     )
     result = run(
-        lambda ms: ms.get_all(f, page=page, page_size=page_size, show_expired=show_expired)
+        lambda ms: ms.get_all(
+            f, page=page, page_size=page_size, show_expired=show_expired, as_of=as_of
+        )
     )
     emit(
         {"count": result.count, "page": result.page, "page_size": result.page_size,
@@ -254,9 +263,9 @@ def get_all(
 
 
 @app.command()
-def get(memory_id: str) -> None:
+def get(memory_id: str, as_of: str = AsOfOption) -> None:
     """Show one memory."""
-    m = run(lambda ms: ms.get(memory_id))
+    m = run(lambda ms: ms.get(memory_id, as_of=as_of))
     emit(m.to_api(), lambda: out.print_json(json.dumps(m.to_api(), ensure_ascii=False)))
 
 
@@ -477,6 +486,7 @@ def main() -> None:
 
 
 # commands kept in their own modules register themselves on `app`
+import memstream.cli_audit  # noqa: E402, F401  (audit, export, stats, churn, sql)
 from memstream import cli_retention  # noqa: E402, F401
 
 if __name__ == "__main__":
