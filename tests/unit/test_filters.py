@@ -16,7 +16,7 @@ import lancedb
 import numpy as np
 import pyarrow as pa
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from memstream.errors import FilterError, ValidationError
@@ -631,6 +631,8 @@ safe_text = st.text(st.characters(codec="utf-8"), min_size=1, max_size=30)
 @settings(max_examples=300, deadline=None)
 @given(hostile=safe_text)
 def test_hostile_values_only_ever_appear_as_literals(hostile: str) -> None:
+    # the shapes pair the value with "x"; the compiler rightly folds ["x", "x"] into one literal
+    assume(hostile != "x")
     as_id = valid_id(hostile)
     as_category = not any(ord(c) < 32 for c in hostile)
 
