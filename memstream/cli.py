@@ -478,9 +478,13 @@ def keys_revoke(key_id: str = typer.Argument(..., help="the key_id shown by `key
 # == end of REST server and API keys =======================================================
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if "--json" in args[1:]:  # accept the global flag after the command too, as users write it
+        cut = args.index("--") if "--" in args else len(args)
+        args = ["--json", *[a for a in args[:cut] if a != "--json"], *args[cut:]]
     try:
-        app()
+        app(args=args)
     except BrokenPipeError:
         sys.exit(1)
 

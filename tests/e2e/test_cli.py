@@ -91,7 +91,9 @@ def test_json_documents_are_shaped_like_the_mem0_responses(settings: Settings) -
 
     deleted = doc(cli(settings, "--json", "delete-all", "--user-id", "alice", "--run-id", "t-1"))
     assert deleted["message"] == "Memories deleted successfully!" and deleted["count"] == 1
-    assert doc(cli(settings, "--json", "get", mid))["memory"] == "Prefers window seats"
+    assert (
+        doc(cli(settings, "get", mid, "--json"))["memory"] == "Prefers window seats"
+    )  # flag after
 
 
 def test_bad_input_names_the_problem_and_writes_nothing(tmp_path: Path) -> None:
