@@ -118,16 +118,23 @@ def raw_onnxruntime(threads: int, batch_size: int) -> Callable[[list[str]], np.n
     return embed
 
 
-def timed(fn: Callable[[], object], repeats: int) -> tuple[list[float], float]:
+class Meter:
     """Wall seconds of each run, and CPU seconds per wall second over all runs (at most the
     thread count; far below it means the run was starved by other processes)."""
-    times = []
-    cpu_start = time.process_time()
-    for _ in range(repeats):
-        start = time.perf_counter()
+
+    def __init__(self) -> None:
+        self.runs: list[float] = []
+        self.cpu = 0.0
+
+    def __call__(self, fn: Callable[[], object]) -> None:
+        cpu_start, start = time.process_time(), time.perf_counter()
         fn()
-        times.append(time.perf_counter() - start)
-    return times, (time.process_time() - cpu_start) / sum(times)
+        self.runs.append(time.perf_counter() - start)
+        self.cpu += time.process_time() - cpu_start
+
+    @property
+    def cores_used(self) -> float:
+        return self.cpu / sum(self.runs)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -135,7 +142,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n", type=int, default=1000, help="sentences (default 1000)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--threads", type=int, default=None, help="default: os.cpu_count()")
-    parser.add_argument("--repeats", type=int, default=3, help="batched runs (best is kept)")
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="interleaved rounds (best batched run is kept)"
+    )
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
 
@@ -152,13 +161,23 @@ def main(argv: list[str] | None = None) -> int:
     raw = raw_onnxruntime(threads, args.batch_size)
     raw(sentences[:128])
 
-    batched_times, batched_cpu = timed(lambda: embedder.embed(sentences), args.repeats)
-    raw_times, raw_cpu = timed(lambda: raw(sentences), args.repeats)
-    latencies = []
-    for text in sentences:
-        start = time.perf_counter()
-        embedder.embed_one(text)
-        latencies.append(time.perf_counter() - start)
+    # Interleaved rounds, so a change in the machine's load hits every method alike.
+    batched, baseline = Meter(), Meter()
+    latencies: list[float] = []
+
+    def one_by_one(texts: list[str]) -> None:
+        for text in texts:
+            start = time.perf_counter()
+            embedder.embed_one(text)
+            latencies.append(time.perf_counter() - start)
+
+    share = -(-len(sentences) // args.repeats)
+    for r in range(args.repeats):
+        batched(lambda: embedder.embed(sentences))
+        baseline(lambda: raw(sentences))
+        one_by_one(sentences[r * share : (r + 1) * share])
+    batched_times, batched_cpu = batched.runs, batched.cores_used
+    raw_times, raw_cpu = baseline.runs, baseline.cores_used
 
     # The three paths must agree, or the speed comparison means nothing.
     sample = sentences[:200]
@@ -167,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     n = len(sentences)
-    one_by_one_rate = n / sum(latencies)
+    one_by_one_rate = len(latencies) / sum(latencies)
     batched_rate = n / min(batched_times)
     raw_rate = n / min(raw_times)
     lat_ms = sorted(x * 1000 for x in latencies)
@@ -190,7 +209,10 @@ def main(argv: list[str] | None = None) -> int:
         f"single query latency: p50 {p50:.2f} ms, p95 {p95:.2f} ms; model load {load_seconds:.2f} s"
     )
     print(f"batched / raw onnxruntime: {batched_rate / raw_rate:.2f}x; min cosine {agreement:.6f}")
-    print(f"CPU use while batching: {batched_cpu:.2f} of {threads} cores (low = machine busy)")
+    print(
+        f"CPU use: batched {batched_cpu:.2f}, raw {raw_cpu:.2f} of {threads} cores "
+        "(low = the machine was busy, numbers are pessimistic)"
+    )
 
     record = {
         "benchmark": "embed_throughput",
