@@ -31,6 +31,7 @@ from memstream.cli import (
     run,
     state,
 )
+from memstream.errors import ValidationError
 
 if TYPE_CHECKING:
     from memstream.service import Memstream
@@ -121,7 +122,7 @@ def export(
     )
     try:
         chosen = format_of(output, fmt)
-    except Exception as exc:  # ValidationError: answer before loading the ledger stack
+    except ValidationError as exc:  # answer before loading the ledger stack
         fail(str(exc))
     count, chosen = run(
         lambda ms: export_memories(ms, output, chosen, f, as_of=as_of, show_expired=show_expired)

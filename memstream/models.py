@@ -107,6 +107,17 @@ class Page:
     page_size: int
     results: list[MemoryView]
 
+    @classmethod
+    def of(cls, rows: list[dict[str, Any]], page: int, page_size: int) -> Page:
+        """One page of `rows` (already in display order), with the total count."""
+        start = (page - 1) * page_size
+        return cls(
+            count=len(rows),
+            page=page,
+            page_size=page_size,
+            results=[MemoryView.from_row(r) for r in rows[start : start + page_size]],
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class WriteResult:

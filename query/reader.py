@@ -88,13 +88,7 @@ class MemoryReader:
             if compiled.lance_exact or compiled.matches(row)
         ]
         rows.sort(key=lambda r: (-r["created_at"], r["id"]))
-        start = (page - 1) * page_size
-        return Page(
-            count=len(rows),
-            page=page,
-            page_size=page_size,
-            results=[MemoryView.from_row(r) for r in rows[start : start + page_size]],
-        )
+        return Page.of(rows, page, page_size)
 
     def search(
         self,

@@ -499,13 +499,7 @@ class PointInTime:
         show_expired: bool,
     ) -> Page:
         rows = self._state(tenant, filters, as_of, show_expired)  # newest first, then id
-        start = (page - 1) * page_size
-        return Page(
-            count=len(rows),
-            page=page,
-            page_size=page_size,
-            results=[MemoryView.from_row(r) for r in rows[start : start + page_size]],
-        )
+        return Page.of(rows, page, page_size)
 
     def search(
         self,
