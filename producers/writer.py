@@ -8,6 +8,7 @@ projector in log order, never by a check-then-insert here, so racing writers can
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Mapping
 from typing import Any
@@ -54,6 +55,15 @@ class _Producer:
 
 
 class MemoryWriter(_Producer):
+    async def _decisions(self, events: list[Event]) -> list[dict[str, Any]]:
+        """The projector's decision for each event: from memory when this process applied
+        it, else read back (off the event loop) when another process did."""
+        ids = [e.event_id for e in events]
+        found = self.projector.decided(ids)
+        if missing := [i for i in ids if i not in found]:
+            found.update(await asyncio.to_thread(self.reader.outcomes, missing))
+        return [found[i] for i in ids]
+
     async def _replayed(self, tenant: Tenant, request_id: str | None) -> list[WriteResult] | None:
         """The original results of a retried request (same request_id), or None if it is new."""
         if request_id is None:
@@ -107,8 +117,7 @@ class MemoryWriter(_Producer):
         if not wait:
             return [WriteResult(e.memory_id or "", "ADD", e.text, e.event_id, pending=True)
                     for e in events if isinstance(e, MemoryAdded)]  # fmt: skip
-        outcomes = self.reader.outcomes([e.event_id for e in events])
-        return [_result_of(outcomes[e.event_id]) for e in events]
+        return [_result_of(row) for row in await self._decisions(events)]
 
     async def update(
         self,

@@ -13,7 +13,9 @@ import contextlib
 import fcntl
 import logging
 import os
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -37,7 +39,8 @@ from memstream.sqlutil import sql_in
 
 log = logging.getLogger("memstream.projector")
 
-SMALL_FRAGMENTS = 32  # compact a table once it has this many small fragments
+SMALL_FRAGMENTS = 32
+RECENT_DECISIONS = 100_000  # audit rows kept in memory for writers waiting on them  # compact a table once it has this many small fragments
 
 
 class ProjectionTimeout(MemstreamError):
@@ -81,6 +84,9 @@ class Projector:
         self.checkpoint: Offsets = {}
         self._background = False
         self._progress = asyncio.Event()
+        # decisions of recently applied events, so a waiting writer need not read them back
+        self._recent: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self._recent_lock = threading.Lock()  # written by the apply thread, read on the loop
 
     # -- generations ---------------------------------------------------------------------
     def generation(self) -> Generation:
@@ -145,6 +151,7 @@ class Projector:
                 self._reader_next[p] = max(self._reader_next.get(p, 0), rec.position.offset + 1)
             if not batch:
                 self.checkpoint = disk
+                self._progress.set()
                 return 0
             async with self._flock():
                 gen = self.generation()
@@ -156,6 +163,7 @@ class Projector:
                 if any(first != cp.get(p, 0) for p, first in firsts.items()):
                     self._reset_reader()  # another process moved the checkpoint under us
                     self.checkpoint = cp
+                    self._progress.set()
                     return 0
                 if fresh:
                     cp = await asyncio.to_thread(self._apply_sync, gen, fresh, cp)
@@ -186,8 +194,19 @@ class Projector:
                 if not covers(self.checkpoint, required):
                     # another process may be the one projecting: look at the disk
                     self.checkpoint = self.generation().checkpoint()
+            elif self._alock.locked():
+                # another waiter is stepping: let its batch cover us too (group commit)
+                # instead of queueing for a step of our own that would apply almost nothing
+                self._progress.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._progress.wait(), 0.05)
             else:
                 await self.step(timeout_s=0.05)
+
+    def decided(self, event_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """The audit rows (the projector's decisions) this process wrote recently, by id."""
+        with self._recent_lock:
+            return {i: row for i in event_ids if (row := self._recent.get(i)) is not None}
 
     async def catch_up(self, timeout_s: float = 600.0) -> Offsets:
         """Apply everything appended so far."""
@@ -236,6 +255,11 @@ class Projector:
         audits = [apply_event(state, e, pos, decided.get(e.event_id)) for e, pos in events]
         self._fill_vectors(state)
 
+        with self._recent_lock:
+            for row in audits:
+                self._recent[row["event_id"]] = row
+            while len(self._recent) > RECENT_DECISIONS:
+                self._recent.popitem(last=False)
         if audits:
             gen.events(create=True).merge_insert("event_id").when_not_matched_insert_all().execute(
                 pa.Table.from_pylist(audits, schema=EVENTS_SCHEMA)
