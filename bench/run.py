@@ -5,7 +5,8 @@
 
 Stages (each prints its progress; a stage that fails records its error and the run goes on):
 
-1. embed      the embedder alone on the benchmark texts, calls of 64 (embed_raw_sps)
+1. embed      the embedder alone on the benchmark texts, calls of 64 (embed_raw_sps; run
+              again after ingest, the faster run kept)
 2. kafka      a throwaway broker from scripts/kafka-local, unless --kafka or --no-kafka
 3. ingest     concurrent writers through Memstream.add(wait=True) on Kafka (ingest_eps),
               the same with the hashing embedder (pipeline_eps), and the inline-projector
@@ -190,6 +191,9 @@ class Run:
 
 # -- 1. the embedder alone -------------------------------------------------------------------
 async def stage_embed(run: Run, embedder: Embedder, wl: Workload) -> None:
+    """Sentences/s of the embedder alone, in calls of 64. Run twice, before and after the
+    ingest stage, and the faster run kept: the machine is shared, and a denominator measured
+    in a quiet moment makes ingest_ratio conservative rather than flattering."""
     n = min(len(wl.memories), 1024 if embedder.name.startswith("minilm") else 20_000)
     texts = wl.texts()[:n]
     embedder.embed(texts[:64])  # load the model / warm caches
@@ -197,15 +201,21 @@ async def stage_embed(run: Run, embedder: Embedder, wl: Workload) -> None:
     for i in range(0, n, 64):
         embedder.embed(texts[i : i + 64])
     seconds = time.perf_counter() - start
-    run.result["embed_raw_sps"] = rate(n, seconds)
-    run.details["embed"] = {"sentences": n, "batch": 64, "seconds": round(seconds, 2)}
-    lat = []
-    for text in texts[:50]:
-        t = time.perf_counter()
-        embedder.embed_one(text)
-        lat.append((time.perf_counter() - t) * 1000)
-    run.details["embed"]["embed_one_p50_ms"] = p50(lat)
-    say(f"embed_raw_sps {run.result['embed_raw_sps']:,} ({n} texts, batch 64)")
+    runs = run.details.setdefault("embed", {"sentences": n, "batch": 64, "runs_sps": []})
+    runs["runs_sps"].append(rate(n, seconds))
+    run.result["embed_raw_sps"] = max(runs["runs_sps"])
+    if "embed_one_p50_ms" not in runs:
+        lat = []
+        for text in texts[:50]:
+            t = time.perf_counter()
+            embedder.embed_one(text)
+            lat.append((time.perf_counter() - t) * 1000)
+        runs["embed_one_p50_ms"] = p50(lat)
+    if run.result.get("ingest_eps") is not None:
+        run.result["ingest_ratio"] = ratio(run.result["ingest_eps"], run.result["embed_raw_sps"])
+    say(
+        f"embed_raw_sps {rate(n, seconds):,} ({n} texts, batch 64); kept {run.result['embed_raw_sps']:,}"
+    )
 
 
 # -- 2. Kafka --------------------------------------------------------------------------------
@@ -502,6 +512,25 @@ async def stage_search(run: Run, wl: Workload, data_dir: Path) -> None:
         warm = 3
         queries = wl.queries[: a.queries + warm]
         timings: dict[str, dict[str, list[float]]] = {}
+
+        async def timed_memstream(query: str, filters: Any, consistent: bool) -> tuple[float, Any]:
+            t = time.perf_counter()
+            out = await ms.search(query, filters, tenant=TENANT, top_k=TOP_K, consistent=consistent)
+            return time.perf_counter() - t, out
+
+        def timed_raw(query: str, pred: str) -> tuple[float, Any]:
+            t = time.perf_counter()
+            vec = encode(query)
+            out = (
+                raw_table.search(vec)
+                .metric("cosine")
+                .where(pred, prefilter=True)
+                .select([*MEMORY_COLUMNS, "_distance"])
+                .limit(TOP_K)
+                .to_arrow()
+            )
+            return time.perf_counter() - t, out
+
         mismatches = 0
         for variant in ("scoped", "wildcard", "list"):
             t_ms: list[float] = []
@@ -510,25 +539,20 @@ async def stage_search(run: Run, wl: Workload, data_dir: Path) -> None:
             for i, (query, user) in enumerate(queries):
                 other = queries[(i + 1) % len(queries)][1]
                 filters = search_filters(user, other)[variant]
-                t = time.perf_counter()
-                found = await ms.search(query, filters, tenant=TENANT, top_k=TOP_K)
-                d_ms = time.perf_counter() - t
-                t = time.perf_counter()
-                await ms.search(query, filters, tenant=TENANT, top_k=TOP_K, consistent=False)
-                d_nc = time.perf_counter() - t
                 # the raw baseline: the predicate memstream sent, captured outside the clock
                 pred = await captured_predicate(ms, query, filters)
-                t = time.perf_counter()
-                vec = encode(query)
-                raw = (
-                    raw_table.search(vec)
-                    .metric("cosine")
-                    .where(pred, prefilter=True)
-                    .select([*MEMORY_COLUMNS, "_distance"])
-                    .limit(TOP_K)
-                    .to_arrow()
-                )
-                d_raw = time.perf_counter() - t
+
+                # the three take turns going first: whoever runs a query first pays the
+                # colder caches, so a fixed order would favour the ones that follow
+                order = ["ms", "nc", "raw"]
+                shift = i % 3
+                took: dict[str, Any] = {}
+                for which in order[shift:] + order[:shift]:
+                    if which == "raw":
+                        took[which] = timed_raw(query, pred)
+                    else:
+                        took[which] = await timed_memstream(query, filters, which == "ms")
+                (d_ms, found), (d_nc, _), (d_raw, raw) = took["ms"], took["nc"], took["raw"]
                 if [m.id for m in found] != raw["id"].to_pylist():
                     mismatches += 1
                 if i >= warm:
@@ -731,7 +755,9 @@ def projected_vectors(data_dir: Path) -> Callable[[list[str]], Any] | None:
 async def stage_mem0(run: Run, wl: Workload, embedder: Embedder, data_dir: Path) -> None:
     a = run.args
     if version("mem0ai") is None:
-        raise RuntimeError("mem0ai is not installed (pip install mem0ai)")
+        run.notes.append("mem0 skipped: mem0ai is not installed (pip install mem0ai)")
+        say("mem0: skipped (mem0ai is not installed)")
+        return
     warnings.filterwarnings("ignore", module="mem0")
     warnings.filterwarnings("ignore", message=".*Payload indexes.*")
     from mem0_baseline import run_mem0
@@ -827,9 +853,12 @@ def print_table(run: Run, checks: dict[str, dict[str, Any]]) -> None:
         check = checks.get(key)
         status = check["status"] if check else ""
         style = {"met": "green", "missed": "red"}.get(status, "yellow" if status else "")
-        shown = (
-            "—" if value is None else f"{value:,.2f}" if isinstance(value, float) else f"{value:,}"
-        )
+        if value is None:
+            shown = "—"
+        elif isinstance(value, float):
+            shown = f"{value:.3g}" if abs(value) < 1 else f"{value:,.2f}"
+        else:
+            shown = f"{value:,}"
         table.add_row(key, shown, unit, check["target"] if check else "",
                       f"[{style}]{status}[/]" if style else status)  # fmt: skip
     Console(width=110).print(table)
@@ -898,8 +927,9 @@ def main(argv: list[str] | None = None) -> int:
                     kafka = broker.start()
                     say(f"Kafka at {kafka}")
                 except Exception as exc:
-                    run.errors["kafka"] = str(exc)
-                    run.notes.append("Kafka broker did not start: ingest ran on the file log")
+                    run.notes.append(
+                        f"Kafka broker did not start ({exc}): ingest ran on the file log"
+                    )
                     broker = None
         run.details["ingest_log"] = f"kafka {kafka}" if kafka else "file"
         if "ingest" not in skip:
@@ -907,6 +937,8 @@ def main(argv: list[str] | None = None) -> int:
         if broker is not None:
             broker.stop()
             broker = None
+        if "embed" not in skip and "ingest" not in skip:
+            run.stage("embed-again", lambda: stage_embed(run, embedder, wl))
         run.stage("corpus", lambda: stage_corpus(run, wl, data_dir))
         if "search" not in skip:
             run.stage("search", lambda: stage_search(run, wl, data_dir))

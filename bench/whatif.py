@@ -4,7 +4,8 @@
 
 Each proposal is emulated by an in-process patch of this run only (nothing under memstream/,
 producers/, projector/ or query/ changes), and measured against the unpatched code in the
-same run, on the hashing embedder (so the model's cost does not hide the pipeline's):
+same run, on the hashing embedder by default (so the model's cost does not hide the
+pipeline's; `--embedder minilm --parts A` shows what A does to ingest_ratio):
 
 A. `writer-outcomes`: `MemoryWriter.add(wait=True)` reads the projector's decision back with
    `MemoryReader.outcomes` -- a synchronous LanceDB query on the events table, on the event
@@ -65,6 +66,7 @@ from memstream.projector.projector import covers, required_offsets  # noqa: E402
 from memstream.service import Memstream  # noqa: E402
 
 PROFILES = BENCH / "results" / "profiles"
+EMBEDDER = ["hashing"]  # --embedder
 
 
 # -- the emulated changes ------------------------------------------------------------------
@@ -123,7 +125,7 @@ def patch_convoy(ms: Memstream) -> None:
 @contextlib.asynccontextmanager
 async def fresh(background: bool) -> AsyncIterator[Memstream]:
     tmp = Path(tempfile.mkdtemp(prefix="memstream-whatif-"))
-    ms = Memstream(settings_for(tmp, "hashing", None))
+    ms = Memstream(settings_for(tmp, EMBEDDER[0], None))
     await ms.start(background_projector=background)
     try:
         yield ms
@@ -137,6 +139,7 @@ async def ingest(n: int, writers: int, *, background: bool, outcomes: bool, conv
                  profile: str | None = None) -> dict[str, Any]:  # fmt: skip
     mems = make_workload(n, queries=0, seed=11).memories
     async with fresh(background) as ms:
+        ms.embedder.embed(["warm up the model"])
         if outcomes:
             patch_outcomes(ms)
         if convoy:
@@ -265,22 +268,43 @@ async def seq_adds(ms: Memstream, n: int, profile: bool) -> dict[str, Any]:
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     res: dict[str, Any] = {}
     n, w = args.n, args.writers
-    say(f"ingest, background projector, {n} adds by {w} writers (file log, hashing)")
-    res["background_before"] = await ingest(n, w, background=True, outcomes=False, convoy=False,
-                                            profile="ingest_loop" if args.profile else None)  # fmt: skip
-    say(f"  before: {res['background_before']}")
-    res["background_after_A"] = await ingest(n, w, background=True, outcomes=True, convoy=False)
-    say(f"  after A (outcomes from memory): {res['background_after_A']}")
-    n_inline = max(64, n // 4)
-    say(f"ingest, inline projector, {n_inline} adds by {w} writers")
-    res["inline_before"] = await ingest(n_inline, w, background=False, outcomes=False, convoy=False)
-    say(f"  before: {res['inline_before']}")
-    res["inline_after_B"] = await ingest(n_inline, w, background=False, outcomes=False, convoy=True)
-    say(f"  after B (group commit in wait_for): {res['inline_after_B']}")
-    res["inline_after_AB"] = await ingest(n_inline, w, background=False, outcomes=True, convoy=True)
-    say(f"  after A+B: {res['inline_after_AB']}")
-    say(f"replay of {args.replay_n:,} events with a warm cache")
-    res["replay"] = await replay(args.replay_n, [1000, 5000, 10000], args.profile)
+    parts = set(args.parts.split(","))
+    if "A" in parts and EMBEDDER[0] != "hashing":
+        from memstream.embedders import get_embedder
+
+        emb = get_embedder(EMBEDDER[0])
+        texts = [m.text for m in make_workload(512, queries=0, seed=11).memories]
+        emb.embed(texts[:64])
+        t = time.perf_counter()
+        for i in range(0, len(texts), 64):
+            emb.embed(texts[i : i + 64])
+        res["embed_sps"] = rate(len(texts), time.perf_counter() - t)
+        say(f"{EMBEDDER[0]} alone: {res['embed_sps']} sentences/s (calls of 64)")
+    if "A" in parts:
+        say(f"ingest, background projector, {n} adds by {w} writers (file log, {EMBEDDER[0]})")
+        res["background_before"] = await ingest(n, w, background=True, outcomes=False, convoy=False,
+                                                profile="ingest_loop" if args.profile else None)  # fmt: skip
+        say(f"  before: {res['background_before']}")
+        res["background_after_A"] = await ingest(n, w, background=True, outcomes=True, convoy=False)
+        say(f"  after A (outcomes from memory): {res['background_after_A']}")
+    if "B" in parts:
+        n_inline = max(64, n // 4)
+        say(f"ingest, inline projector, {n_inline} adds by {w} writers")
+        res["inline_before"] = await ingest(
+            n_inline, w, background=False, outcomes=False, convoy=False
+        )
+        say(f"  before: {res['inline_before']}")
+        res["inline_after_B"] = await ingest(
+            n_inline, w, background=False, outcomes=False, convoy=True
+        )
+        say(f"  after B (group commit in wait_for): {res['inline_after_B']}")
+        res["inline_after_AB"] = await ingest(
+            n_inline, w, background=False, outcomes=True, convoy=True
+        )
+        say(f"  after A+B: {res['inline_after_AB']}")
+    if "C" in parts:
+        say(f"replay of {args.replay_n:,} events with a warm cache")
+        res["replay"] = await replay(args.replay_n, [1000, 5000, 10000], args.profile)
     return res
 
 
@@ -290,8 +314,11 @@ def main() -> int:
     parser.add_argument("--writers", type=int, default=64)
     parser.add_argument("--replay-n", type=int, default=20_000)
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--embedder", choices=("hashing", "minilm"), default="hashing")
+    parser.add_argument("--parts", default="A,B,C", help="which of A,B,C(+D) to run")
     parser.add_argument("--out", type=Path, default=BENCH / "results" / "whatif.json")
     args = parser.parse_args()
+    EMBEDDER[0] = args.embedder
     load = os.getloadavg()
     res = asyncio.run(main_async(args))
     record = {
@@ -301,7 +328,8 @@ def main() -> int:
             "n": args.n,
             "writers": args.writers,
             "replay_n": args.replay_n,
-            "embedder": "hashing-384",
+            "embedder": args.embedder,
+            "parts": args.parts,
             "log": "file",
             "tenant": [ORG, PROJECT],
         },  # fmt: skip
