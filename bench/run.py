@@ -905,7 +905,9 @@ def main(argv: list[str] | None = None) -> int:
     say(f"scale {args.scale:,}, embedder {args.embedder}, {os.cpu_count()} CPUs, "
         f"load {load_start[0]:.2f} {load_start[1]:.2f} {load_start[2]:.2f}")  # fmt: skip
     extra = args.seq_adds + args.rest_adds
-    wl = make_workload(args.scale + extra, queries=args.queries + 3)
+    # ingest and pipeline use the first memories of the same workload, in fresh stores
+    need = max(args.scale + extra, args.ingest or 0, 600 if args.quick else 5000)
+    wl = make_workload(need, queries=args.queries + 3, users=max(20, args.scale // 200))
     wl.users = sorted({m.user_id for m in wl.memories[: args.scale] if m.user_id})
     embedder = get_embedder(args.embedder)
     say(f"workload: {len(wl.memories):,} memories, {len(wl.users):,} users")
