@@ -2,6 +2,10 @@
 
     python bench/whatif.py [--n 1000] [--writers 64] [--replay-n 20000] [--profile]
 
+A and B have landed in the core since (e7920f4): on a core that has them, their "after"
+equals their "before", which is the check that the landed change is the emulated one.
+C and D are still open.
+
 Each proposal is emulated by an in-process patch of this run only (nothing under memstream/,
 producers/, projector/ or query/ changes), and measured against the unpatched code in the
 same run, on the hashing embedder by default (so the model's cost does not hide the
