@@ -11,8 +11,12 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from memstream.errors import ValidationError
+
+if TYPE_CHECKING:
+    from memstream.keystore.base import KeyStore
 
 MAX_MESSAGE_BYTES = 1_048_000
 """Largest key + value of one message, on every log: it fits Kafka's default broker limit
@@ -117,6 +121,12 @@ class EventLog(ABC):
     async def committed(self, group_id: str) -> Offsets:
         """The progress last committed by `group_id` (empty if none)."""
         return {}
+
+    def subject_keys(self) -> KeyStore:
+        """A new, not yet started store of the per-subject keys that live beside this log
+        (crypto-shredding, see memstream.keystore): shared by every process using the log,
+        and never under `projections/`. The caller starts and closes it."""
+        raise NotImplementedError(f"{type(self).__name__} has no subject key store")
 
     async def __aenter__(self) -> EventLog:
         await self.start()

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from memstream.errors import LogUnavailableError
+from memstream.keystore.file import FileKeyStore
 from memstream.log.base import EventLog, LogReader, LogRecord, Offsets, Position
 
 HEADER = struct.Struct("<II")
@@ -182,6 +183,10 @@ class FileEventLog(EventLog):
         if self._lock_fd is None:
             await self.start()
         return FileLogReader(self, (start or {}).get(0, 0), group_id)
+
+    def subject_keys(self) -> FileKeyStore:
+        """Subject keys in `<log directory>/subject-keys` (see memstream.keystore.file)."""
+        return FileKeyStore(self.directory / "subject-keys")
 
     async def committed(self, group_id: str) -> Offsets:
         path = self._group_path(group_id)

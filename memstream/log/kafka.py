@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import weakref
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -29,6 +29,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
 from memstream.errors import LogUnavailableError, ValidationError
+from memstream.keystore.base import KeyStore
 from memstream.log.base import EventLog, LogReader, LogRecord, Offsets, Position
 
 __all__ = ["KafkaEventLog", "KafkaLogReader"]
@@ -96,27 +97,11 @@ class KafkaEventLog(EventLog):
     # ------------------------------------------------------------------ helpers
 
     def _error(self, action: str, exc: BaseException | str) -> LogUnavailableError:
-        if isinstance(exc, asyncio.TimeoutError):
-            cause = "timed out"
-        elif isinstance(exc, BaseException):
-            cause = str(exc) or type(exc).__name__
-            if type(exc).__name__ not in cause:
-                cause = f"{type(exc).__name__}: {cause}"
-        else:
-            cause = exc
-        return LogUnavailableError(
-            f"Kafka event log: cannot {action} (bootstrap {self.bootstrap_servers}, "
-            f"topic {self.topic!r}): {cause}"
-        )
+        return kafka_error("Kafka event log", self.bootstrap_servers, self.topic, action, exc)
 
     async def _bounded(self, action: str, aw: Awaitable[T], timeout_s: float) -> T:
         """Await `aw` within `timeout_s`; any Kafka/network failure -> LogUnavailableError."""
-        try:
-            return await asyncio.wait_for(aw, timeout_s)
-        except LogUnavailableError:
-            raise
-        except _NETWORK_ERRORS as exc:
-            raise self._error(action, exc) from exc
+        return await bounded(aw, timeout_s, lambda exc: self._error(action, exc))
 
     def _consumer(self, group_id: str | None) -> AIOKafkaConsumer:
         return AIOKafkaConsumer(
@@ -184,33 +169,19 @@ class KafkaEventLog(EventLog):
                 )
 
     async def _ensure_topic(self) -> None:
-        admin = AIOKafkaAdminClient(
-            bootstrap_servers=self.bootstrap_servers,
-            client_id=self.client_id,
-            request_timeout_ms=int(self.request_timeout_s * 1000),
-        )
-        try:
-            await asyncio.wait_for(admin.start(), self.connect_timeout_s)
-            if self.topic in await admin.list_topics():
-                return
-            new = NewTopic(
+        await ensure_topic(
+            self.bootstrap_servers,
+            NewTopic(
                 self.topic,
                 num_partitions=self.num_partitions,
                 replication_factor=self.replication_factor,
                 topic_configs=dict(TOPIC_CONFIGS),
-            )
-            try:
-                resp = await admin.create_topics([new])
-            except TopicAlreadyExistsError:
-                return
-            for topic_error in resp.topic_errors:
-                code = topic_error[1]
-                if code in (0, TopicAlreadyExistsError.errno):  # created, or a racing creator won
-                    continue
-                message = topic_error[2] if len(topic_error) > 2 else ""
-                raise self._error(f"create topic (error code {code})", message or f"code {code}")
-        finally:
-            await _quietly(admin.close())
+            ),
+            client_id=self.client_id,
+            connect_timeout_s=self.connect_timeout_s,
+            request_timeout_s=self.request_timeout_s,
+            error=self._error,
+        )
 
     async def close(self) -> None:
         for reader in list(self._readers):
@@ -285,6 +256,19 @@ class KafkaEventLog(EventLog):
         self._readers.add(reader)
         return reader
 
+    def subject_keys(self) -> KeyStore:
+        """Subject keys on the compacted topic `<topic>.subject-keys` (memstream.keystore.kafka)."""
+        from memstream.keystore.kafka import KafkaKeyStore  # it imports this module
+
+        return KafkaKeyStore(
+            self.bootstrap_servers,
+            f"{self.topic}.subject-keys",
+            replication_factor=self.replication_factor,
+            client_id=self.client_id,
+            connect_timeout_s=self.connect_timeout_s,
+            request_timeout_s=self.request_timeout_s,
+        )
+
     async def committed(self, group_id: str) -> Offsets:
         self._require_started()
         consumer = self._consumer(group_id)
@@ -353,6 +337,81 @@ class KafkaLogReader(LogReader):
         consumer, self._consumer = self._consumer, None
         if consumer is not None:
             await _quietly(consumer.stop())
+
+
+def kafka_error(
+    what: str, bootstrap_servers: str, topic: str, action: str, exc: BaseException | str
+) -> LogUnavailableError:
+    """`what` cannot `action`: the error names the bootstrap servers, the topic and the cause."""
+    if isinstance(exc, asyncio.TimeoutError):
+        cause = "timed out"
+    elif isinstance(exc, BaseException):
+        cause = str(exc) or type(exc).__name__
+        if type(exc).__name__ not in cause:
+            cause = f"{type(exc).__name__}: {cause}"
+    else:
+        cause = exc
+    return LogUnavailableError(
+        f"{what}: cannot {action} (bootstrap {bootstrap_servers}, topic {topic!r}): {cause}"
+    )
+
+
+async def bounded(
+    aw: Awaitable[T], timeout_s: float, error: Callable[[BaseException], LogUnavailableError]
+) -> T:
+    """Await `aw` within `timeout_s`; any Kafka/network failure -> `error(exc)`."""
+    try:
+        return await asyncio.wait_for(aw, timeout_s)
+    except LogUnavailableError:
+        raise
+    except _NETWORK_ERRORS as exc:
+        raise error(exc) from exc
+
+
+def admin_client(
+    bootstrap_servers: str, client_id: str, request_timeout_s: float
+) -> AIOKafkaAdminClient:
+    return AIOKafkaAdminClient(
+        bootstrap_servers=bootstrap_servers,
+        client_id=client_id,
+        request_timeout_ms=int(request_timeout_s * 1000),
+    )
+
+
+async def ensure_topic(
+    bootstrap_servers: str,
+    new: NewTopic,
+    *,
+    client_id: str,
+    connect_timeout_s: float,
+    request_timeout_s: float,
+    error: Callable[[str, BaseException | str], LogUnavailableError],
+) -> bool:
+    """Create topic `new` unless it exists (a racing creator is fine); True if created here.
+
+    Not bounded by a timeout itself: wrap it in `bounded`. `error(action, cause)` builds the
+    LogUnavailableError for a broker that refuses to create it.
+    """
+    admin = admin_client(bootstrap_servers, client_id, request_timeout_s)
+    try:
+        await asyncio.wait_for(admin.start(), connect_timeout_s)
+        if new.name in await admin.list_topics():
+            return False
+        try:
+            resp = await admin.create_topics([new])
+        except TopicAlreadyExistsError:
+            return False
+        for topic_error in resp.topic_errors:
+            code = topic_error[1]
+            if code == 0:
+                continue
+            if code == TopicAlreadyExistsError.errno:  # a racing creator won
+                return False
+            message = topic_error[2] if len(topic_error) > 2 else ""
+            raise error(f"create topic (error code {code})", message or f"code {code}")
+        return True
+    finally:
+        await _quietly(admin.close())
 
 
 async def _quietly(aw: Awaitable[object], timeout_s: float = 10.0) -> None:
