@@ -57,6 +57,11 @@ class SchemaRegistry:
             registry.register(json.loads(texts.pop(name)), current=True)
         for name in sorted(texts):
             registry.register(json.loads(texts[name]), current=True)
+        # earlier versions of the records: messages they wrote stay readable, never written
+        history = files / "history"
+        for entry in sorted(history.iterdir(), key=lambda e: e.name):
+            if entry.name.endswith(".avsc"):
+                registry.register(json.loads(entry.read_text()))
         return registry
 
     def register(self, schema: dict[str, Any], *, current: bool = False) -> RegisteredSchema:

@@ -1,7 +1,8 @@
 """`memstream demo`: the whole idea in one minute, on a temporary data directory.
 
 Scoped writes for a user, two agents and two support tickets; searches that show implicit
-null scoping, `*` and lists; deleting one ticket leaves the other; the log itself; a replay.
+null scoping, `*` and lists; deleting one ticket leaves the other; the log itself; a replay;
+erasing a user for good (crypto-shredding).
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from rich.console import Console
 from rich.table import Table
 
 from memstream.events import Actor
-from memstream.log.base import EventLog
 from memstream.service import Memstream
 from memstream.settings import Settings
 
@@ -83,7 +83,7 @@ async def _walk(settings: Settings, console: Console) -> None:
               "ticket-2 is untouched")  # fmt: skip
 
         console.rule("4. The log is the audit trail")
-        await _print_log(ms.log, console)
+        await _print_log(ms, console)
 
         console.rule("5. Replay: throw the projections away and rebuild them from the log")
         before = {m.id for m in (await ms.get_all(f2)).results}
@@ -93,18 +93,32 @@ async def _walk(settings: Settings, console: Console) -> None:
         same = "identical" if before == after else "DIFFERENT"
         console.print(f"  replayed {events} events; alice's agent memories after replay: {same}\n")
 
+        console.rule("6. Erase bob for good: his key is destroyed, the log keeps only ciphertext")
+        done = await ms.erase(user_id="bob", reason="demo", actor=Actor(source="demo"))
+        left = (await ms.get_all({"user_id": "bob"})).count
+        found = [
+            str(f.relative_to(settings.data_dir))
+            for f in settings.data_dir.rglob("*")
+            if f.is_file() and b"marathon" in f.read_bytes()
+        ]
+        console.print(
+            f"  erased {done['memories_erased']} memory, destroyed {done['keys_destroyed']} key; "
+            f"bob's memories now: {left}; files under the data directory (log, projections, "
+            f"cache) holding 'marathon': {found or 'none'}\n"
+        )
 
-async def _print_log(log: EventLog, console: Console) -> None:
+
+async def _print_log(ms: Memstream, console: Console) -> None:
     from memstream.events import decode_event
 
-    reader = await log.reader({})
+    reader = await ms.log.reader({})
     table = Table(title_justify="left")
     for col in ("offset", "event", "scope", "memory_id"):
         table.add_column(col)
     try:
         while batch := await reader.next_batch(1000, timeout_s=0.1):
             for rec in batch:
-                ev = decode_event(rec.value)
+                ev = decode_event(rec.value, ms.projector.keys.lookup)
                 ids = {k: v for k, v in ev.scope.entities().items() if v}
                 table.add_row(f"{rec.position.partition}:{rec.position.offset}", ev.event_type, str(ids),
                               (ev.memory_id or "")[:8])  # fmt: skip

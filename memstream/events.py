@@ -11,14 +11,21 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import hashlib
+import json
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, ClassVar
 
+from memstream import crypto
 from memstream.avro import AvroCodec
+from memstream.keystore.base import Subject, SubjectKey
 from memstream.scope import Scope
+
+KeyLookup = Callable[[Subject, str], SubjectKey | None]
+"""(subject, key_id) -> the key, or None once it is destroyed (KeyStore.lookup)."""
 
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
@@ -32,6 +39,7 @@ def new_id() -> str:
 
 
 def text_hash(text: str) -> str:
+    """Plain sha256: the embedding cache's key. Events carry `crypto.keyed_hash` instead."""
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
@@ -44,6 +52,8 @@ class Actor:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Event:
     event_type: ClassVar[str] = "Event"
+    # fields that hold a subject's data: sealed under its key when the event is encoded
+    SEALED: ClassVar[tuple[str, ...]] = ()
 
     scope: Scope
     memory_id: str | None = None
@@ -51,11 +61,16 @@ class Event:
     request_id: str | None = None
     event_id: str = field(default_factory=new_id)
     occurred_at: int = field(default_factory=now_ms)
+    key_id: str | None = None  # set when read from a sealed message
+    # True when the message was sealed under a key that no longer exists (the subject was
+    # erased): the SEALED fields then hold placeholders, never the data. Not in the log.
+    erased: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class MemoryAdded(Event):
     event_type: ClassVar[str] = "MemoryAdded"
+    SEALED: ClassVar[tuple[str, ...]] = ("text", "metadata", "categories")
 
     text: str
     hash: str
@@ -69,6 +84,7 @@ class MemoryAdded(Event):
 @dataclass(frozen=True, slots=True, kw_only=True)
 class MemoryUpdated(Event):
     event_type: ClassVar[str] = "MemoryUpdated"
+    SEALED: ClassVar[tuple[str, ...]] = ("text", "metadata", "categories")
 
     text: str | None = None
     metadata: str | None = None
@@ -90,6 +106,7 @@ class MemoryDeleted(Event):
 @dataclass(frozen=True, slots=True, kw_only=True)
 class DeleteAllRequested(Event):
     event_type: ClassVar[str] = "DeleteAllRequested"
+    SEALED: ClassVar[tuple[str, ...]] = ("filters",)
 
     filters: str  # JSON
     count: int
@@ -101,6 +118,7 @@ class FeedbackGiven(Event):
     """A caller rated a memory (Mem0's POST /v1/feedback/); the memory itself is unchanged."""
 
     event_type: ClassVar[str] = "FeedbackGiven"
+    SEALED: ClassVar[tuple[str, ...]] = ("feedback_reason",)
 
     feedback: str | None = None  # POSITIVE | NEGATIVE | VERY_NEGATIVE
     feedback_reason: str | None = None
@@ -132,6 +150,21 @@ class RetentionPolicyRemoved(Event):
     policy_id: str
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SubjectErased(Event):
+    """The subject named by `scope` + `subject_field` was erased; `key_ids` were destroyed."""
+
+    event_type: ClassVar[str] = "SubjectErased"
+
+    subject_field: str
+    key_ids: tuple[str, ...] = ()
+    reason: str | None = None
+
+    def subject(self) -> Subject:
+        value = getattr(self.scope, self.subject_field)
+        return Subject(self.scope.org_id, self.scope.project_id, self.subject_field, value)
+
+
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.event_type: cls
     for cls in (
@@ -143,7 +176,22 @@ EVENT_TYPES: dict[str, type[Event]] = {
         MemoryExpired,
         RetentionPolicySet,
         RetentionPolicyRemoved,
+        SubjectErased,
     )
+}
+
+# Placeholders a sealed message carries in its SEALED fields (valid for every schema).
+_PLACEHOLDER: dict[str, Any] = {
+    "text": "",
+    "metadata": "{}",
+    "categories": [],
+    "filters": "{}",
+    "feedback_reason": None,
+}
+_MAY_BE_NONE = {"MemoryUpdated": ("text", "metadata", "categories")}
+_NOT_IN_LOG = ("erased",)
+_FIELD_NAMES = {
+    name: frozenset(f.name for f in dataclasses.fields(cls)) for name, cls in EVENT_TYPES.items()
 }
 
 
@@ -155,6 +203,8 @@ def codec() -> AvroCodec:
 def to_record(event: Event) -> dict[str, Any]:
     record: dict[str, Any] = {}
     for f in dataclasses.fields(event):
+        if f.name in _NOT_IN_LOG:
+            continue
         value = getattr(event, f.name)
         if isinstance(value, Scope | Actor):
             value = dataclasses.asdict(value)
@@ -167,9 +217,9 @@ def to_record(event: Event) -> dict[str, Any]:
 def from_record(event_type: str, record: dict[str, Any]) -> Event:
     cls = EVENT_TYPES[event_type]
     values: dict[str, Any] = {}
-    names = {f.name for f in dataclasses.fields(cls)}
+    names = _FIELD_NAMES[event_type]
     for key, value in record.items():
-        if key not in names:
+        if key not in names or key in _NOT_IN_LOG:
             continue  # a field this version does not know (written by a newer minor version)
         if key == "scope":
             value = Scope(**value)
@@ -185,15 +235,42 @@ def from_record(event_type: str, record: dict[str, Any]) -> Event:
     return cls(**values)
 
 
-def encode_event(event: Event) -> bytes:
-    return codec().encode(f"memstream.{event.event_type}", to_record(event))
+def encode_event(event: Event, key: SubjectKey | None = None) -> bytes:
+    """The Avro message; with `key`, the event's SEALED fields are encrypted under it."""
+    record = to_record(event)
+    if key is not None and event.SEALED:
+        secret = {name: record[name] for name in event.SEALED}
+        for name in event.SEALED:
+            record[name] = None if event.event_type in _MAY_BE_NONE else _PLACEHOLDER[name]
+        record["key_id"] = key.key_id
+        record["sealed"] = crypto.seal(key, event.event_id, json.dumps(secret).encode())
+    else:
+        record["key_id"] = None
+    return codec().encode(f"memstream.{event.event_type}", record)
 
 
-def decode_event(data: bytes) -> Event:
+def decode_event(data: bytes, keys: KeyLookup | None = None) -> Event:
+    """The event; a sealed one is opened with `keys`. Without the key (destroyed, or no
+    `keys` given) the event comes back with `erased=True` and placeholders."""
     name, record = codec().decode(data)
-    return from_record(name.removeprefix("memstream."), record)
+    sealed = record.pop("sealed", None)
+    erased = False
+    if sealed is not None:
+        scope = Scope(**record["scope"])
+        subject = Subject.of_scope(scope)
+        key = keys(subject, record["key_id"]) if keys is not None and subject else None
+        if key is None:
+            erased = True
+        else:
+            record.update(json.loads(crypto.unseal(key, str(record["event_id"]), sealed)))
+    event = from_record(name.removeprefix("memstream."), record)
+    return dataclasses.replace(event, erased=True) if erased else event
 
 
-def message_of(event: Event) -> tuple[bytes, bytes]:
+def subject_of(event: Event) -> Subject | None:
+    return Subject.of_scope(event.scope)
+
+
+def message_of(event: Event, key: SubjectKey | None = None) -> tuple[bytes, bytes]:
     """The (key, value) log message: keyed by scope so each scope's events stay in order."""
-    return event.scope.key(), encode_event(event)
+    return event.scope.key(), encode_event(event, key)

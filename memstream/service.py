@@ -15,10 +15,10 @@ from typing import Any
 
 from memstream.embedders import get_embedder
 from memstream.embedders.base import Embedder
-from memstream.events import Actor
+from memstream.events import Actor, FeedbackGiven
 from memstream.log.base import EventLog
 from memstream.models import UNSET, HistoryEntry, MemoryView, Page, Tenant, WriteResult
-from memstream.producers.writer import MemoryWriter, RetentionWriter
+from memstream.producers.writer import MemoryWriter, RetentionWriter, SubjectEraser
 from memstream.projector.projector import Projector
 from memstream.projector.store import live_embedder
 from memstream.query.reader import MemoryReader
@@ -60,6 +60,7 @@ class Memstream:
         self.reader = MemoryReader(self.projector)
         self.writer = MemoryWriter(self.log, self.projector, self.reader)
         self.retention = RetentionWriter(self.log, self.projector, self.reader)
+        self.eraser = SubjectEraser(self.log, self.projector, self.reader)
         self.tenant = Tenant(self.settings.org_id, self.settings.project_id)
         self._stop = asyncio.Event()
         self._background: asyncio.Task[None] | None = None
@@ -72,6 +73,7 @@ class Memstream:
         project continuously and sweep expiries. An outdated projection is rebuilt from the
         log first (it is derived data); `for_replay` skips the checks replay itself fixes."""
         await self.log.start()
+        await self.projector.keys.start()
         if not for_replay:
             if self.projector.outdated():
                 logger.warning("projection format changed: rebuilding it from the log")
@@ -104,6 +106,7 @@ class Memstream:
             await self._sweeper
             self._sweeper = None
         await self.projector.close()
+        await self.projector.keys.close()
         await self.log.close()
 
     async def __aenter__(self) -> Memstream:
@@ -139,6 +142,11 @@ class Memstream:
         self, filters: Mapping[str, Any] | None, *, tenant: Tenant | None = None, **kwargs: Any
     ) -> int:
         return await self.writer.delete_all(tenant or self.tenant, filters, **kwargs)
+
+    async def feedback(
+        self, memory_id: str, *, tenant: Tenant | None = None, **kwargs: Any
+    ) -> FeedbackGiven:
+        return await self.writer.feedback(tenant or self.tenant, memory_id, **kwargs)
 
     # -- reads (consistent=True first applies everything already in the log) ------------
     async def _fresh(self, consistent: bool) -> None:
@@ -209,6 +217,25 @@ class Memstream:
     async def expire(self, now: int | None = None) -> int:
         """Record MemoryExpired for everything that has expired (the sweeper, once)."""
         return await self.retention.expire(now)
+
+    # -- erasure -------------------------------------------------------------------------
+    async def erase(
+        self,
+        *,
+        tenant: Tenant | None = None,
+        user_id: str | None = None,
+        agent_id: str | None = None,
+        app_id: str | None = None,
+        run_id: str | None = None,
+        reason: str | None = None,
+        actor: Actor | None = None,
+    ) -> dict[str, Any]:
+        """Crypto-shred one subject (name exactly one entity id); see docs/erasure.md.
+        Returns the subject, memories erased, keys destroyed and the SubjectErased event id."""
+        return await self.eraser.erase(
+            tenant or self.tenant, user_id=user_id, agent_id=agent_id, app_id=app_id,
+            run_id=run_id, reason=reason, actor=actor,
+        )  # fmt: skip
 
     # -- the log itself ------------------------------------------------------------------
     async def replay(self, progress: Callable[[int, int], Any] | None = None) -> int:

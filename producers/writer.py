@@ -13,22 +13,25 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from memstream.crypto import keyed_hash
 from memstream.errors import ConflictError, NotFoundError, ValidationError
 from memstream.events import (
     Actor,
     DeleteAllRequested,
     Event,
+    FeedbackGiven,
     MemoryAdded,
     MemoryDeleted,
     MemoryExpired,
     MemoryUpdated,
     RetentionPolicyRemoved,
     RetentionPolicySet,
+    SubjectErased,
     message_of,
     new_id,
     now_ms,
-    text_hash,
 )
+from memstream.keystore.base import Subject, SubjectKey
 from memstream.log.base import EventLog, Position
 from memstream.models import UNSET, MemoryView, Tenant, WriteResult
 from memstream.producers import validation as v
@@ -36,7 +39,7 @@ from memstream.projector.projector import Projector
 from memstream.query.filters import compile_filters
 from memstream.query.reader import MemoryReader
 from memstream.query.retention import check_policy, parse_ttl
-from memstream.scope import ENTITY_FIELDS, Scope
+from memstream.scope import ENTITY_FIELDS, Scope, normalise_id
 
 
 class _Producer:
@@ -47,8 +50,15 @@ class _Producer:
         self.projector = projector
         self.reader = reader
 
+    async def _key(self, scope: Scope) -> SubjectKey | None:
+        """The key the scope's data is sealed under (None for a scope with no entity)."""
+        subject = Subject.of_scope(scope)
+        return await self.projector.keys.key_for(subject) if subject is not None else None
+
     async def _append(self, events: list[Event], wait: bool = True) -> list[Position]:
-        positions = await self.log.append([message_of(e) for e in events])
+        """Seal each event's data under its subject's key, append, and (by default) wait."""
+        messages = [message_of(e, await self._key(e.scope) if e.SEALED else None) for e in events]
+        positions = await self.log.append(messages)
         if wait:
             await self.projector.wait_for(positions)
         return positions
@@ -104,12 +114,15 @@ class MemoryWriter(_Producer):
         rid = v.request_id(request_id)
         if (previous := await self._replayed(tenant, rid)) is not None:
             return previous
+        key = await self._key(scope)
+        assert key is not None  # Scope.of requires an entity
+        source = json.dumps(messages, sort_keys=True, default=str)
         events: list[Event] = [
             MemoryAdded(
                 scope=scope, memory_id=new_id(), actor=actor or Actor(), request_id=rid,
-                text=t, hash=text_hash(t), metadata=meta, categories=cats,
+                text=t, hash=keyed_hash(key, t), metadata=meta, categories=cats,
                 expiration_date=expires, immutable=immutable,
-                source_hash=text_hash(json.dumps(messages, sort_keys=True, default=str)),
+                source_hash=keyed_hash(key, source),
             )
             for t in texts
         ]  # fmt: skip
@@ -148,9 +161,12 @@ class MemoryWriter(_Producer):
         current = self.reader.get(tenant, memory_id)
         if current.immutable:
             raise ConflictError(f"memory {memory_id} is immutable and cannot be updated")
+        scope = Scope.of_row(current)
+        key = await self._key(scope)
         event = MemoryUpdated(
-            scope=Scope.of_row(current), memory_id=memory_id, actor=actor or Actor(), request_id=rid,
-            text=new_text, hash=text_hash(new_text) if new_text is not None else None,
+            scope=scope, memory_id=memory_id, actor=actor or Actor(), request_id=rid,
+            text=new_text,
+            hash=keyed_hash(key, new_text) if new_text is not None and key is not None else None,
             previous_hash=current.hash, metadata=meta, categories=cats,
             expiration_date=expires, set_expiration_date=set_exp,
         )  # fmt: skip
@@ -232,6 +248,26 @@ class MemoryWriter(_Producer):
         await self._append([audit, *deletes], wait)
         return len(ids)
 
+    async def feedback(
+        self,
+        tenant: Tenant,
+        memory_id: str,
+        *,
+        feedback: str | None,
+        feedback_reason: str | None,
+        request_id: Any = None,
+        actor: Actor | None = None,
+    ) -> FeedbackGiven:
+        """Record a rating of a memory (its reason is the caller's text, so it is sealed)."""
+        await self.projector.catch_up()
+        current = self.reader.get(tenant, memory_id)
+        event = FeedbackGiven(
+            scope=Scope.of_row(current), memory_id=current.id, actor=actor or Actor(),
+            request_id=v.request_id(request_id), feedback=feedback, feedback_reason=feedback_reason,
+        )  # fmt: skip
+        await self._append([event])
+        return event
+
 
 class RetentionWriter(_Producer):
     """Retention rules and the expiry sweeper: both only append facts to the log."""
@@ -288,6 +324,66 @@ class RetentionWriter(_Producer):
         for i in range(0, len(events), 1000):
             await self._append(list(events[i : i + 1000]))
         return len(events)
+
+
+class SubjectEraser(_Producer):
+    """Crypto-shredding: destroy a subject's keys, then record the erasure in the log."""
+
+    async def erase(
+        self,
+        tenant: Tenant,
+        *,
+        user_id: Any = None,
+        agent_id: Any = None,
+        app_id: Any = None,
+        run_id: Any = None,
+        reason: Any = None,
+        actor: Actor | None = None,
+    ) -> dict[str, Any]:
+        """Erase one subject of the tenant's project and return what was done.
+
+        The keys go first: from then on nothing sealed under them opens anywhere (log dumps,
+        replays, other processes). The `SubjectErased` event that follows makes every
+        projector remove the plaintext it derived. Erasing twice is harmless.
+        """
+        named = {
+            name: normalise_id(name, value)
+            for name, value in zip(ENTITY_FIELDS, (user_id, agent_id, app_id, run_id), strict=True)
+            if value is not None
+        }
+        if len(named) != 1:
+            raise ValidationError(
+                "erase: name exactly one of user_id, agent_id, app_id, run_id (the subject "
+                f"whose data is erased), got {sorted(named) or 'none'}"
+            )
+        if reason is not None and (not isinstance(reason, str) or len(reason) > 1000):
+            raise ValidationError("reason: must be a string of at most 1000 characters")
+        ((field, value),) = named.items()
+        assert value is not None
+        subject = Subject(tenant.org_id, tenant.project_id, field, value)
+        await self.projector.catch_up()
+        owned = self.reader.get_all(
+            tenant, subject_filters(subject), page=1, page_size=1, show_expired=True
+        ).count
+        key_ids = await self.projector.keys.destroy(subject)
+        event = SubjectErased(
+            scope=Scope(tenant.org_id, tenant.project_id, **{field: value}),
+            actor=actor or Actor(), subject_field=field, key_ids=tuple(key_ids), reason=reason,
+        )  # fmt: skip
+        await self._append([event])
+        return {
+            "subject": {field: value},
+            "memories_erased": owned,
+            "keys_destroyed": len(key_ids),
+            "event_id": event.event_id,
+        }
+
+
+def subject_filters(subject: Subject) -> dict[str, Any]:
+    """The get_all filters selecting what a subject owns: its id in its field, any value of
+    the less personal entities (set or not), and (implicitly null) none of the more personal."""
+    i = ENTITY_FIELDS.index(subject.field)
+    return {subject.field: subject.value, **{name: ["*", None] for name in ENTITY_FIELDS[i + 1 :]}}
 
 
 def _result_of(row: dict[str, Any]) -> WriteResult:

@@ -22,7 +22,9 @@ from memstream.events import (
     MemoryUpdated,
     RetentionPolicyRemoved,
     RetentionPolicySet,
+    SubjectErased,
 )
+from memstream.keystore.base import Subject
 from memstream.log.base import Position
 from memstream.scope import Scope
 
@@ -49,6 +51,8 @@ class BatchState:
     needs_vector: set[str] = field(default_factory=set)
     # retention rules set (row) or removed (None) by this batch, by policies-table key
     policies: dict[str, dict[str, Any] | None] = field(default_factory=dict)
+    # subjects erased by this batch: the tables are scrubbed after the batch is written
+    erasures: list[SubjectErased] = field(default_factory=list)
 
     def load(self, row: dict[str, Any]) -> None:
         self.rows[row["id"]] = row
@@ -115,6 +119,7 @@ def _audit(event: Event, position: Position, outcome: str, **extra: Any) -> dict
         "outcome": outcome,
         "resolved_memory_id": None,
         "payload": "{}",
+        "key_id": event.key_id,
     }
     row.update(extra)
     return row
@@ -131,6 +136,11 @@ def apply_event(
     """
     if decided in ("NONE", "NOOP"):
         return _audit(event, position, decided)
+    if event.erased:
+        # sealed under a destroyed key: nothing of it can be shown, and nothing changes
+        return _audit(event, position, "ERASED", reason="erased")
+    if isinstance(event, SubjectErased):
+        return _apply_erased(state, event, position)
     if isinstance(event, MemoryAdded):
         return _apply_added(state, event, position, check_duplicate=decided is None)
     if isinstance(event, MemoryUpdated):
@@ -227,6 +237,7 @@ def _apply_added(
         "partition": position.partition,
         "created_offset": position.offset,
         "last_offset": position.offset,
+        "key_id": event.key_id,
         "vector": None,
     }
     state.rows[event.memory_id] = row
@@ -269,6 +280,7 @@ def _apply_updated(state: BatchState, event: MemoryUpdated, position: Position) 
         new["expiration_date"] = event.expiration_date
     new["updated_at"] = event.occurred_at
     new["last_offset"] = position.offset
+    new["key_id"] = event.key_id or row.get("key_id")
     state.rows[row["id"]] = new
     state.changed.add(row["id"])
     return _audit(event, position, "UPDATE", **audit)
@@ -318,4 +330,28 @@ def _apply_policy(
         position,
         "POLICY_SET",
         payload=json.dumps({k: row[k] for k in ("policy_id", "field", "pattern", "ttl_seconds")}),
+    )
+
+
+def erased_row(row: dict[str, Any], event: SubjectErased) -> bool:
+    """Whether a memory row is one the erasure covers: the subject's, and sealed under a
+    destroyed key or written in plaintext before the erasure (a key made after it is new)."""
+    if Subject.of_scope(scope_of_row(row)) != event.subject():
+        return False
+    key = row.get("key_id")
+    return key in event.key_ids or (key is None and row["created_at"] <= event.occurred_at)
+
+
+def _apply_erased(state: BatchState, event: SubjectErased, position: Position) -> dict[str, Any]:
+    """Drop the subject's rows this batch holds; the tables are scrubbed after the batch."""
+    gone = [mid for mid, row in state.rows.items() if row is not None and erased_row(row, event)]
+    for mid in gone:
+        state._remove(mid)
+    state.erasures.append(event)
+    return _audit(
+        event,
+        position,
+        "ERASE_SUBJECT",
+        reason=event.reason,
+        payload=json.dumps({"subject_field": event.subject_field, "key_ids": list(event.key_ids)}),
     )

@@ -26,8 +26,10 @@ import pyarrow as pa
 from memstream.embedders.base import Embedder
 from memstream.errors import MemstreamError, ValidationError
 from memstream.events import MemoryAdded, MemoryUpdated, decode_event, text_hash
+from memstream.keystore.base import KeyStore, Subject
 from memstream.log.base import EventLog, LogReader, LogRecord, Offsets, Position
-from memstream.projector.apply import BatchState, apply_event
+from memstream.projector import erasure
+from memstream.projector.apply import BatchState, apply_event, scope_of_row
 from memstream.projector.store import EmbeddingCache, Generation, ProjectionStore
 from memstream.projector.tables import (
     EVENTS_SCHEMA,
@@ -68,9 +70,12 @@ class Projector:
         embedder: Embedder,
         *,
         batch_size: int = 1000,
+        keys: KeyStore | None = None,
     ) -> None:
         self.data_dir = data_dir
         self.log = log_
+        # subject keys open sealed events; shared with the writers (see memstream.keystore)
+        self.keys = keys if keys is not None else log_.subject_keys()
         self.embedder = embedder
         self.batch_size = batch_size
         self.store = ProjectionStore(data_dir, embedder.dim, embedder.name, log_.identity)
@@ -87,6 +92,7 @@ class Projector:
         # decisions of recently applied events, so a waiting writer need not read them back
         self._recent: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self._recent_lock = threading.Lock()  # written by the apply thread, read on the loop
+        self._unpurged: set[Path] = set()  # replay generations with erasures not yet purged
 
     # -- generations ---------------------------------------------------------------------
     def generation(self) -> Generation:
@@ -166,6 +172,7 @@ class Projector:
                     self._progress.set()
                     return 0
                 if fresh:
+                    await self.keys.refresh()  # keys are made before the events sealed with them
                     cp = await asyncio.to_thread(self._apply_sync, gen, fresh, cp)
                 self.checkpoint = cp
             if fresh:
@@ -238,7 +245,7 @@ class Projector:
 
     # -- applying ------------------------------------------------------------------------
     def _apply_sync(self, gen: Generation, records: list[LogRecord], cp: Offsets) -> Offsets:
-        events = [(decode_event(r.value), r.position) for r in records]
+        events = [(decode_event(r.value, self.keys.lookup), r.position) for r in records]
         ids = {e.memory_id for e, _ in events if e.memory_id}
         hashes = {
             e.hash for e, _ in events if isinstance(e, MemoryAdded | MemoryUpdated) and e.hash
@@ -287,6 +294,15 @@ class Projector:
                 ).when_matched_update_all().when_not_matched_insert_all().execute(
                     pa.Table.from_pylist(kept, schema=POLICIES_SCHEMA)
                 )
+        for erased in state.erasures:  # after the batch's rows are written, before its checkpoint
+            erasure.scrub(gen, self.cache, self.data_dir, erased)
+            self._forget_decisions(erased.subject())
+        if state.erasures and gen is self._gen:
+            erasure.purge_all(gen, self.cache)
+        elif state.erasures:  # a replay's generation: purged once, before it is promoted
+            self._unpurged.add(gen.path)
+            if (cache_table := self.cache.table()) is not None:  # the cache is live
+                erasure.purge(cache_table)
         new_cp = dict(cp)
         for r in records:
             p = r.position.partition
@@ -294,6 +310,15 @@ class Projector:
         gen.write_checkpoint(new_cp)
         self.maintain(gen)
         return new_cp
+
+    def _forget_decisions(self, subject: Subject) -> None:
+        with self._recent_lock:
+            for event_id in [
+                i
+                for i, row in self._recent.items()
+                if Subject.of_scope(scope_of_row(row)) == subject
+            ]:
+                del self._recent[event_id]
 
     def maintain(self, gen: Generation, *, force: bool = False) -> None:
         """Compact small fragments and fold new rows into the scalar indexes.
@@ -352,10 +377,14 @@ class Projector:
                             target = await self.log.end_offsets()
                             if covers(cp, target):
                                 self.maintain(new, force=True)
+                                if new.path in self._unpurged:
+                                    erasure.purge_all(new, self.cache)
+                                    self._unpurged.discard(new.path)
                                 self.store.promote(new.path.name)
                                 break
                     batch = await reader.next_batch(self.batch_size, timeout_s=0.5)
                     if batch:
+                        await self.keys.refresh()
                         cp = await asyncio.to_thread(self._apply_sync, new, batch, cp)
                         done += len(batch)
                         if progress is not None:

@@ -286,6 +286,20 @@ class EmbeddingCache:
             self._mem.clear()
         self._mem.update(items)
 
+    def forget(self, keys: list[str]) -> int:
+        """Remove these texts' vectors (an erasure); returns how many were stored."""
+        for key in keys:
+            self._mem.pop(key, None)
+        table = self._tbl(create=False)
+        if table is None or not keys:
+            return 0
+        removed = 0
+        for i in range(0, len(keys), 500):
+            where = sql_in("key", keys[i : i + 500])
+            removed += table.count_rows(where)
+            table.delete(where)
+        return removed
+
 
 def where_ids(ids: list[str]) -> str:
     return sql_in("id", ids)

@@ -35,6 +35,7 @@ def memories_schema(dim: int) -> pa.Schema:
             pa.field("partition", pa.int32(), nullable=False),  # log partition of the scope
             pa.field("created_offset", pa.int64(), nullable=False),  # position of MemoryAdded
             pa.field("last_offset", pa.int64(), nullable=False),  # last applied event
+            pa.field("key_id", pa.string()),  # subject key the text was sealed under, if any
             pa.field("vector", pa.list_(pa.float32(), dim)),
         ]
     )
@@ -66,6 +67,7 @@ EVENTS_SCHEMA = pa.schema(
         pa.field("outcome", pa.string(), nullable=False),  # ADD | UPDATE | DELETE | NONE | NOOP
         pa.field("resolved_memory_id", pa.string()),  # for NONE: the memory that already holds it
         pa.field("payload", pa.string(), nullable=False),  # the whole event as JSON, for audits
+        pa.field("key_id", pa.string()),  # subject key the event was sealed under, if any
     ]
 )
 
@@ -82,7 +84,7 @@ POLICIES_SCHEMA = pa.schema(
     ]
 )
 
-PROJECTION_VERSION = 2
+PROJECTION_VERSION = 3  # 3: key_id columns (crypto-shredding)
 """Bump when a table's schema or an event's meaning changes: older generations are then
 rebuilt from the log on start (they are derived data, so nothing is lost)."""
 

@@ -89,8 +89,11 @@ class KeyStore(ABC):
     async def key_for(self, subject: Subject) -> SubjectKey:
         """The subject's current key, created if it has none (writers call this per event).
 
-        Never returns a key destroyed before this call began (in any process): a writer must
-        not seal new data under a dead key. Cheap when cached.
+        Never returns a key destroyed before this call began in this process, nor one another
+        process destroyed more than the store's staleness bound earlier (the file store: none;
+        Kafka: `max_staleness_s`, 1 s by default). A write racing an erasure of its subject
+        inside that bound may be sealed under the dead key and so be erased with the rest,
+        as if it had happened just before the erasure. Cheap when cached.
         """
 
     @abstractmethod

@@ -21,7 +21,13 @@ from fastapi.responses import JSONResponse
 
 from memstream.errors import AuthError, LogUnavailableError, MemstreamError
 from memstream.keys import KeyRegistry
-from memstream.server import routes_entities, routes_exports, routes_memories, routes_platform
+from memstream.server import (
+    routes_entities,
+    routes_erasure,
+    routes_exports,
+    routes_memories,
+    routes_platform,
+)
 from memstream.server.deps import PendingAdds
 from memstream.service import Memstream
 from memstream.settings import Settings
@@ -116,7 +122,9 @@ def create_app(settings: Settings) -> FastAPI:
         default_response_class=JSON,
     )
     install_error_handlers(app)
-    for module in (routes_platform, routes_memories, routes_entities, routes_exports):
+    for module in (
+        routes_platform, routes_memories, routes_entities, routes_exports, routes_erasure,
+    ):  # fmt: skip
         app.include_router(module.router)
     return app
 

@@ -7,10 +7,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request
 
 from memstream.errors import NotFoundError
-from memstream.events import FeedbackGiven, message_of
 from memstream.keys import KeyRegistry
 from memstream.models import iso_ms
-from memstream.scope import Scope
 from memstream.server.auth import Caller, CallerDep
 from memstream.server.deps import IdempotencyDep, MsDep, memory_id_param
 from memstream.server.schemas import FeedbackRequest, Out, PingOut, doc
@@ -89,17 +87,13 @@ async def feedback(
     ms: MsDep, caller: CallerDep, body: FeedbackRequest, idempotency: IdempotencyDep
 ) -> Any:
     """Recorded as a `FeedbackGiven` event on the log (it shows in the memory's history)."""
-    m = await ms.get(memory_id_param(body.memory_id), tenant=caller.tenant)
-    event = FeedbackGiven(
-        scope=Scope(m.org_id, m.project_id, m.user_id, m.agent_id, m.app_id, m.run_id),
-        memory_id=m.id, actor=caller.actor, request_id=idempotency,
-        feedback=body.feedback, feedback_reason=body.feedback_reason,
+    event = await ms.feedback(
+        memory_id_param(body.memory_id), tenant=caller.tenant, actor=caller.actor,
+        request_id=idempotency, feedback=body.feedback, feedback_reason=body.feedback_reason,
     )  # fmt: skip
-    positions = await ms.log.append([message_of(event)])
-    await ms.projector.wait_for(positions)
     return {
         "id": event.event_id,
-        "memory_id": m.id,
+        "memory_id": event.memory_id,
         "feedback": body.feedback,
         "feedback_reason": body.feedback_reason,
     }

@@ -193,6 +193,12 @@ class ExportGetRequest(EntityIds):
     filters: Filters | None = None
 
 
+class ErasureRequest(EntityIds):
+    """POST /v1/erasures/: exactly one entity id, the subject to crypto-shred."""
+
+    reason: str | None = Field(default=None, max_length=1000, description="kept in the audit")
+
+
 class FeedbackRequest(Body):
     memory_id: str
     feedback: Literal["POSITIVE", "NEGATIVE", "VERY_NEGATIVE"] | None = None
@@ -258,6 +264,13 @@ class EventOut(Out):
     event_type: str
     status: Literal["PENDING", "SUCCEEDED"]
     results: list[WriteResultOut]
+
+
+class ErasureOut(Out):
+    subject: dict[str, str]
+    memories_erased: int
+    keys_destroyed: int
+    event_id: str
 
 
 class MessageOut(Out):

@@ -170,3 +170,23 @@ def test_demo_runs_on_the_default_embedder(tmp_path: Path) -> None:
     section = proc.stdout.split("search 'where should I sleep by the sea?'")[1]
     first_row = next(line for line in section.splitlines() if "│" in line and "Alice" in line)
     assert "hotel near the beach" in first_row
+    assert "bob's memories now: 0" in proc.stdout
+    assert "holding 'marathon': none" in " ".join(proc.stdout.split())
+
+
+def test_erase_asks_first_and_then_erases(settings: Settings) -> None:
+    cli(settings, "add", "alice's private note", "--user-id", "alice")
+    cli(settings, "add", "bob's note", "--user-id", "bob")
+    refused = cli(settings, "erase", "--user-id", "alice", ok=False)  # stdin is not a terminal
+    assert refused.returncode == 2 and "--yes" in refused.stderr
+    both = cli(settings, "erase", "--user-id", "alice", "--agent-id", "x", "--yes", ok=False)
+    assert both.returncode == 2 and "exactly one" in both.stderr
+    done = doc(cli(settings, "erase", "--user-id", "alice", "--yes", "--reason", "t-1", "--json"))
+    assert done["subject"] == {"user_id": "alice"} and done["memories_erased"] == 1
+    assert doc(cli(settings, "--json", "get-all", "--user-id", "alice"))["results"] == []
+    assert [
+        m["memory"] for m in doc(cli(settings, "--json", "get-all", "--user-id", "bob"))["results"]
+    ] == ["bob's note"]
+    audit = doc(cli(settings, "--json", "audit", "--filters", '{"user_id": "alice"}'))
+    assert "alice's private note" not in json.dumps(audit)
+    assert {e["event"] for e in audit["results"]} >= {"ERASED", "ERASE_SUBJECT"}

@@ -230,6 +230,14 @@ def t_export_get(c: httpx.Client, v: Victim, server: Server) -> None:
     assert body["memories"] == []
 
 
+def t_erase(c: httpx.Client, v: Victim, server: Server) -> None:
+    """Erasing the victim's ids from another project erases that project's namesakes only."""
+    for field, name in (("user_id", v.user), ("agent_id", v.agent), ("run_id", v.run)):
+        body = ok(c.post("/v1/erasures/", json={field: name, "org_id": "org_a",
+                                                "project_id": "proj_a"}))  # fmt: skip
+        assert body["memories_erased"] == 0 and body["subject"] == {field: name}
+
+
 TENANCY_CASES: dict[tuple[str, str], Callable[[httpx.Client, Victim, Server], None]] = {
     ("GET", "/v1/ping/"): t_ping,
     ("GET", "/api/v1/orgs/organizations/{org_id}/projects/{project_id}/"): t_project,
@@ -256,6 +264,7 @@ TENANCY_CASES: dict[tuple[str, str], Callable[[httpx.Client, Victim, Server], No
     ("DELETE", "/v1/entities/{entity_type}/{entity_name}/"): _delete_entity("v1"),
     ("POST", "/v1/exports/"): t_export_create,
     ("POST", "/v1/exports/get/"): t_export_get,
+    ("POST", "/v1/erasures/"): t_erase,
 }
 
 
@@ -426,6 +435,24 @@ def test_delete_all_filters_as_json_or_python_repr(
     left = ok(api.post("/v3/memories/", json={"filters": {"user_id": u, "run_id": "*"}}))
     assert left["results"] == []
     assert ok(api.post("/v3/memories/", json={"filters": {"user_id": u}}))["results"] == []
+
+
+def test_erasure_endpoint(api: httpx.Client, uid: Callable[[str], str]) -> None:
+    u = uid("erin")
+    [added] = ok(api.post("/v3/memories/add/", json={"messages": "erin's secret", "user_id": u}))[
+        "results"
+    ]
+    ok(api.post("/v3/memories/add/", json={"messages": "in a run", "user_id": u, "run_id": "r"}))
+    assert "exactly one" in err(
+        api.post("/v1/erasures/", json={"user_id": u, "agent_id": "a"}), 400
+    )
+    assert "exactly one" in err(api.post("/v1/erasures/", json={"reason": "no subject"}), 400)
+    body = ok(api.post("/v1/erasures/", json={"user_id": u, "reason": "ticket 9"}))
+    assert body["subject"] == {"user_id": u} and body["memories_erased"] == 2
+    assert body["keys_destroyed"] == 1
+    err(api.get(f"/v1/memories/{added['id']}/"), 404)
+    left = ok(api.post("/v3/memories/", json={"filters": {"user_id": u, "run_id": ["*", None]}}))
+    assert left["results"] == []
 
 
 def test_async_mode_idempotency_immutable_expiry(

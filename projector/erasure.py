@@ -1,0 +1,146 @@
+"""What a `SubjectErased` does to derived data: remove it, and make sure the bytes are gone.
+
+The log keeps the erased subject's events, sealed under keys that no longer exist. The
+projections are another matter: they hold plaintext (rows, audit rows, vectors, stored
+exports), so on an erasure the projector deletes the subject's memories, scrubs the content
+of its audit rows (keeping who/when/what-kind, so the audit still shows that something
+existed and was erased), forgets the texts' cached embeddings and deletes stored exports
+that contain the subject. Lance deletes and updates only mark rows; `purge` rewrites every
+fragment that has any marked row and drops the old versions at once, so no file under the
+data directory still holds an erased text.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from memstream.events import SubjectErased, text_hash
+from memstream.keystore.base import Subject
+from memstream.projector.store import EmbeddingCache, Generation
+from memstream.scope import ENTITY_FIELDS
+from memstream.sqlutil import sql_in, sql_str
+
+log = logging.getLogger("memstream.projector")
+
+ERASED_PAYLOAD = json.dumps({"erased": True})
+SCRUBBED_COLUMNS = ("text", "old_text", "metadata", "old_metadata", "categories")
+
+
+@dataclass(frozen=True, slots=True)
+class ScrubStats:
+    memories: int
+    audit_rows: int
+    cached_vectors: int
+    exports: int
+
+
+def subject_where(subject: Subject) -> str:
+    """Rows owned by `subject`: its id in its field, and no more personal entity named
+    (a memory with a user_id belongs to the user, not to its agent)."""
+    parts = [f"org_id = {sql_str(subject.org_id)}", f"project_id = {sql_str(subject.project_id)}"]
+    for name in ENTITY_FIELDS:
+        if name == subject.field:
+            parts.append(f"{name} = {sql_str(subject.value)}")
+            break
+        parts.append(f"{name} IS NULL")
+    return " AND ".join(parts)
+
+
+def _covered(event: SubjectErased, time_column: str) -> str:
+    """Sealed under a destroyed key, or plaintext written before the erasure."""
+    return (
+        f"({sql_in('key_id', event.key_ids)} "
+        f"OR (key_id IS NULL AND {time_column} <= {int(event.occurred_at)}))"
+    )
+
+
+def scrub(
+    gen: Generation, cache: EmbeddingCache, data_dir: Path, event: SubjectErased
+) -> ScrubStats:
+    subject = event.subject()
+    who = subject_where(subject)
+    mem_where = f"{who} AND {_covered(event, 'created_at')}"
+    ev_where = f"{who} AND event_type != 'SubjectErased' AND {_covered(event, 'occurred_at')}"
+    texts: set[str] = set()
+    memories = gen.memories()
+    n_memories = 0
+    if memories is not None:
+        rows = gen.query_memories(mem_where, columns=["id", "text"])
+        texts.update(r["text"] for r in rows if r["text"])
+        n_memories = len(rows)
+        if rows:
+            memories.delete(mem_where)
+    events = gen.events()
+    n_audit = 0
+    if events is not None:
+        rows = (
+            events.search()
+            .where(
+                f"{ev_where} AND (text IS NOT NULL OR old_text IS NOT NULL OR payload != {sql_str(ERASED_PAYLOAD)})"
+            )
+            .select(["event_id", "text", "old_text"])
+            .limit(None)
+            .to_arrow()
+            .to_pylist()
+        )
+        n_audit = len(rows)
+        texts.update(t for r in rows for t in (r["text"], r["old_text"]) if t)
+        if rows:
+            blank: dict[str, Any] = {c: None for c in SCRUBBED_COLUMNS}
+            events.update(where=ev_where, values={**blank, "payload": ERASED_PAYLOAD})
+            sealed = f"{who} AND {sql_in('key_id', event.key_ids)}"
+            events.update(where=sealed, values={"outcome": "ERASED", "reason": "erased"})
+    n_cached = cache.forget([text_hash(t) for t in texts])
+    n_exports = _drop_exports(data_dir / "exports", subject)
+    stats = ScrubStats(n_memories, n_audit, n_cached, n_exports)
+    log.info("erased %s: %s", subject.canonical(), stats)
+    return stats
+
+
+def purge_all(gen: Generation, cache: EmbeddingCache) -> None:
+    """Make the scrubs physical: call after `scrub` (once for many), before the checkpoint."""
+    for table in (gen.memories(), gen.events(), cache.table()):
+        if table is not None:
+            purge(table)
+
+
+def purge(table: Any) -> None:
+    """Rewrite every fragment with deleted rows and drop all older versions and files."""
+    import lance  # pylance: LanceDB's optimize() has no materialize-deletions threshold
+
+    dataset = lance.dataset(table.uri)
+    dataset.optimize.compact_files(materialize_deletions=True, materialize_deletions_threshold=0.0)
+    dataset = lance.dataset(table.uri)
+    dataset.cleanup_old_versions(older_than=dt.timedelta(0), delete_unverified=True)
+
+
+def _drop_exports(folder: Path, subject: Subject) -> int:
+    """Delete stored REST exports that hold any memory of the subject."""
+    if not folder.is_dir():
+        return 0
+    dropped = 0
+    for path in folder.glob("*.json"):
+        try:
+            doc = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if (doc.get("org_id"), doc.get("project_id")) != (subject.org_id, subject.project_id):
+            continue
+        if any(_owned(m, subject) for m in doc.get("memories", [])):
+            path.unlink(missing_ok=True)
+            dropped += 1
+    return dropped
+
+
+def _owned(memory: dict[str, Any], subject: Subject) -> bool:
+    for name in ENTITY_FIELDS:
+        if name == subject.field:
+            return bool(memory.get(name) == subject.value)
+        if memory.get(name) is not None:
+            return False
+    return False
