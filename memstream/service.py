@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import logging
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -56,7 +57,12 @@ class Memstream:
         spec = self.settings.embedder or live_embedder(self.data_dir) or DEFAULT_EMBEDDER
         self.embedder = embedder or get_embedder(spec)
         self.log = log or open_log(self.settings)
-        self.projector = Projector(self.data_dir, self.log, self.embedder)
+        self.projector = Projector(
+            self.data_dir,
+            self.log,
+            self.embedder,
+            keep_versions=dt.timedelta(seconds=self.settings.keep_versions_s),
+        )
         self.reader = MemoryReader(self.projector)
         self.writer = MemoryWriter(self.log, self.projector, self.reader)
         self.retention = RetentionWriter(self.log, self.projector, self.reader)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import fcntl
 import logging
 import os
@@ -39,8 +40,13 @@ from memstream.sqlutil import sql_in
 
 log = logging.getLogger("memstream.projector")
 
-SMALL_FRAGMENTS = 32
-RECENT_DECISIONS = 100_000  # audit rows kept in memory for writers waiting on them  # compact a table once it has this many small fragments
+SMALL_FRAGMENTS = 32  # compact a table once it has this many small fragments
+RECENT_DECISIONS = 100_000  # audit rows kept in memory for writers waiting on them
+# Superseded LanceDB versions older than this are deleted when a table is compacted (Lance's
+# default keeps them 7 days: disk grew with every write and compaction). Readers use
+# read_consistency_interval=0 and reopen the latest version, so only a read still running
+# on a version this old could miss its files: minutes are a wide margin.
+KEEP_VERSIONS = dt.timedelta(minutes=5)
 
 
 class ProjectionTimeout(MemstreamError):
@@ -68,8 +74,10 @@ class Projector:
         embedder: Embedder,
         *,
         batch_size: int = 1000,
+        keep_versions: dt.timedelta = KEEP_VERSIONS,
     ) -> None:
         self.data_dir = data_dir
+        self.keep_versions = keep_versions
         self.log = log_
         self.embedder = embedder
         self.batch_size = batch_size
@@ -295,23 +303,32 @@ class Projector:
         self.maintain(gen)
         return new_cp
 
-    def maintain(self, gen: Generation, *, force: bool = False) -> None:
-        """Compact small fragments and fold new rows into the scalar indexes.
+    def maintain(self, gen: Generation, *, force: bool = False, unread: bool = False) -> None:
+        """Compact small fragments, fold new rows into the scalar indexes, and delete table
+        versions older than `keep_versions` (all but the latest when `unread`: a replay's
+        generation before it is promoted, which no one reads yet).
 
         Decided from each table's own fragment statistics, not a per-process counter, so
         many short-lived CLI processes compact as well as one long-running server.
         """
-        tables = [gen.memories(), gen.events(), self.cache.table()]
+        # `force` (a replay's end) compacts the generation's tables; the embedding cache,
+        # which a replay does not rewrite and the live generation's readers share, is
+        # compacted only when it is due, keeping keep_versions of its versions
+        keep = dt.timedelta(0) if unread else self.keep_versions
+        tables = [(gen.memories(), force, keep, unread), (gen.events(), force, keep, unread)]
+        if force:
+            tables.append((gen.policies(), force, keep, unread))
+        tables.append((self.cache.table(), False, self.keep_versions, False))
         due = [
-            t
-            for t in tables
+            (t, cleanup, unverified)
+            for t, forced, cleanup, unverified in tables
             if t is not None
-            and (force or t.stats()["fragment_stats"]["num_small_fragments"] >= SMALL_FRAGMENTS)
+            and (forced or t.stats()["fragment_stats"]["num_small_fragments"] >= SMALL_FRAGMENTS)
         ]
         if due or force:
             gen.ensure_indexes()
-        for table in due:
-            table.optimize()
+        for table, cleanup, unverified in due:
+            table.optimize(cleanup_older_than=cleanup, delete_unverified=unverified)
 
     def _fill_vectors(self, state: BatchState) -> None:
         rows = [r for mid in state.needs_vector if (r := state.rows[mid]) is not None]
@@ -351,7 +368,10 @@ class Projector:
                         async with self._flock():
                             target = await self.log.end_offsets()
                             if covers(cp, target):
-                                self.maintain(new, force=True)
+                                # nobody reads the new generation yet: keep its latest
+                                # version only (the replay's own batches and compactions
+                                # would otherwise stay on disk for keep_versions)
+                                self.maintain(new, force=True, unread=True)
                                 self.store.promote(new.path.name)
                                 break
                     batch = await reader.next_batch(self.batch_size, timeout_s=0.5)
