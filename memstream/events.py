@@ -154,20 +154,34 @@ def codec() -> AvroCodec:
 
 def to_record(event: Event) -> dict[str, Any]:
     record: dict[str, Any] = {}
-    for f in dataclasses.fields(event):
-        value = getattr(event, f.name)
+    for name in _field_names(type(event)):
+        value = getattr(event, name)
         if isinstance(value, Scope | Actor):
-            value = dataclasses.asdict(value)
+            value = {f: getattr(value, f) for f in _field_names(type(value))}
         elif isinstance(value, tuple):
             value = list(value)
-        record[f.name] = value
+        record[name] = value
     return record
+
+
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+_FIELD_SETS: dict[type, frozenset[str]] = {}
+
+
+def _field_names(cls: type) -> tuple[str, ...]:
+    """A dataclass's field names, computed once per class (dataclasses.fields is slow)."""
+    names = _FIELD_NAMES.get(cls)
+    if names is None:
+        names = _FIELD_NAMES[cls] = tuple(f.name for f in dataclasses.fields(cls))
+    return names
 
 
 def from_record(event_type: str, record: dict[str, Any]) -> Event:
     cls = EVENT_TYPES[event_type]
     values: dict[str, Any] = {}
-    names = {f.name for f in dataclasses.fields(cls)}
+    names = _FIELD_SETS.get(cls)
+    if names is None:
+        names = _FIELD_SETS[cls] = frozenset(_field_names(cls))
     for key, value in record.items():
         if key not in names:
             continue  # a field this version does not know (written by a newer minor version)

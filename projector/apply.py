@@ -49,13 +49,18 @@ class BatchState:
     needs_vector: set[str] = field(default_factory=set)
     # retention rules set (row) or removed (None) by this batch, by policies-table key
     policies: dict[str, dict[str, Any] | None] = field(default_factory=dict)
+    # ids read from the projection: every other row this batch writes is new to the table
+    loaded: set[str] = field(default_factory=set)
 
     def load(self, row: dict[str, Any]) -> None:
         self.rows[row["id"]] = row
+        self.loaded.add(row["id"])
         self.index(row)
 
-    def index(self, row: dict[str, Any]) -> None:
-        self.by_hash.setdefault((Scope.of_row(row), row["hash"]), set()).add(row["id"])
+    def index(self, row: dict[str, Any], scope: Scope | None = None) -> None:
+        """Index a live row under (its scope, its text hash); `scope` if the caller has it."""
+        key = (scope or Scope.of_row(row), row["hash"])
+        self.by_hash.setdefault(key, set()).add(row["id"])
 
     def unindex(self, row: dict[str, Any]) -> None:
         self.by_hash.get((Scope.of_row(row), row["hash"]), set()).discard(row["id"])
@@ -230,7 +235,7 @@ def _apply_added(
         "vector": None,
     }
     state.rows[event.memory_id] = row
-    state.index(row)
+    state.index(row, scope)
     state.changed.add(event.memory_id)
     state.needs_vector.add(event.memory_id)
     return _audit(event, position, "ADD", **audit)

@@ -16,10 +16,11 @@ import logging
 import os
 import threading
 import time
+import warnings
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -39,6 +40,7 @@ from memstream.projector.tables import (
 from memstream.sqlutil import sql_in
 
 log = logging.getLogger("memstream.projector")
+T = TypeVar("T")
 
 SMALL_FRAGMENTS = 32  # compact a table once it has this many small fragments
 RECENT_DECISIONS = 100_000  # audit rows kept in memory for writers waiting on them
@@ -47,6 +49,7 @@ RECENT_DECISIONS = 100_000  # audit rows kept in memory for writers waiting on t
 # read_consistency_interval=0 and reopen the latest version, so only a read still running
 # on a version this old could miss its files: minutes are a wide margin.
 KEEP_VERSIONS = dt.timedelta(minutes=5)
+REPLAY_BATCH = 10_000  # events per batch in a replay (the per-batch cost is paid 10x less often)
 
 
 class ProjectionTimeout(MemstreamError):
@@ -261,46 +264,65 @@ class Projector:
             for row in gen.query_events(sql_in("event_id", [e.event_id for e, _ in events]))
         }
         audits = [apply_event(state, e, pos, decided.get(e.event_id)) for e, pos in events]
-        self._fill_vectors(state)
+        vectors = self._vectors(state)
 
         with self._recent_lock:
             for row in audits:
                 self._recent[row["event_id"]] = row
             while len(self._recent) > RECENT_DECISIONS:
                 self._recent.popitem(last=False)
-        if audits:
-            gen.events(create=True).merge_insert("event_id").when_not_matched_insert_all().execute(
-                pa.Table.from_pylist(audits, schema=EVENTS_SCHEMA)
-            )
-        upserts, deletes = state.upserts(), state.deletes()
-        if upserts or deletes:
-            table = gen.memories(create=True)
-            if upserts:
-                table.merge_insert(
-                    "id"
-                ).when_matched_update_all().when_not_matched_insert_all().execute(
-                    pa.Table.from_pylist(upserts, schema=memories_schema(gen.dim))
-                )
-            if deletes:
-                table.delete(sql_in("id", deletes))
-        if state.policies:
-            table = gen.policies(create=True)
-            kept = [row for row in state.policies.values() if row is not None]
-            gone = [key for key, row in state.policies.items() if row is None]
-            if gone:
-                table.delete(sql_in("key", gone))
-            if kept:
-                table.merge_insert(
-                    "key"
-                ).when_matched_update_all().when_not_matched_insert_all().execute(
-                    pa.Table.from_pylist(kept, schema=POLICIES_SCHEMA)
-                )
+        self._write(gen, state, audits, decided, vectors, append=False)
         new_cp = dict(cp)
         for r in records:
             p = r.position.partition
             new_cp[p] = max(new_cp.get(p, 0), r.position.offset + 1)
         gen.write_checkpoint(new_cp)
         self.maintain(gen)
+        return new_cp
+
+    def _replay_sync(
+        self, gen: Generation, records: list[LogRecord], cp: Offsets, written: ReplayIndex
+    ) -> Offsets:
+        """`_apply_sync` for a replay: same decisions, fewer reads, appends instead of merges.
+
+        The new generation is written by this replay alone, in log order from offset 0, so
+        the rows and audits an event needs from the table exist only if an earlier batch of
+        this replay wrote them. `written` remembers, as 64-bit digests, every memory id,
+        (scope, text hash) and event_id written so far: the table is read only for the keys
+        it may hold (none, when every event is a new memory), and the batch is then decided
+        exactly as `_apply_sync` decides it. Per-batch maintenance waits for the end.
+        """
+        events = [(decode_event(r.value), r.position) for r in records]
+        ids = [e.memory_id for e, _ in events if e.memory_id]
+        adds = [e for e, _ in events if isinstance(e, MemoryAdded)]
+        eids = [e.event_id for e, _ in events]
+        load_ids = written.ids.known(ids)
+        load_hashes = {e.hash for e in written.keys.known_of(adds, _event_key)}
+        state = BatchState()
+        where = " OR ".join(
+            p for p in (sql_in("id", load_ids), sql_in("hash", load_hashes)) if p != "false"
+        )
+        if where:
+            for row in gen.query_memories(where):
+                state.load(row)
+        decided: dict[str, str] = {}
+        if known_eids := written.events.known(eids):
+            decided = {
+                row["event_id"]: row["outcome"]
+                for row in gen.query_events(sql_in("event_id", known_eids))
+            }
+        audits = [apply_event(state, e, pos, decided.get(e.event_id)) for e, pos in events]
+        vectors = self._vectors(state)
+        self._write(gen, state, audits, decided, vectors, append=True)
+        written.events.add(eids)
+        upserts = state.upserts()
+        written.ids.add([r["id"] for r in upserts])
+        written.keys.add([_row_key(r) for r in upserts])
+        new_cp = dict(cp)
+        for r in records:
+            p = r.position.partition
+            new_cp[p] = max(new_cp.get(p, 0), r.position.offset + 1)
+        gen.write_checkpoint(new_cp)
         return new_cp
 
     def maintain(self, gen: Generation, *, force: bool = False, unread: bool = False) -> None:
@@ -328,15 +350,81 @@ class Projector:
         if due or force:
             gen.ensure_indexes()
         for table, cleanup, unverified in due:
-            table.optimize(cleanup_older_than=cleanup, delete_unverified=unverified)
+            with warnings.catch_warnings():  # "cleanup_older_than=0 ...": only when unread
+                warnings.simplefilter("ignore", UserWarning)
+                table.optimize(cleanup_older_than=cleanup, delete_unverified=unverified)
 
-    def _fill_vectors(self, state: BatchState) -> None:
+    def _write(
+        self,
+        gen: Generation,
+        state: BatchState,
+        audits: list[dict[str, Any]],
+        decided: dict[str, str],
+        vectors: dict[str, np.ndarray],
+        *,
+        append: bool,
+    ) -> None:
+        """Write a batch's audit rows, then its memories and policies.
+
+        With `append`, rows the table cannot hold yet are appended (`table.add`, one new
+        fragment) instead of merged: audit rows whose event_id was not recorded before
+        (`decided`), and memories not loaded from the table (`state.loaded`: the batch
+        loaded every row of the ids it touches, so any other id is new). `merge_insert`
+        then runs only for rows that exist, and a delete only for ids the table holds.
+        """
+        if audits:
+            table = gen.events(create=True)
+            if append:
+                seen: set[str] = set(decided)
+                fresh = []
+                for row in audits:
+                    if row["event_id"] not in seen:
+                        seen.add(row["event_id"])
+                        fresh.append(row)
+                if fresh:
+                    table.add(_arrow(fresh, EVENTS_SCHEMA))
+            else:
+                table.merge_insert("event_id").when_not_matched_insert_all().execute(
+                    _arrow(audits, EVENTS_SCHEMA)
+                )
+        upserts, deletes = state.upserts(), state.deletes()
+        if upserts or deletes:
+            table = gen.memories(create=True)
+            merged = upserts
+            if append:
+                new_rows = [r for r in upserts if r["id"] not in state.loaded]
+                merged = [r for r in upserts if r["id"] in state.loaded]
+                deletes = [mid for mid in deletes if mid in state.loaded]
+                if new_rows:
+                    table.add(_memory_rows(new_rows, vectors, gen.dim))
+            if merged:
+                table.merge_insert(
+                    "id"
+                ).when_matched_update_all().when_not_matched_insert_all().execute(
+                    _memory_rows(merged, vectors, gen.dim)
+                )
+            if deletes:
+                table.delete(sql_in("id", deletes))
+        if state.policies:
+            table = gen.policies(create=True)
+            kept = [row for row in state.policies.values() if row is not None]
+            gone = [key for key, row in state.policies.items() if row is None]
+            if gone:
+                table.delete(sql_in("key", gone))
+            if kept:
+                table.merge_insert(
+                    "key"
+                ).when_matched_update_all().when_not_matched_insert_all().execute(
+                    pa.Table.from_pylist(kept, schema=POLICIES_SCHEMA)
+                )
+
+    def _vectors(self, state: BatchState) -> dict[str, np.ndarray]:
+        """The vectors of the rows whose text this batch set (id -> vector)."""
         rows = [r for mid in state.needs_vector if (r := state.rows[mid]) is not None]
         if not rows:
-            return
+            return {}
         vectors = self.embed_texts([r["text"] for r in rows])
-        for row, vec in zip(rows, vectors, strict=True):
-            row["vector"] = vec.tolist()
+        return {row["id"]: vec for row, vec in zip(rows, vectors, strict=True)}
 
     def embed_texts(self, texts: list[str]) -> np.ndarray:
         """Embed through the (model, sha256(text)) cache; only misses reach the model."""
@@ -363,6 +451,7 @@ class Projector:
                 total = sum(target.values())
                 done = 0
                 cp: Offsets = {}
+                written = ReplayIndex()
                 while True:
                     if covers(cp, target):
                         async with self._flock():
@@ -374,9 +463,11 @@ class Projector:
                                 self.maintain(new, force=True, unread=True)
                                 self.store.promote(new.path.name)
                                 break
-                    batch = await reader.next_batch(self.batch_size, timeout_s=0.5)
+                    batch = await reader.next_batch(
+                        max(self.batch_size, REPLAY_BATCH), timeout_s=0.5
+                    )
                     if batch:
-                        cp = await asyncio.to_thread(self._apply_sync, new, batch, cp)
+                        cp = await asyncio.to_thread(self._replay_sync, new, batch, cp, written)
                         done += len(batch)
                         if progress is not None:
                             progress(done, max(total, done))
@@ -385,3 +476,93 @@ class Projector:
             self._gen = None
         self.generation()
         return new
+
+
+def _event_key(event: MemoryAdded) -> tuple[str | None, ...]:
+    """(scope, text hash) of an add, as the plain tuple `_row_key` makes of a row."""
+    s = event.scope
+    return (s.org_id, s.project_id, s.user_id, s.agent_id, s.app_id, s.run_id, event.hash)
+
+
+def _row_key(r: dict[str, Any]) -> tuple[str | None, ...]:
+    return (r["org_id"], r["project_id"], r["user_id"], r["agent_id"], r["app_id"], r["run_id"],
+            r["hash"])  # fmt: skip
+
+
+class DigestSet:
+    """A set of keys kept as 64-bit digests (Python's `hash`, stable within one process):
+    8 bytes a key in sorted numpy runs, merged like a binary counter. `known` may answer
+    yes for a key never added (a digest collision), never no for one that was."""
+
+    def __init__(self) -> None:
+        self._runs: list[np.ndarray] = []
+
+    def __len__(self) -> int:
+        return sum(len(r) for r in self._runs)
+
+    def add(self, keys: Sequence[Any]) -> None:
+        if not keys:
+            return
+        run = np.fromiter((hash(k) for k in keys), dtype=np.int64, count=len(keys))
+        run.sort()
+        self._runs.append(run)
+        while len(self._runs) > 1 and len(self._runs[-1]) >= len(self._runs[-2]):
+            last = self._runs.pop()
+            merged = np.concatenate((self._runs.pop(), last))
+            merged.sort()
+            self._runs.append(merged)
+
+    def _hits(self, keys: Sequence[Any]) -> np.ndarray:
+        digests = np.fromiter((hash(k) for k in keys), dtype=np.int64, count=len(keys))
+        hit = np.zeros(len(keys), dtype=bool)
+        for run in self._runs:
+            at = np.minimum(np.searchsorted(run, digests), len(run) - 1)
+            hit |= run[at] == digests
+        return hit
+
+    def known(self, keys: Sequence[str]) -> list[str]:
+        """The keys that may have been added (every one that was, rarely one more)."""
+        if not keys or not self._runs:
+            return []
+        return [k for k, h in zip(keys, self._hits(keys), strict=True) if h]
+
+    def known_of(self, items: Sequence[T], key: Callable[[T], Any]) -> list[T]:
+        if not items or not self._runs:
+            return []
+        hits = self._hits([key(i) for i in items])
+        return [i for i, h in zip(items, hits, strict=True) if h]
+
+
+class ReplayIndex:
+    """What a replay has written to its new generation: memory ids, live (scope, text hash)
+    keys and event_ids, as digests (~24 bytes an event instead of the rows themselves)."""
+
+    def __init__(self) -> None:
+        self.ids = DigestSet()
+        self.keys = DigestSet()
+        self.events = DigestSet()
+
+
+def _arrow(rows: list[dict[str, Any]], schema: pa.Schema) -> pa.Table:
+    """Rows (dicts) to an Arrow table, one column at a time (faster than from_pylist)."""
+    return pa.Table.from_arrays(
+        [pa.array([r[f.name] for r in rows], type=f.type) for f in schema], schema=schema
+    )
+
+
+def _memory_rows(rows: list[dict[str, Any]], vectors: dict[str, np.ndarray], dim: int) -> pa.Table:
+    """Memory rows to Arrow; the vectors (new ones from `vectors`, else the row's own) as one
+    FixedSizeListArray built from a float32 matrix, not a Python list per row."""
+    schema = memories_schema(dim)
+    vecs = [vectors[r["id"]] if r["id"] in vectors else r["vector"] for r in rows]
+    if any(v is None for v in vecs):
+        vector = pa.array([None if v is None else np.asarray(v).tolist() for v in vecs],
+                          type=schema.field("vector").type)  # fmt: skip
+    else:
+        matrix = np.stack([np.asarray(v, dtype=np.float32) for v in vecs])
+        vector = pa.FixedSizeListArray.from_arrays(pa.array(matrix.reshape(-1)), dim)
+    columns = [
+        vector if f.name == "vector" else pa.array([r[f.name] for r in rows], type=f.type)
+        for f in schema
+    ]
+    return pa.Table.from_arrays(columns, schema=schema)
