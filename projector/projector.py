@@ -30,7 +30,7 @@ from memstream.errors import MemstreamError, ValidationError
 from memstream.events import MemoryAdded, MemoryUpdated, decode_event, text_hash
 from memstream.log.base import EventLog, LogReader, LogRecord, Offsets, Position
 from memstream.projector.apply import BatchState, apply_event
-from memstream.projector.store import EmbeddingCache, Generation, ProjectionStore
+from memstream.projector.store import FLUSH_ITEMS, EmbeddingCache, Generation, ProjectionStore
 from memstream.projector.tables import (
     EVENTS_SCHEMA,
     POLICIES_SCHEMA,
@@ -49,6 +49,7 @@ RECENT_DECISIONS = 100_000  # audit rows kept in memory for writers waiting on t
 # read_consistency_interval=0 and reopen the latest version, so only a read still running
 # on a version this old could miss its files: minutes are a wide margin.
 KEEP_VERSIONS = dt.timedelta(minutes=5)
+MAINTAIN_EVERY = 8  # live batches between two looks at the tables' fragment statistics
 REPLAY_BATCH = 10_000  # events per batch in a replay (the per-batch cost is paid 10x less often)
 
 
@@ -98,6 +99,7 @@ class Projector:
         # decisions of recently applied events, so a waiting writer need not read them back
         self._recent: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self._recent_lock = threading.Lock()  # written by the apply thread, read on the loop
+        self._batches = 0  # live batches applied by this process (maintain looks every few)
 
     # -- generations ---------------------------------------------------------------------
     def generation(self) -> Generation:
@@ -245,6 +247,8 @@ class Projector:
         reader, self._reader = self._reader, None
         if reader is not None:
             await reader.close()
+        with contextlib.suppress(Exception):  # the cache is an optimisation: never fail close
+            await asyncio.to_thread(self.cache.flush)
         os.close(self._lock_fd)
 
     # -- applying ------------------------------------------------------------------------
@@ -271,13 +275,17 @@ class Projector:
                 self._recent[row["event_id"]] = row
             while len(self._recent) > RECENT_DECISIONS:
                 self._recent.popitem(last=False)
-        self._write(gen, state, audits, decided, vectors, append=False)
+        self._write(gen, state, audits, decided, vectors, append=True)
         new_cp = dict(cp)
         for r in records:
             p = r.position.partition
             new_cp[p] = max(new_cp.get(p, 0), r.position.offset + 1)
         gen.write_checkpoint(new_cp)
-        self.maintain(gen)
+        # a table's fragment statistics cost a LanceDB call each: look every few batches
+        # (and on a process's first batch, so short-lived CLI processes compact too)
+        if self._batches % MAINTAIN_EVERY == 0:
+            self.maintain(gen)
+        self._batches += 1
         return new_cp
 
     def _replay_sync(
@@ -347,8 +355,10 @@ class Projector:
             if t is not None
             and (forced or t.stats()["fragment_stats"]["num_small_fragments"] >= SMALL_FRAGMENTS)
         ]
+        self.cache.flush()
         if due or force:
             gen.ensure_indexes()
+            self.cache.ensure_index()
         for table, cleanup, unverified in due:
             with warnings.catch_warnings():  # "cleanup_older_than=0 ...": only when unread
                 warnings.simplefilter("ignore", UserWarning)
@@ -423,18 +433,19 @@ class Projector:
         rows = [r for mid in state.needs_vector if (r := state.rows[mid]) is not None]
         if not rows:
             return {}
-        vectors = self.embed_texts([r["text"] for r in rows])
+        vectors = self.embed_texts([r["text"] for r in rows], defer=len(rows) < FLUSH_ITEMS)
         return {row["id"]: vec for row, vec in zip(rows, vectors, strict=True)}
 
-    def embed_texts(self, texts: list[str]) -> np.ndarray:
-        """Embed through the (model, sha256(text)) cache; only misses reach the model."""
+    def embed_texts(self, texts: list[str], *, defer: bool = False) -> np.ndarray:
+        """Embed through the (model, sha256(text)) cache; only misses reach the model.
+        `defer`: new vectors may wait in memory for a later cache write (see put_many)."""
         keys = [text_hash(t) for t in texts]
         found = self.cache.get_many(sorted(set(keys)))
         missing = sorted({k: t for k, t in zip(keys, texts, strict=True) if k not in found}.items())
         if missing:
             vecs = self.embedder.embed([t for _, t in missing])
             fresh = {k: v for (k, _), v in zip(missing, vecs, strict=True)}
-            self.cache.put_many(fresh)
+            self.cache.put_many(fresh, defer=defer)
             found.update(fresh)
         if not texts:
             return np.zeros((0, self.embedder.dim), dtype=np.float32)
