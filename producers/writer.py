@@ -48,6 +48,7 @@ class _Producer:
         self.reader = reader
 
     async def _append(self, events: list[Event], wait: bool = True) -> list[Position]:
+        self.projector.check_writable()  # a pinned projection (replay --to-position): 409
         positions = await self.log.append([message_of(e) for e in events])
         if wait:
             await self.projector.wait_for(positions)

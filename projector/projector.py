@@ -26,7 +26,7 @@ import numpy as np
 import pyarrow as pa
 
 from memstream.embedders.base import Embedder
-from memstream.errors import MemstreamError, ValidationError
+from memstream.errors import ConflictError, MemstreamError, ValidationError
 from memstream.events import MemoryAdded, MemoryUpdated, decode_event, text_hash
 from memstream.log.base import EventLog, LogReader, LogRecord, Offsets, Position
 from memstream.projector.apply import BatchState, apply_event
@@ -100,6 +100,7 @@ class Projector:
         self._recent: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self._recent_lock = threading.Lock()  # written by the apply thread, read on the loop
         self._batches = 0  # live batches applied by this process (maintain looks every few)
+        self.pinned: Offsets | None = None  # the live generation's pin (replay --to-position)
 
     # -- generations ---------------------------------------------------------------------
     def generation(self) -> Generation:
@@ -121,10 +122,23 @@ class Projector:
                     "re-embed everything with the new model, or configure the old one"
                 )
             self._gen, self._gen_name = gen, gen.path.name
+            self.pinned = meta.pinned
             self.checkpoint = gen.checkpoint()
             self._reset_reader()
         assert self._gen is not None
         return self._gen
+
+    def check_writable(self) -> None:
+        """Refuse a write while the live generation is pinned (before anything is appended:
+        the log must not move past what a pinned projection shows)."""
+        self.generation()
+        if self.pinned is not None:
+            raise ConflictError(
+                f"the projection is pinned at log position {describe_pin(self.pinned)} by "
+                "`memstream replay --to-position`: writes are refused while it is pinned. "
+                "Run `memstream replay` (without --to-position) to rebuild to the end of "
+                "the log and unpin it."
+            )
 
     def outdated(self) -> bool:
         """True when the live generation was built by an older projection version."""
@@ -154,6 +168,11 @@ class Projector:
         async with self._alock:
             gen = self.generation()
             disk = gen.checkpoint()
+            if self.pinned is not None:  # replay --to-position: stays where it was pinned
+                self.checkpoint = disk
+                self._progress.set()
+                await asyncio.sleep(timeout_s)  # as a read that found nothing would wait
+                return 0
             if self._reader is None or disk != self._reader_next:
                 self._reset_reader()
                 self._reader = await self.log.reader(disk, group_id=self._group_id())
@@ -195,6 +214,15 @@ class Projector:
         required = required_offsets(positions)
         deadline = time.monotonic() + timeout_s
         while not covers(self.checkpoint, required):
+            self.generation()
+            if self.pinned is not None:
+                if covers(self.pinned, required):
+                    self.checkpoint = self.generation().checkpoint()
+                    continue
+                raise ConflictError(
+                    f"events at {sorted(required.items())} are past the pinned log position "
+                    f"{describe_pin(self.pinned)}: run `memstream replay` to unpin"
+                )
             if time.monotonic() > deadline:
                 raise ProjectionTimeout(
                     f"events at {sorted(required.items())} are durable in the log but were not "
@@ -222,7 +250,10 @@ class Projector:
             return {i: row for i in event_ids if (row := self._recent.get(i)) is not None}
 
     async def catch_up(self, timeout_s: float = 600.0) -> Offsets:
-        """Apply everything appended so far."""
+        """Apply everything appended so far (on a pinned generation: nothing)."""
+        self.generation()
+        if self.pinned is not None:
+            return self.checkpoint
         end = await self.log.end_offsets()
         positions = [Position(p, o - 1) for p, o in end.items() if o > 0]
         await self.wait_for(positions, timeout_s=timeout_s)
@@ -452,13 +483,35 @@ class Projector:
         return np.stack([found[k] for k in keys])
 
     # -- replay --------------------------------------------------------------------------
-    async def replay(self, progress: Callable[[int, int], Any] | None = None) -> Generation:
-        """Rebuild every projection from offset 0 into a fresh generation, then swap it in."""
+    async def replay(
+        self, progress: Callable[[int, int], Any] | None = None, *, to: Offsets | None = None
+    ) -> Generation:
+        """Rebuild every projection from offset 0 into a fresh generation, then swap it in.
+
+        `to` (next offset per partition, i.e. up to and including offset to[p] - 1): rebuild
+        only that prefix of the log and pin the generation there (see `check_writable`);
+        every partition holding events must be named. Without `to`: to the end, unpinned.
+        """
         async with self._alock:
-            new = self.store.new_generation()
+            end = await self.log.end_offsets()
+            if to is not None:
+                to = {p: o for p, o in to.items()}
+                for p, o in sorted(to.items()):
+                    if o > end.get(p, 0):
+                        raise ValidationError(
+                            f"--to-position: the log has no position {p}:{o - 1} "
+                            f"(partition {p} ends at offset {end.get(p, 0) - 1})"
+                        )
+                if unnamed := sorted(p for p, o in end.items() if o > 0 and p not in to):
+                    raise ValidationError(
+                        "--to-position: name a position on every partition that holds events "
+                        f"(partition(s) {', '.join(map(str, unnamed))} too), e.g. "
+                        + ",".join(f"{p}:{max(o - 1, 0)}" for p, o in sorted(end.items()))
+                    )
+            new = self.store.new_generation(pinned=to)
             reader = await self.log.reader({})
             try:
-                target = await self.log.end_offsets()
+                target = dict(to) if to is not None else end
                 total = sum(target.values())
                 done = 0
                 cp: Offsets = {}
@@ -466,7 +519,8 @@ class Projector:
                 while True:
                     if covers(cp, target):
                         async with self._flock():
-                            target = await self.log.end_offsets()
+                            if to is None:
+                                target = await self.log.end_offsets()
                             if covers(cp, target):
                                 # nobody reads the new generation yet: keep its latest
                                 # version only (the replay's own batches and compactions
@@ -477,6 +531,10 @@ class Projector:
                     batch = await reader.next_batch(
                         max(self.batch_size, REPLAY_BATCH), timeout_s=0.5
                     )
+                    if to is not None:  # nothing past the pinned position
+                        batch = [
+                            r for r in batch if r.position.offset < to.get(r.position.partition, 0)
+                        ]
                     if batch:
                         cp = await asyncio.to_thread(self._replay_sync, new, batch, cp, written)
                         done += len(batch)
@@ -487,6 +545,11 @@ class Projector:
             self._gen = None
         self.generation()
         return new
+
+
+def describe_pin(pinned: Offsets) -> str:
+    """A pin as the positions `--to-position` takes: "p:o" of the last included event."""
+    return ",".join(f"{p}:{o - 1}" for p, o in sorted(pinned.items()))
 
 
 def _event_key(event: MemoryAdded) -> tuple[str | None, ...]:

@@ -51,6 +51,9 @@ class GenerationMeta:
     dim: int
     version: int
     log: str | None  # the EventLog.identity it projects (None: written before it was recorded)
+    # `memstream replay --to-position`: the checkpoint (next offset per partition) this
+    # generation is pinned at; the projector does not advance it and writers are refused
+    pinned: dict[int, int] | None = None
 
 
 class Generation:
@@ -185,9 +188,12 @@ class ProjectionStore:
             dim=int(data["dim"]),
             version=int(data.get("version", 1)),
             log=data.get("log"),
+            pinned={int(p): int(o) for p, o in data["pinned"].items()}
+            if data.get("pinned")
+            else None,
         )
 
-    def _create(self, promote: bool) -> str:
+    def _create(self, promote: bool, pinned: dict[int, int] | None = None) -> str:
         name = (
             "gen-" + dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
         )
@@ -201,6 +207,11 @@ class ProjectionStore:
                     "dim": self.dim,
                     "version": PROJECTION_VERSION,
                     "log": self.log_identity,
+                    **(
+                        {"pinned": {str(p): o for p, o in sorted(pinned.items())}}
+                        if pinned is not None
+                        else {}
+                    ),  # fmt: skip
                 }
             ),
         )
@@ -208,8 +219,8 @@ class ProjectionStore:
             self.promote(name)
         return name
 
-    def new_generation(self) -> Generation:
-        name = self._create(promote=False)
+    def new_generation(self, pinned: dict[int, int] | None = None) -> Generation:
+        name = self._create(promote=False, pinned=pinned)
         return Generation(self.root / name, self.dim)
 
     def promote(self, name: str) -> None:
