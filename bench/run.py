@@ -612,7 +612,13 @@ async def stage_search(run: Run, wl: Workload, data_dir: Path) -> None:
         say(f"sequential add: {run.result['seq_add_ps']} memories/s, p50 {p50(lat)} ms")
 
         # -- 6. as-of reads, when the core has them ------------------------------------------
-        params = inspect.signature(Memstream.get_all).parameters
+        # Memstream.get_all passes **kwargs through to MemoryReader.get_all, which has as_of
+        from memstream.query.reader import MemoryReader
+
+        params = {
+            **inspect.signature(Memstream.get_all).parameters,
+            **inspect.signature(MemoryReader.get_all).parameters,
+        }
         if "as_of" not in params:
             run.result["asof_ms"] = None
             run.details["asof"] = {

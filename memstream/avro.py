@@ -107,8 +107,10 @@ class AvroCodec:
             raise SchemaError("not an Avro single-object message (bad magic)")
         writer = self.registry.writer(data[2:10])
         reader = self.registry.current.get(writer.name, writer)
+        # no reader schema when it is the writer's: fastavro then skips schema resolution
+        resolve = reader.parsed if reader is not writer else None
         try:
-            record = fastavro.schemaless_reader(io.BytesIO(data[10:]), writer.parsed, reader.parsed)
+            record = fastavro.schemaless_reader(io.BytesIO(data[10:]), writer.parsed, resolve)
         except Exception as exc:  # fastavro raises assorted errors on corrupt bodies
             raise SchemaError(f"cannot decode {writer.name}: {exc}") from exc
         assert isinstance(record, dict)

@@ -342,21 +342,66 @@ def history(memory_id: str) -> None:
 
 
 @app.command()
-def replay() -> None:
+def replay(
+    to_position: str = typer.Option(
+        None,
+        "--to-position",
+        help="rebuild only up to and including this log position (0:1234, or 0:12,1:40 on "
+        "Kafka) and pin the projection there: writes are refused until `memstream replay` "
+        "without it rebuilds to the end and unpins",
+    ),
+) -> None:
     """Rebuild every projection from the start of the log into fresh tables, then swap them in."""
 
-    async def body(ms: Memstream) -> int:
+    async def body(ms: Memstream) -> dict[str, Any]:
         with Progress(
             "[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
             TimeElapsedColumn(), console=err, disable=state.json,
         ) as bar:  # fmt: skip
             task = bar.add_task("replaying", total=None)
-            return await ms.replay(
-                lambda done, total: bar.update(task, completed=done, total=total)
+            n = await ms.replay(
+                lambda done, total: bar.update(task, completed=done, total=total),
+                to_position=to_position,
+            )
+        return {"message": "Replay complete", "events": n, "pinned": ms.status()["pinned"]}
+
+    result = run(body, for_replay=True)
+
+    def human() -> None:
+        out.print(f"replayed {result['events']} events")
+        if result["pinned"] is not None:
+            out.print(
+                f"pinned at log position {result['pinned']}: writes are refused until "
+                "`memstream replay` (without --to-position) rebuilds to the end and unpins"
             )
 
-    n = run(body, for_replay=True)
-    emit({"message": "Replay complete", "events": n}, lambda: out.print(f"replayed {n} events"))
+    emit(result, human)
+
+
+@app.command()
+def status() -> None:
+    """The live projection: its generation, how far it has projected, and its pin if any."""
+
+    async def body(ms: Memstream) -> dict[str, Any]:
+        return ms.status()
+
+    result = run(body)
+
+    def human() -> None:
+        out.print(f"log         {result['log']}", highlight=False)
+        out.print(f"generation  {result['generation']}", highlight=False)
+        position = ",".join(f"{p}:{o}" for p, o in result["checkpoint"].items()) or "(empty)"
+        out.print(f"projected   next offsets {position}", highlight=False)
+        if result["pinned"] is not None:
+            out.print(
+                f"pinned      at log position {result['pinned']} (replay --to-position): "
+                "writes are refused; `memstream replay` rebuilds to the end and unpins",
+                highlight=False,
+            )
+        else:
+            out.print("pinned      no", highlight=False)
+
+    emit(result, human)
 
 
 @app.command()

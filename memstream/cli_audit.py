@@ -165,11 +165,16 @@ def stats(
             )  # fmt: skip
             return count(rows, by)
 
-        return await asyncio.to_thread(go)
+        result = await asyncio.to_thread(go)
+        if (pinned := ms.status()["pinned"]) is not None:
+            result["pinned"] = pinned
+        return result
 
     result = run(body)
 
     def human() -> None:
+        if "pinned" in result:
+            out.print(f"(projection pinned at log position {result['pinned']})")
         if by is None:
             out.print(f"{result['total']} memories")
             return

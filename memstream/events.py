@@ -190,9 +190,6 @@ _PLACEHOLDER: dict[str, Any] = {
 }
 _MAY_BE_NONE = {"MemoryUpdated": ("text", "metadata", "categories")}
 _NOT_IN_LOG = ("erased",)
-_FIELD_NAMES = {
-    name: frozenset(f.name for f in dataclasses.fields(cls)) for name, cls in EVENT_TYPES.items()
-}
 
 
 @lru_cache(maxsize=1)
@@ -202,22 +199,36 @@ def codec() -> AvroCodec:
 
 def to_record(event: Event) -> dict[str, Any]:
     record: dict[str, Any] = {}
-    for f in dataclasses.fields(event):
-        if f.name in _NOT_IN_LOG:
+    for name in _field_names(type(event)):
+        if name in _NOT_IN_LOG:
             continue
-        value = getattr(event, f.name)
+        value = getattr(event, name)
         if isinstance(value, Scope | Actor):
-            value = dataclasses.asdict(value)
+            value = {f: getattr(value, f) for f in _field_names(type(value))}
         elif isinstance(value, tuple):
             value = list(value)
-        record[f.name] = value
+        record[name] = value
     return record
+
+
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+_FIELD_SETS: dict[type, frozenset[str]] = {}
+
+
+def _field_names(cls: type) -> tuple[str, ...]:
+    """A dataclass's field names, computed once per class (dataclasses.fields is slow)."""
+    names = _FIELD_NAMES.get(cls)
+    if names is None:
+        names = _FIELD_NAMES[cls] = tuple(f.name for f in dataclasses.fields(cls))
+    return names
 
 
 def from_record(event_type: str, record: dict[str, Any]) -> Event:
     cls = EVENT_TYPES[event_type]
     values: dict[str, Any] = {}
-    names = _FIELD_NAMES[event_type]
+    names = _FIELD_SETS.get(cls)
+    if names is None:
+        names = _FIELD_SETS[cls] = frozenset(_field_names(cls))
     for key, value in record.items():
         if key not in names or key in _NOT_IN_LOG:
             continue  # a field this version does not know (written by a newer minor version)

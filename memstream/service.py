@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import logging
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -56,7 +57,12 @@ class Memstream:
         spec = self.settings.embedder or live_embedder(self.data_dir) or DEFAULT_EMBEDDER
         self.embedder = embedder or get_embedder(spec)
         self.log = log or open_log(self.settings)
-        self.projector = Projector(self.data_dir, self.log, self.embedder)
+        self.projector = Projector(
+            self.data_dir,
+            self.log,
+            self.embedder,
+            keep_versions=dt.timedelta(seconds=self.settings.keep_versions_s),
+        )
         self.reader = MemoryReader(self.projector)
         self.writer = MemoryWriter(self.log, self.projector, self.reader)
         self.retention = RetentionWriter(self.log, self.projector, self.reader)
@@ -91,6 +97,8 @@ class Memstream:
                 await asyncio.wait_for(self._stop.wait(), self.settings.sweep_interval_s)
             if self._stop.is_set():
                 return
+            if self.projector.pinned is not None:  # writes are refused while pinned
+                continue
             try:
                 if n := await self.retention.expire():
                     logger.info("expiry sweeper recorded %d MemoryExpired events", n)
@@ -238,9 +246,36 @@ class Memstream:
         )  # fmt: skip
 
     # -- the log itself ------------------------------------------------------------------
-    async def replay(self, progress: Callable[[int, int], Any] | None = None) -> int:
-        gen = await self.projector.replay(progress)
+    async def replay(
+        self, progress: Callable[[int, int], Any] | None = None, *, to_position: Any = None
+    ) -> int:
+        """Rebuild the projection from the log. `to_position` (an as_of position: an offset
+        on partition 0, "p:o", "0:12,1:40", {"partition": p, "offset": o}): only up to and
+        including it, and pin it there -- writes are refused until a replay without it."""
+        to = None
+        if to_position is not None:
+            from memstream.errors import ValidationError
+            from memstream.query.timetravel import parse_as_of
+
+            cut = parse_as_of(to_position)
+            if cut.time_ms is not None:
+                raise ValidationError("--to-position: a log position (e.g. 0:1234), not a time")
+            to = {p: o + 1 for p, o in cut.offsets}
+        gen = await self.projector.replay(progress, to=to)
         return sum(gen.checkpoint().values())
+
+    def status(self) -> dict[str, Any]:
+        """The live generation, how far it has projected, and its pin if it has one."""
+        from memstream.projector.projector import describe_pin
+
+        gen = self.projector.generation()
+        pinned = self.projector.pinned
+        return {
+            "log": self.settings.log_description,
+            "generation": gen.path.name,
+            "checkpoint": {str(p): o for p, o in sorted(gen.checkpoint().items())},
+            "pinned": describe_pin(pinned) if pinned is not None else None,
+        }
 
     async def catch_up(self) -> None:
         await self.projector.catch_up()

@@ -18,6 +18,7 @@ class Settings:
     sweep_interval_s: float = 60.0  # expiry sweeper period in server mode
     org_id: str = "local"
     project_id: str = "default"
+    keep_versions_s: float = 300.0  # superseded LanceDB table versions kept this long
 
     @classmethod
     def from_env(cls, **overrides: Any) -> Settings:
@@ -31,6 +32,7 @@ class Settings:
             sweep_interval_s=float(env.get("MEMSTREAM_SWEEP_INTERVAL_S", "60")),
             org_id=env.get("MEMSTREAM_ORG_ID", "local"),
             project_id=env.get("MEMSTREAM_PROJECT_ID", "default"),
+            keep_versions_s=float(env.get("MEMSTREAM_KEEP_VERSIONS_S", "300")),
         )
         return replace(base, **{k: v for k, v in overrides.items() if v is not None})
 

@@ -57,6 +57,7 @@ class _Producer:
 
     async def _append(self, events: list[Event], wait: bool = True) -> list[Position]:
         """Seal each event's data under its subject's key, append, and (by default) wait."""
+        self.projector.check_writable()  # a pinned projection (replay --to-position): 409
         messages = [message_of(e, await self._key(e.scope) if e.SEALED else None) for e in events]
         positions = await self.log.append(messages)
         if wait:
@@ -360,6 +361,7 @@ class SubjectEraser(_Producer):
             raise ValidationError("reason: must be a string of at most 1000 characters")
         ((field, value),) = named.items()
         assert value is not None
+        self.projector.check_writable()  # before the keys go: an erasure is a write
         subject = Subject(tenant.org_id, tenant.project_id, field, value)
         await self.projector.catch_up()
         owned = self.reader.get_all(

@@ -28,6 +28,8 @@ from memstream.keystore.base import Subject
 from memstream.log.base import Position
 from memstream.scope import Scope
 
+ERASED_PAYLOAD = json.dumps({"erased": True})  # the details of an audit row whose subject is gone
+
 
 def scope_of_row(row: dict[str, Any]) -> Scope:
     return Scope(
@@ -53,13 +55,18 @@ class BatchState:
     policies: dict[str, dict[str, Any] | None] = field(default_factory=dict)
     # subjects erased by this batch: the tables are scrubbed after the batch is written
     erasures: list[SubjectErased] = field(default_factory=list)
+    # ids read from the projection: every other row this batch writes is new to the table
+    loaded: set[str] = field(default_factory=set)
 
     def load(self, row: dict[str, Any]) -> None:
         self.rows[row["id"]] = row
+        self.loaded.add(row["id"])
         self.index(row)
 
-    def index(self, row: dict[str, Any]) -> None:
-        self.by_hash.setdefault((Scope.of_row(row), row["hash"]), set()).add(row["id"])
+    def index(self, row: dict[str, Any], scope: Scope | None = None) -> None:
+        """Index a live row under (its scope, its text hash); `scope` if the caller has it."""
+        key = (scope or Scope.of_row(row), row["hash"])
+        self.by_hash.setdefault(key, set()).add(row["id"])
 
     def unindex(self, row: dict[str, Any]) -> None:
         self.by_hash.get((Scope.of_row(row), row["hash"]), set()).discard(row["id"])
@@ -138,7 +145,7 @@ def apply_event(
         return _audit(event, position, decided)
     if event.erased:
         # sealed under a destroyed key: nothing of it can be shown, and nothing changes
-        return _audit(event, position, "ERASED", reason="erased")
+        return _audit(event, position, "ERASED", reason="erased", payload=ERASED_PAYLOAD)
     if isinstance(event, SubjectErased):
         return _apply_erased(state, event, position)
     if isinstance(event, MemoryAdded):
@@ -241,7 +248,7 @@ def _apply_added(
         "vector": None,
     }
     state.rows[event.memory_id] = row
-    state.index(row)
+    state.index(row, scope)
     state.changed.add(event.memory_id)
     state.needs_vector.add(event.memory_id)
     return _audit(event, position, "ADD", **audit)

@@ -21,13 +21,13 @@ from typing import Any
 
 from memstream.events import SubjectErased, text_hash
 from memstream.keystore.base import Subject
+from memstream.projector.apply import ERASED_PAYLOAD
 from memstream.projector.store import EmbeddingCache, Generation
 from memstream.scope import ENTITY_FIELDS
 from memstream.sqlutil import sql_in, sql_str
 
 log = logging.getLogger("memstream.projector")
 
-ERASED_PAYLOAD = json.dumps({"erased": True})
 SCRUBBED_COLUMNS = ("text", "old_text", "metadata", "old_metadata", "categories")
 
 

@@ -10,27 +10,29 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import fcntl
 import logging
 import os
 import threading
 import time
+import warnings
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pyarrow as pa
 
 from memstream.embedders.base import Embedder
-from memstream.errors import MemstreamError, ValidationError
+from memstream.errors import ConflictError, MemstreamError, ValidationError
 from memstream.events import MemoryAdded, MemoryUpdated, decode_event, text_hash
 from memstream.keystore.base import KeyStore, Subject
 from memstream.log.base import EventLog, LogReader, LogRecord, Offsets, Position
 from memstream.projector import erasure
 from memstream.projector.apply import BatchState, apply_event, scope_of_row
-from memstream.projector.store import EmbeddingCache, Generation, ProjectionStore
+from memstream.projector.store import FLUSH_ITEMS, EmbeddingCache, Generation, ProjectionStore
 from memstream.projector.tables import (
     EVENTS_SCHEMA,
     POLICIES_SCHEMA,
@@ -40,9 +42,17 @@ from memstream.projector.tables import (
 from memstream.sqlutil import sql_in
 
 log = logging.getLogger("memstream.projector")
+T = TypeVar("T")
 
-SMALL_FRAGMENTS = 32
-RECENT_DECISIONS = 100_000  # audit rows kept in memory for writers waiting on them  # compact a table once it has this many small fragments
+SMALL_FRAGMENTS = 32  # compact a table once it has this many small fragments
+RECENT_DECISIONS = 100_000  # audit rows kept in memory for writers waiting on them
+# Superseded LanceDB versions older than this are deleted when a table is compacted (Lance's
+# default keeps them 7 days: disk grew with every write and compaction). Readers use
+# read_consistency_interval=0 and reopen the latest version, so only a read still running
+# on a version this old could miss its files: minutes are a wide margin.
+KEEP_VERSIONS = dt.timedelta(minutes=5)
+MAINTAIN_EVERY = 8  # live batches between two looks at the tables' fragment statistics
+REPLAY_BATCH = 10_000  # events per batch in a replay (the per-batch cost is paid 10x less often)
 
 
 class ProjectionTimeout(MemstreamError):
@@ -71,8 +81,10 @@ class Projector:
         *,
         batch_size: int = 1000,
         keys: KeyStore | None = None,
+        keep_versions: dt.timedelta = KEEP_VERSIONS,
     ) -> None:
         self.data_dir = data_dir
+        self.keep_versions = keep_versions
         self.log = log_
         # subject keys open sealed events; shared with the writers (see memstream.keystore)
         self.keys = keys if keys is not None else log_.subject_keys()
@@ -93,6 +105,8 @@ class Projector:
         self._recent: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self._recent_lock = threading.Lock()  # written by the apply thread, read on the loop
         self._unpurged: set[Path] = set()  # replay generations with erasures not yet purged
+        self._batches = 0  # live batches applied by this process (maintain looks every few)
+        self.pinned: Offsets | None = None  # the live generation's pin (replay --to-position)
 
     # -- generations ---------------------------------------------------------------------
     def generation(self) -> Generation:
@@ -114,10 +128,23 @@ class Projector:
                     "re-embed everything with the new model, or configure the old one"
                 )
             self._gen, self._gen_name = gen, gen.path.name
+            self.pinned = meta.pinned
             self.checkpoint = gen.checkpoint()
             self._reset_reader()
         assert self._gen is not None
         return self._gen
+
+    def check_writable(self) -> None:
+        """Refuse a write while the live generation is pinned (before anything is appended:
+        the log must not move past what a pinned projection shows)."""
+        self.generation()
+        if self.pinned is not None:
+            raise ConflictError(
+                f"the projection is pinned at log position {describe_pin(self.pinned)} by "
+                "`memstream replay --to-position`: writes are refused while it is pinned. "
+                "Run `memstream replay` (without --to-position) to rebuild to the end of "
+                "the log and unpin it."
+            )
 
     def outdated(self) -> bool:
         """True when the live generation was built by an older projection version."""
@@ -147,6 +174,11 @@ class Projector:
         async with self._alock:
             gen = self.generation()
             disk = gen.checkpoint()
+            if self.pinned is not None:  # replay --to-position: stays where it was pinned
+                self.checkpoint = disk
+                self._progress.set()
+                await asyncio.sleep(timeout_s)  # as a read that found nothing would wait
+                return 0
             if self._reader is None or disk != self._reader_next:
                 self._reset_reader()
                 self._reader = await self.log.reader(disk, group_id=self._group_id())
@@ -189,6 +221,15 @@ class Projector:
         required = required_offsets(positions)
         deadline = time.monotonic() + timeout_s
         while not covers(self.checkpoint, required):
+            self.generation()
+            if self.pinned is not None:
+                if covers(self.pinned, required):
+                    self.checkpoint = self.generation().checkpoint()
+                    continue
+                raise ConflictError(
+                    f"events at {sorted(required.items())} are past the pinned log position "
+                    f"{describe_pin(self.pinned)}: run `memstream replay` to unpin"
+                )
             if time.monotonic() > deadline:
                 raise ProjectionTimeout(
                     f"events at {sorted(required.items())} are durable in the log but were not "
@@ -216,7 +257,10 @@ class Projector:
             return {i: row for i in event_ids if (row := self._recent.get(i)) is not None}
 
     async def catch_up(self, timeout_s: float = 600.0) -> Offsets:
-        """Apply everything appended so far."""
+        """Apply everything appended so far (on a pinned generation: nothing)."""
+        self.generation()
+        if self.pinned is not None:
+            return self.checkpoint
         end = await self.log.end_offsets()
         positions = [Position(p, o - 1) for p, o in end.items() if o > 0]
         await self.wait_for(positions, timeout_s=timeout_s)
@@ -241,6 +285,8 @@ class Projector:
         reader, self._reader = self._reader, None
         if reader is not None:
             await reader.close()
+        with contextlib.suppress(Exception):  # the cache is an optimisation: never fail close
+            await asyncio.to_thread(self.cache.flush)
         os.close(self._lock_fd)
 
     # -- applying ------------------------------------------------------------------------
@@ -260,25 +306,152 @@ class Projector:
             for row in gen.query_events(sql_in("event_id", [e.event_id for e, _ in events]))
         }
         audits = [apply_event(state, e, pos, decided.get(e.event_id)) for e, pos in events]
-        self._fill_vectors(state)
+        vectors = self._vectors(state)
 
         with self._recent_lock:
             for row in audits:
                 self._recent[row["event_id"]] = row
             while len(self._recent) > RECENT_DECISIONS:
                 self._recent.popitem(last=False)
+        self._write(gen, state, audits, decided, vectors, append=True)
+        self._scrub(gen, state)
+        new_cp = dict(cp)
+        for r in records:
+            p = r.position.partition
+            new_cp[p] = max(new_cp.get(p, 0), r.position.offset + 1)
+        gen.write_checkpoint(new_cp)
+        # a table's fragment statistics cost a LanceDB call each: look every few batches
+        # (and on a process's first batch, so short-lived CLI processes compact too)
+        if self._batches % MAINTAIN_EVERY == 0:
+            self.maintain(gen)
+        self._batches += 1
+        return new_cp
+
+    def _replay_sync(
+        self, gen: Generation, records: list[LogRecord], cp: Offsets, written: ReplayIndex
+    ) -> Offsets:
+        """`_apply_sync` for a replay: same decisions, fewer reads, appends instead of merges.
+
+        The new generation is written by this replay alone, in log order from offset 0, so
+        the rows and audits an event needs from the table exist only if an earlier batch of
+        this replay wrote them. `written` remembers, as 64-bit digests, every memory id,
+        (scope, text hash) and event_id written so far: the table is read only for the keys
+        it may hold (none, when every event is a new memory), and the batch is then decided
+        exactly as `_apply_sync` decides it. Per-batch maintenance waits for the end.
+        """
+        events = [(decode_event(r.value, self.keys.lookup), r.position) for r in records]
+        ids = [e.memory_id for e, _ in events if e.memory_id]
+        adds = [e for e, _ in events if isinstance(e, MemoryAdded)]
+        eids = [e.event_id for e, _ in events]
+        load_ids = written.ids.known(ids)
+        load_hashes = {e.hash for e in written.keys.known_of(adds, _event_key)}
+        state = BatchState()
+        where = " OR ".join(
+            p for p in (sql_in("id", load_ids), sql_in("hash", load_hashes)) if p != "false"
+        )
+        if where:
+            for row in gen.query_memories(where):
+                state.load(row)
+        decided: dict[str, str] = {}
+        if known_eids := written.events.known(eids):
+            decided = {
+                row["event_id"]: row["outcome"]
+                for row in gen.query_events(sql_in("event_id", known_eids))
+            }
+        audits = [apply_event(state, e, pos, decided.get(e.event_id)) for e, pos in events]
+        vectors = self._vectors(state)
+        self._write(gen, state, audits, decided, vectors, append=True)
+        self._scrub(gen, state)
+        written.events.add(eids)
+        upserts = state.upserts()
+        written.ids.add([r["id"] for r in upserts])
+        written.keys.add([_row_key(r) for r in upserts])
+        new_cp = dict(cp)
+        for r in records:
+            p = r.position.partition
+            new_cp[p] = max(new_cp.get(p, 0), r.position.offset + 1)
+        gen.write_checkpoint(new_cp)
+        return new_cp
+
+    def maintain(self, gen: Generation, *, force: bool = False, unread: bool = False) -> None:
+        """Compact small fragments, fold new rows into the scalar indexes, and delete table
+        versions older than `keep_versions` (all but the latest when `unread`: a replay's
+        generation before it is promoted, which no one reads yet).
+
+        Decided from each table's own fragment statistics, not a per-process counter, so
+        many short-lived CLI processes compact as well as one long-running server.
+        """
+        # `force` (a replay's end) compacts the generation's tables; the embedding cache,
+        # which a replay does not rewrite and the live generation's readers share, is
+        # compacted only when it is due, keeping keep_versions of its versions
+        keep = dt.timedelta(0) if unread else self.keep_versions
+        tables = [(gen.memories(), force, keep, unread), (gen.events(), force, keep, unread)]
+        if force:
+            tables.append((gen.policies(), force, keep, unread))
+        tables.append((self.cache.table(), False, self.keep_versions, False))
+        due = [
+            (t, cleanup, unverified)
+            for t, forced, cleanup, unverified in tables
+            if t is not None
+            and (forced or t.stats()["fragment_stats"]["num_small_fragments"] >= SMALL_FRAGMENTS)
+        ]
+        self.cache.flush()
+        if due or force:
+            gen.ensure_indexes()
+            self.cache.ensure_index()
+        for table, cleanup, unverified in due:
+            with warnings.catch_warnings():  # "cleanup_older_than=0 ...": only when unread
+                warnings.simplefilter("ignore", UserWarning)
+                table.optimize(cleanup_older_than=cleanup, delete_unverified=unverified)
+
+    def _write(
+        self,
+        gen: Generation,
+        state: BatchState,
+        audits: list[dict[str, Any]],
+        decided: dict[str, str],
+        vectors: dict[str, np.ndarray],
+        *,
+        append: bool,
+    ) -> None:
+        """Write a batch's audit rows, then its memories and policies.
+
+        With `append`, rows the table cannot hold yet are appended (`table.add`, one new
+        fragment) instead of merged: audit rows whose event_id was not recorded before
+        (`decided`), and memories not loaded from the table (`state.loaded`: the batch
+        loaded every row of the ids it touches, so any other id is new). `merge_insert`
+        then runs only for rows that exist, and a delete only for ids the table holds.
+        """
         if audits:
-            gen.events(create=True).merge_insert("event_id").when_not_matched_insert_all().execute(
-                pa.Table.from_pylist(audits, schema=EVENTS_SCHEMA)
-            )
+            table = gen.events(create=True)
+            if append:
+                seen: set[str] = set(decided)
+                fresh = []
+                for row in audits:
+                    if row["event_id"] not in seen:
+                        seen.add(row["event_id"])
+                        fresh.append(row)
+                if fresh:
+                    table.add(_arrow(fresh, EVENTS_SCHEMA))
+            else:
+                table.merge_insert("event_id").when_not_matched_insert_all().execute(
+                    _arrow(audits, EVENTS_SCHEMA)
+                )
         upserts, deletes = state.upserts(), state.deletes()
         if upserts or deletes:
             table = gen.memories(create=True)
-            if upserts:
+            merged = upserts
+            if append:
+                new_rows = [r for r in upserts if r["id"] not in state.loaded]
+                merged = [r for r in upserts if r["id"] in state.loaded]
+                deletes = [mid for mid in deletes if mid in state.loaded]
+                if new_rows:
+                    table.add(_memory_rows(new_rows, vectors, gen.dim))
+            if merged:
                 table.merge_insert(
                     "id"
                 ).when_matched_update_all().when_not_matched_insert_all().execute(
-                    pa.Table.from_pylist(upserts, schema=memories_schema(gen.dim))
+                    _memory_rows(merged, vectors, gen.dim)
                 )
             if deletes:
                 table.delete(sql_in("id", deletes))
@@ -294,22 +467,21 @@ class Projector:
                 ).when_matched_update_all().when_not_matched_insert_all().execute(
                     pa.Table.from_pylist(kept, schema=POLICIES_SCHEMA)
                 )
-        for erased in state.erasures:  # after the batch's rows are written, before its checkpoint
+
+    def _scrub(self, gen: Generation, state: BatchState) -> None:
+        """Apply the batch's erasures to the tables it wrote (after `_write`, before the
+        checkpoint, so a crash re-applies them), and make them physical."""
+        if not state.erasures:
+            return
+        for erased in state.erasures:
             erasure.scrub(gen, self.cache, self.data_dir, erased)
             self._forget_decisions(erased.subject())
-        if state.erasures and gen is self._gen:
+        if gen is self._gen:
             erasure.purge_all(gen, self.cache)
-        elif state.erasures:  # a replay's generation: purged once, before it is promoted
+        else:  # a replay's generation: purged once, before it is promoted
             self._unpurged.add(gen.path)
             if (cache_table := self.cache.table()) is not None:  # the cache is live
                 erasure.purge(cache_table)
-        new_cp = dict(cp)
-        for r in records:
-            p = r.position.partition
-            new_cp[p] = max(new_cp.get(p, 0), r.position.offset + 1)
-        gen.write_checkpoint(new_cp)
-        self.maintain(gen)
-        return new_cp
 
     def _forget_decisions(self, subject: Subject) -> None:
         with self._recent_lock:
@@ -320,72 +492,88 @@ class Projector:
             ]:
                 del self._recent[event_id]
 
-    def maintain(self, gen: Generation, *, force: bool = False) -> None:
-        """Compact small fragments and fold new rows into the scalar indexes.
-
-        Decided from each table's own fragment statistics, not a per-process counter, so
-        many short-lived CLI processes compact as well as one long-running server.
-        """
-        tables = [gen.memories(), gen.events(), self.cache.table()]
-        due = [
-            t
-            for t in tables
-            if t is not None
-            and (force or t.stats()["fragment_stats"]["num_small_fragments"] >= SMALL_FRAGMENTS)
-        ]
-        if due or force:
-            gen.ensure_indexes()
-        for table in due:
-            table.optimize()
-
-    def _fill_vectors(self, state: BatchState) -> None:
+    def _vectors(self, state: BatchState) -> dict[str, np.ndarray]:
+        """The vectors of the rows whose text this batch set (id -> vector)."""
         rows = [r for mid in state.needs_vector if (r := state.rows[mid]) is not None]
         if not rows:
-            return
-        vectors = self.embed_texts([r["text"] for r in rows])
-        for row, vec in zip(rows, vectors, strict=True):
-            row["vector"] = vec.tolist()
+            return {}
+        vectors = self.embed_texts([r["text"] for r in rows], defer=len(rows) < FLUSH_ITEMS)
+        return {row["id"]: vec for row, vec in zip(rows, vectors, strict=True)}
 
-    def embed_texts(self, texts: list[str]) -> np.ndarray:
-        """Embed through the (model, sha256(text)) cache; only misses reach the model."""
+    def embed_texts(self, texts: list[str], *, defer: bool = False) -> np.ndarray:
+        """Embed through the (model, sha256(text)) cache; only misses reach the model.
+        `defer`: new vectors may wait in memory for a later cache write (see put_many)."""
         keys = [text_hash(t) for t in texts]
         found = self.cache.get_many(sorted(set(keys)))
         missing = sorted({k: t for k, t in zip(keys, texts, strict=True) if k not in found}.items())
         if missing:
             vecs = self.embedder.embed([t for _, t in missing])
             fresh = {k: v for (k, _), v in zip(missing, vecs, strict=True)}
-            self.cache.put_many(fresh)
+            self.cache.put_many(fresh, defer=defer)
             found.update(fresh)
         if not texts:
             return np.zeros((0, self.embedder.dim), dtype=np.float32)
         return np.stack([found[k] for k in keys])
 
     # -- replay --------------------------------------------------------------------------
-    async def replay(self, progress: Callable[[int, int], Any] | None = None) -> Generation:
-        """Rebuild every projection from offset 0 into a fresh generation, then swap it in."""
+    async def replay(
+        self, progress: Callable[[int, int], Any] | None = None, *, to: Offsets | None = None
+    ) -> Generation:
+        """Rebuild every projection from offset 0 into a fresh generation, then swap it in.
+
+        `to` (next offset per partition, i.e. up to and including offset to[p] - 1): rebuild
+        only that prefix of the log and pin the generation there (see `check_writable`);
+        every partition holding events must be named. Without `to`: to the end, unpinned.
+        """
         async with self._alock:
-            new = self.store.new_generation()
+            end = await self.log.end_offsets()
+            if to is not None:
+                to = {p: o for p, o in to.items()}
+                for p, o in sorted(to.items()):
+                    if o > end.get(p, 0):
+                        raise ValidationError(
+                            f"--to-position: the log has no position {p}:{o - 1} "
+                            f"(partition {p} ends at offset {end.get(p, 0) - 1})"
+                        )
+                if unnamed := sorted(p for p, o in end.items() if o > 0 and p not in to):
+                    raise ValidationError(
+                        "--to-position: name a position on every partition that holds events "
+                        f"(partition(s) {', '.join(map(str, unnamed))} too), e.g. "
+                        + ",".join(f"{p}:{max(o - 1, 0)}" for p, o in sorted(end.items()))
+                    )
+            new = self.store.new_generation(pinned=to)
             reader = await self.log.reader({})
             try:
-                target = await self.log.end_offsets()
+                target = dict(to) if to is not None else end
                 total = sum(target.values())
                 done = 0
                 cp: Offsets = {}
+                written = ReplayIndex()
                 while True:
                     if covers(cp, target):
                         async with self._flock():
-                            target = await self.log.end_offsets()
+                            if to is None:
+                                target = await self.log.end_offsets()
                             if covers(cp, target):
-                                self.maintain(new, force=True)
+                                # nobody reads the new generation yet: keep its latest
+                                # version only (the replay's own batches and compactions
+                                # would otherwise stay on disk for keep_versions)
+                                self.maintain(new, force=True, unread=True)
                                 if new.path in self._unpurged:
                                     erasure.purge_all(new, self.cache)
                                     self._unpurged.discard(new.path)
                                 self.store.promote(new.path.name)
                                 break
-                    batch = await reader.next_batch(self.batch_size, timeout_s=0.5)
+                    batch = await reader.next_batch(
+                        max(self.batch_size, REPLAY_BATCH), timeout_s=0.5
+                    )
+                    if to is not None:  # nothing past the pinned position
+                        batch = [
+                            r for r in batch if r.position.offset < to.get(r.position.partition, 0)
+                        ]
                     if batch:
                         await self.keys.refresh()
-                        cp = await asyncio.to_thread(self._apply_sync, new, batch, cp)
+                        cp = await asyncio.to_thread(self._replay_sync, new, batch, cp, written)
                         done += len(batch)
                         if progress is not None:
                             progress(done, max(total, done))
@@ -394,3 +582,98 @@ class Projector:
             self._gen = None
         self.generation()
         return new
+
+
+def describe_pin(pinned: Offsets) -> str:
+    """A pin as the positions `--to-position` takes: "p:o" of the last included event."""
+    return ",".join(f"{p}:{o - 1}" for p, o in sorted(pinned.items()))
+
+
+def _event_key(event: MemoryAdded) -> tuple[str | None, ...]:
+    """(scope, text hash) of an add, as the plain tuple `_row_key` makes of a row."""
+    s = event.scope
+    return (s.org_id, s.project_id, s.user_id, s.agent_id, s.app_id, s.run_id, event.hash)
+
+
+def _row_key(r: dict[str, Any]) -> tuple[str | None, ...]:
+    return (r["org_id"], r["project_id"], r["user_id"], r["agent_id"], r["app_id"], r["run_id"],
+            r["hash"])  # fmt: skip
+
+
+class DigestSet:
+    """A set of keys kept as 64-bit digests (Python's `hash`, stable within one process):
+    8 bytes a key in sorted numpy runs, merged like a binary counter. `known` may answer
+    yes for a key never added (a digest collision), never no for one that was."""
+
+    def __init__(self) -> None:
+        self._runs: list[np.ndarray] = []
+
+    def __len__(self) -> int:
+        return sum(len(r) for r in self._runs)
+
+    def add(self, keys: Sequence[Any]) -> None:
+        if not keys:
+            return
+        run = np.fromiter((hash(k) for k in keys), dtype=np.int64, count=len(keys))
+        run.sort()
+        self._runs.append(run)
+        while len(self._runs) > 1 and len(self._runs[-1]) >= len(self._runs[-2]):
+            last = self._runs.pop()
+            merged = np.concatenate((self._runs.pop(), last))
+            merged.sort()
+            self._runs.append(merged)
+
+    def _hits(self, keys: Sequence[Any]) -> np.ndarray:
+        digests = np.fromiter((hash(k) for k in keys), dtype=np.int64, count=len(keys))
+        hit = np.zeros(len(keys), dtype=bool)
+        for run in self._runs:
+            at = np.minimum(np.searchsorted(run, digests), len(run) - 1)
+            hit |= run[at] == digests
+        return hit
+
+    def known(self, keys: Sequence[str]) -> list[str]:
+        """The keys that may have been added (every one that was, rarely one more)."""
+        if not keys or not self._runs:
+            return []
+        return [k for k, h in zip(keys, self._hits(keys), strict=True) if h]
+
+    def known_of(self, items: Sequence[T], key: Callable[[T], Any]) -> list[T]:
+        if not items or not self._runs:
+            return []
+        hits = self._hits([key(i) for i in items])
+        return [i for i, h in zip(items, hits, strict=True) if h]
+
+
+class ReplayIndex:
+    """What a replay has written to its new generation: memory ids, live (scope, text hash)
+    keys and event_ids, as digests (~24 bytes an event instead of the rows themselves)."""
+
+    def __init__(self) -> None:
+        self.ids = DigestSet()
+        self.keys = DigestSet()
+        self.events = DigestSet()
+
+
+def _arrow(rows: list[dict[str, Any]], schema: pa.Schema) -> pa.Table:
+    """Rows (dicts) to an Arrow table, one column at a time (faster than from_pylist)."""
+    return pa.Table.from_arrays(
+        [pa.array([r[f.name] for r in rows], type=f.type) for f in schema], schema=schema
+    )
+
+
+def _memory_rows(rows: list[dict[str, Any]], vectors: dict[str, np.ndarray], dim: int) -> pa.Table:
+    """Memory rows to Arrow; the vectors (new ones from `vectors`, else the row's own) as one
+    FixedSizeListArray built from a float32 matrix, not a Python list per row."""
+    schema = memories_schema(dim)
+    vecs = [vectors[r["id"]] if r["id"] in vectors else r["vector"] for r in rows]
+    if any(v is None for v in vecs):
+        vector = pa.array([None if v is None else np.asarray(v).tolist() for v in vecs],
+                          type=schema.field("vector").type)  # fmt: skip
+    else:
+        matrix = np.stack([np.asarray(v, dtype=np.float32) for v in vecs])
+        vector = pa.FixedSizeListArray.from_arrays(pa.array(matrix.reshape(-1)), dim)
+    columns = [
+        vector if f.name == "vector" else pa.array([r[f.name] for r in rows], type=f.type)
+        for f in schema
+    ]
+    return pa.Table.from_arrays(columns, schema=schema)

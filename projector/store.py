@@ -51,6 +51,9 @@ class GenerationMeta:
     dim: int
     version: int
     log: str | None  # the EventLog.identity it projects (None: written before it was recorded)
+    # `memstream replay --to-position`: the checkpoint (next offset per partition) this
+    # generation is pinned at; the projector does not advance it and writers are refused
+    pinned: dict[int, int] | None = None
 
 
 class Generation:
@@ -185,9 +188,12 @@ class ProjectionStore:
             dim=int(data["dim"]),
             version=int(data.get("version", 1)),
             log=data.get("log"),
+            pinned={int(p): int(o) for p, o in data["pinned"].items()}
+            if data.get("pinned")
+            else None,
         )
 
-    def _create(self, promote: bool) -> str:
+    def _create(self, promote: bool, pinned: dict[int, int] | None = None) -> str:
         name = (
             "gen-" + dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
         )
@@ -201,6 +207,11 @@ class ProjectionStore:
                     "dim": self.dim,
                     "version": PROJECTION_VERSION,
                     "log": self.log_identity,
+                    **(
+                        {"pinned": {str(p): o for p, o in sorted(pinned.items())}}
+                        if pinned is not None
+                        else {}
+                    ),  # fmt: skip
                 }
             ),
         )
@@ -208,8 +219,8 @@ class ProjectionStore:
             self.promote(name)
         return name
 
-    def new_generation(self) -> Generation:
-        name = self._create(promote=False)
+    def new_generation(self, pinned: dict[int, int] | None = None) -> Generation:
+        name = self._create(promote=False, pinned=pinned)
         return Generation(self.root / name, self.dim)
 
     def promote(self, name: str) -> None:
@@ -217,6 +228,9 @@ class ProjectionStore:
         _atomic_write(self.root / "CURRENT", name)
         if old and old != name and (self.root / old).exists():
             shutil.rmtree(self.root / old, ignore_errors=True)
+
+
+FLUSH_ITEMS = 1024  # deferred cache vectors are written once this many are pending
 
 
 class EmbeddingCache:
@@ -229,6 +243,7 @@ class EmbeddingCache:
         self.table_name = "embeddings_" + "".join(c if c.isalnum() else "_" for c in model)
         self._mem: dict[str, np.ndarray] = {}
         self._memory_items = memory_items
+        self._pending: dict[str, np.ndarray] = {}  # put with defer=True, not written yet
         self._table: Any = None
 
     def _tbl(self, create: bool) -> Any:
@@ -254,8 +269,17 @@ class EmbeddingCache:
         """The cache's LanceDB table, or None before the first vector is stored."""
         return self._tbl(create=False)
 
+    def ensure_index(self) -> None:
+        """A scalar index on `key`: a lookup of new texts then reads the index and the rows
+        written since the last compaction, not every key (called by Projector.maintain)."""
+        table = self._tbl(create=False)
+        if table is None or table.count_rows() == 0:
+            return
+        if ("key",) not in {tuple(ix.columns) for ix in table.list_indices()}:
+            table.create_scalar_index("key", index_type="BTREE")
+
     def get_many(self, keys: list[str]) -> dict[str, np.ndarray]:
-        found = {k: self._mem[k] for k in keys if k in self._mem}
+        found = {k: v for k in keys if (v := self._mem.get(k, self._pending.get(k))) is not None}
         missing = [k for k in keys if k not in found]
         table = self._tbl(create=False)
         if missing and table is not None:
@@ -268,9 +292,26 @@ class EmbeddingCache:
                     found[key] = np.asarray(vec, dtype=np.float32)
         return found
 
-    def put_many(self, items: dict[str, np.ndarray]) -> None:
+    def put_many(self, items: dict[str, np.ndarray], *, defer: bool = False) -> None:
+        """Store vectors. With `defer` they are held in memory (and answered from there)
+        until `flush`, which writes them once `FLUSH_ITEMS` are pending: a live batch of one
+        memory then pays no LanceDB write of its own for the cache. A crash loses only
+        pending vectors, i.e. the model runs again for those texts in a later replay."""
         if not items:
             return
+        if len(self._mem) + len(items) > self._memory_items:
+            self._mem.clear()
+        self._mem.update(items)
+        self._pending.update(items)
+        if not defer or len(self._pending) >= FLUSH_ITEMS:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the pending vectors (appended: the projector looked these keys up under its
+        flock and found them missing; a key written twice holds the same vector twice)."""
+        if not self._pending:
+            return
+        items, self._pending = self._pending, {}
         table = self._tbl(create=True)
         data = pa.table(
             {
@@ -281,15 +322,13 @@ class EmbeddingCache:
                 ),
             }
         )
-        table.merge_insert("key").when_not_matched_insert_all().execute(data)
-        if len(self._mem) + len(items) > self._memory_items:
-            self._mem.clear()
-        self._mem.update(items)
+        table.add(data)
 
     def forget(self, keys: list[str]) -> int:
         """Remove these texts' vectors (an erasure); returns how many were stored."""
         for key in keys:
             self._mem.pop(key, None)
+            self._pending.pop(key, None)
         table = self._tbl(create=False)
         if table is None or not keys:
             return 0
