@@ -11,6 +11,7 @@ import json
 import signal
 import sys
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
@@ -350,6 +351,12 @@ def replay(
         "Kafka) and pin the projection there: writes are refused until `memstream replay` "
         "without it rebuilds to the end and unpins",
     ),
+    embedder: str = typer.Option(
+        None,
+        "--embedder",
+        help="re-embed every memory with this model (minilm | hashing | openai:<model> | "
+        "sentence-transformers); the rebuilt projection then uses it",
+    ),
 ) -> None:
     """Rebuild every projection from the start of the log into fresh tables, then swap them in."""
 
@@ -365,7 +372,8 @@ def replay(
             )
         return {"message": "Replay complete", "events": n, "pinned": ms.status()["pinned"]}
 
-    result = run(body, for_replay=True)
+    settings = replace(state.settings, embedder=embedder) if embedder else None
+    result = run(body, settings=settings, for_replay=True)
 
     def human() -> None:
         out.print(f"replayed {result['events']} events")

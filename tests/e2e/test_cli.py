@@ -190,3 +190,20 @@ def test_erase_asks_first_and_then_erases(settings: Settings) -> None:
     audit = doc(cli(settings, "--json", "audit", "--filters", '{"user_id": "alice"}'))
     assert "alice's private note" not in json.dumps(audit)
     assert {e["event"] for e in audit["results"]} >= {"ERASED", "ERASE_SUBJECT"}
+
+
+def test_replay_with_another_embedder_re_embeds_everything(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path / "d", embedder="hashing")
+    cli(settings, "add", "likes green tea", "--user-id", "u1")
+    base = [sys.executable, "-m", "memstream.cli", "--data-dir", str(settings.data_dir)]
+    proc = subprocess.run([*base, "--json", "replay", "--embedder", "minilm"],
+                          capture_output=True, text=True, timeout=300, env=clean_env())  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert doc(proc)["events"] == 1
+    [meta] = (settings.data_dir / "projections").glob("gen-*/meta.json")
+    assert json.loads(meta.read_text())["embedder"].startswith("minilm")
+    # no --embedder now: the projection's own model answers the search
+    proc = subprocess.run([*base, "--json", "search", "what does u1 drink?", "--user-id", "u1"],
+                          capture_output=True, text=True, timeout=300, env=clean_env())  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert [m["memory"] for m in doc(proc)["results"]] == ["likes green tea"]
