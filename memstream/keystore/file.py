@@ -41,6 +41,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from memstream.errors import LogUnavailableError
+from memstream.fsutil import fsync_dir
 from memstream.keystore.base import KEY_BYTES, KeyStore, Subject, SubjectKey
 
 __all__ = ["FileKeyStore"]
@@ -49,14 +50,6 @@ KEY_FILE = "key"
 JOURNAL = "ERASURES"
 LOCK_FILE = ".lock"
 _TMP_PREFIX = "key.tmp."
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def encode_key(key: SubjectKey) -> bytes:
@@ -284,7 +277,7 @@ class FileKeyStore(KeyStore):
             with self._locked(exclusive=False):  # a destroy cannot run meanwhile
                 if not subject_dir.exists():
                     subject_dir.mkdir(mode=0o700, exist_ok=True)
-                    _fsync_dir(self.directory)
+                    fsync_dir(self.directory)
                 tmp = subject_dir / f"{_TMP_PREFIX}{uuid.uuid4().hex}"
                 fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
                 won = False
@@ -301,7 +294,7 @@ class FileKeyStore(KeyStore):
                         tmp.unlink()  # `key` is the same inode now: unlink, never wipe
                     else:
                         _wipe(tmp)
-                _fsync_dir(subject_dir)
+                fsync_dir(subject_dir)
                 if won:
                     return key
                 data = path.read_bytes()
@@ -355,7 +348,7 @@ class FileKeyStore(KeyStore):
                 for entry in subject_dir.iterdir():  # the key, and temp files of crashed writers
                     _wipe(entry)
                 subject_dir.rmdir()
-                _fsync_dir(self.directory)
+                fsync_dir(self.directory)
                 return ids
         except OSError as exc:
             raise self._error(f"destroy the keys of {subject}", exc) from exc

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from memstream.errors import LogUnavailableError
+from memstream.fsutil import fsync_dir
 from memstream.keystore.file import FileKeyStore
 from memstream.log.base import EventLog, LogReader, LogRecord, Offsets, Position
 
@@ -63,14 +64,6 @@ def _parse_frames(
 def _frame(ts: int, key: bytes, value: bytes) -> bytes:
     payload = PAYLOAD_HEAD.pack(ts, len(key)) + key + value
     return HEADER.pack(len(payload), zlib.crc32(payload)) + payload
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class FileEventLog(EventLog):
@@ -154,7 +147,7 @@ class FileEventLog(EventLog):
                     f.flush()
                     os.fsync(f.fileno())
                 if new_file:
-                    _fsync_dir(self.directory)
+                    fsync_dir(self.directory)
                 first = base + count
                 self._tail = (base, size + len(blob), count + len(messages))
             except OSError as exc:
