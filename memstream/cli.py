@@ -544,7 +544,7 @@ def main(argv: list[str] | None = None) -> None:
 
 # commands kept in their own modules register themselves on `app`
 import memstream.cli_audit  # noqa: E402, F401  (audit, export, stats, churn, sql)
-from memstream import cli_erase, cli_retention  # noqa: E402, F401
+from memstream import cli_erase, cli_log, cli_retention  # noqa: E402, F401
 
 if __name__ == "__main__":
     # `python -m memstream.cli` runs this file as __main__; the commands of the modules above

@@ -44,6 +44,8 @@ def _parse(spec: str) -> tuple[str, str]:
     kind, _, arg = spec.strip().partition(":")
     kind = kind.strip().lower()
     arg = arg.strip()
+    if kind.startswith("hashing-") and not arg:  # the name a projection records: hashing-<dim>
+        kind, arg = "hashing", kind.removeprefix("hashing-")
     if kind in ("minilm", "minilm-l6-v2-int8"):
         if arg:
             raise _invalid(spec, "minilm takes no argument")

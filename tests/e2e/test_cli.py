@@ -190,6 +190,15 @@ def test_erase_asks_first_and_then_erases(settings: Settings) -> None:
     audit = doc(cli(settings, "--json", "audit", "--filters", '{"user_id": "alice"}'))
     assert "alice's private note" not in json.dumps(audit)
     assert {e["event"] for e in audit["results"]} >= {"ERASED", "ERASE_SUBJECT"}
+    # the raw log, decoded: alice's event is there, unreadable; bob's opens
+    logged = doc(cli(settings, "--json", "log", "--limit", "0"))["events"]
+    assert "alice's private note" not in json.dumps(logged)
+    by_user = {(e["event_type"], e.get("user_id")): e for e in logged}
+    assert by_user[("MemoryAdded", "alice")]["erased"] is True
+    assert "text" not in by_user[("MemoryAdded", "alice")]
+    assert by_user[("MemoryAdded", "bob")]["text"] == "bob's note"
+    assert by_user[("SubjectErased", "alice")]["reason"] == "t-1"
+    assert len(doc(cli(settings, "--json", "log", "--from", "1", "--limit", "1"))["events"]) == 1
 
 
 def test_replay_with_another_embedder_re_embeds_everything(tmp_path: Path) -> None:

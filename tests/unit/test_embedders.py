@@ -363,6 +363,9 @@ def test_registry_names(registry: None, fake_server: str, monkeypatch: pytest.Mo
     assert _FakeEmbeddings.requests[-1]["auth"] == "Bearer sk-env"
     explicit = get_embedder("openai:fake-3", base_url=fake_server, api_key=None)
     assert isinstance(explicit, Embedder) and explicit is not remote
+    # the name a projection records re-opens the same model (used when no --embedder is given)
+    for spec in ("minilm", "hashing", "hashing:256", "openai:fake-3"):
+        assert get_embedder(get_embedder(spec).name).name == get_embedder(spec).name
 
 
 @pytest.mark.parametrize("spec", ["nope", "hashing:abc", "hashing:4", "openai:", "minilm:x", ""])

@@ -1,0 +1,54 @@
+"""`memstream log`: print the events in the log, as stored (no projection involved)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from memstream.cli import app, emit, fail, out, run
+from memstream.errors import ValidationError
+
+
+@app.command("log")
+def log_command(
+    start: str = typer.Option(
+        None, "--from", help="first position to show: an offset, 0:120, or 0:12,1:40 on Kafka"
+    ),
+    limit: int = typer.Option(100, "--limit", help="at most this many events; 0 = all"),
+) -> None:
+    """The raw event log, decoded: who did what, when, under which key. Events of an erased
+    subject show that they exist and that they were erased, never their content."""
+    from memstream.logdump import dump
+    from memstream.query.timetravel import parse_as_of
+
+    if limit < 0:
+        fail("--limit: must be >= 0")
+    offsets: dict[int, int] = {}
+    if start is not None:
+        try:
+            cut = parse_as_of(start)
+        except ValidationError:
+            cut = None
+        if cut is None or not cut.offsets:
+            fail(f"--from: {start!r} is not a log position (an offset such as 120, or p:o "
+                 "such as 0:120; several partitions as 0:12,1:40)")  # fmt: skip
+        offsets = dict(cut.offsets)
+    events: list[dict[str, Any]] = run(lambda ms: dump(ms, offsets, limit or None), for_replay=True)
+
+    def human() -> None:
+        table = Table(title=f"{len(events)} events", title_justify="left")
+        for col in ("position", "time", "event", "scope", "memory", "content"):
+            table.add_column(col, overflow="fold")
+        for e in events:
+            scope = " ".join(
+                f"{k}={e[k]}" for k in ("user_id", "agent_id", "app_id", "run_id") if k in e
+            )
+            content = "(erased)" if e["erased"] else str(e.get("text") or e.get("reason") or "")
+            table.add_row(e["position"], e["occurred_at"][:19].replace("T", " "), e["event_type"],
+                          scope, (e.get("memory_id") or "")[:8], escape(content))  # fmt: skip
+        out.print(table)
+
+    emit({"count": len(events), "events": events}, human)

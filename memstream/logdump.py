@@ -1,0 +1,60 @@
+"""The log itself, event by event, as an operator inspects it (`memstream log`).
+
+Nothing here reads a projection: each message is decoded from the log and opened with the
+subject keys that still exist. An event whose key was destroyed (an erased subject) shows
+its who/when/what-kind and `"erased": true`, never its content.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from memstream.events import Event, decode_event, to_record
+from memstream.log.base import EventLog, LogRecord, Offsets
+from memstream.service import Memstream
+
+
+def iso(ms: int) -> str:
+    return dt.datetime.fromtimestamp(ms / 1000, tz=dt.UTC).isoformat(timespec="milliseconds")
+
+
+def describe(event: Event, record: LogRecord) -> dict[str, Any]:
+    body = to_record(event)
+    if event.erased:
+        for name in event.SEALED:
+            body.pop(name, None)
+    scope = body.pop("scope")
+    return {
+        "position": f"{record.position.partition}:{record.position.offset}",
+        "event_type": event.event_type,
+        "occurred_at": iso(event.occurred_at),
+        **{k: v for k, v in scope.items() if v is not None},
+        **{k: v for k, v in body.items() if k not in ("occurred_at",)},
+        "erased": event.erased,
+    }
+
+
+async def read_log(log: EventLog, start: Offsets, limit: int | None) -> list[LogRecord]:
+    """Records from `start` (per partition) to the end of the log, at most `limit`."""
+    end = await log.end_offsets()
+    remaining = sum(max(0, o - start.get(p, 0)) for p, o in end.items())
+    want = remaining if limit is None else min(limit, remaining)
+    reader = await log.reader(start)
+    records: list[LogRecord] = []
+    try:
+        while len(records) < want:
+            batch = await reader.next_batch(min(1000, want - len(records)), timeout_s=1.0)
+            records.extend(r for r in batch if r.position.offset < end.get(r.position.partition, 0))
+            if not batch:
+                break
+    finally:
+        await reader.close()
+    records.sort(key=lambda r: (r.timestamp_ms, r.position.partition, r.position.offset))
+    return records[:want]
+
+
+async def dump(ms: Memstream, start: Offsets, limit: int | None) -> list[dict[str, Any]]:
+    await ms.projector.keys.refresh()
+    records = await read_log(ms.log, start, limit)
+    return [describe(decode_event(r.value, ms.projector.keys.lookup), r) for r in records]
