@@ -478,6 +478,7 @@ class Projector:
             self._forget_decisions(erased.subject())
         if gen is self._gen:
             erasure.purge_all(gen, self.cache)
+            self.store.drop_retired()  # a replaced generation still holds the plaintext
         else:  # a replay's generation: purged once, before it is promoted
             self._unpurged.add(gen.path)
             if (cache_table := self.cache.table()) is not None:  # the cache is live

@@ -14,6 +14,7 @@ import datetime as dt
 import json
 import os
 import shutil
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,8 @@ from memstream.projector.tables import (
 from memstream.sqlutil import sql_in, sql_str
 
 INDEXED_COLUMNS = ("org_id", "project_id", *ENTITY_COLUMNS)
+RETIRED = "RETIRED"  # marker file in a generation a promote replaced: time.time() of that
+RETIRED_GRACE_S = 300.0  # how long a replaced generation stays for readers still on it
 
 
 def _atomic_write(path: Path, text: str) -> None:
@@ -224,10 +227,29 @@ class ProjectionStore:
         return Generation(self.root / name, self.dim)
 
     def promote(self, name: str) -> None:
+        """Make `name` the live generation. The one it replaces is kept for
+        `RETIRED_GRACE_S`: a query another process began on it a moment ago can finish."""
         old = self.current_name()
         _atomic_write(self.root / "CURRENT", name)
         if old and old != name and (self.root / old).exists():
-            shutil.rmtree(self.root / old, ignore_errors=True)
+            _atomic_write(self.root / old / RETIRED, repr(time.time()))
+        self.drop_retired(older_than_s=RETIRED_GRACE_S)
+
+    def drop_retired(self, older_than_s: float = 0.0) -> list[str]:
+        """Delete the generations a promote replaced at least `older_than_s` ago (an erasure
+        passes 0: a retired generation still holds the plaintext it projected)."""
+        now, current, dropped = time.time(), self.current_name(), []
+        for marker in self.root.glob(f"*/{RETIRED}"):
+            if marker.parent.name == current:
+                continue
+            try:
+                since = float(marker.read_text())
+            except (OSError, ValueError):
+                since = 0.0
+            if now - since >= older_than_s:
+                shutil.rmtree(marker.parent, ignore_errors=True)
+                dropped.append(marker.parent.name)
+        return dropped
 
 
 FLUSH_ITEMS = 1024  # deferred cache vectors are written once this many are pending

@@ -209,7 +209,8 @@ def test_replay_with_another_embedder_re_embeds_everything(tmp_path: Path) -> No
                           capture_output=True, text=True, timeout=300, env=clean_env())  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert doc(proc)["events"] == 1
-    [meta] = (settings.data_dir / "projections").glob("gen-*/meta.json")
+    projections = settings.data_dir / "projections"
+    meta = projections / (projections / "CURRENT").read_text().strip() / "meta.json"
     assert json.loads(meta.read_text())["embedder"].startswith("minilm")
     # no --embedder now: the projection's own model answers the search
     proc = subprocess.run([*base, "--json", "search", "what does u1 drink?", "--user-id", "u1"],
