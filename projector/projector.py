@@ -32,7 +32,13 @@ from memstream.keystore.base import KeyStore, Subject
 from memstream.log.base import EventLog, LogReader, LogRecord, Offsets, Position
 from memstream.projector import erasure
 from memstream.projector.apply import BatchState, apply_event, scope_of_row
-from memstream.projector.store import FLUSH_ITEMS, EmbeddingCache, Generation, ProjectionStore
+from memstream.projector.store import (
+    FLUSH_ITEMS,
+    RETIRED_GRACE_S,
+    EmbeddingCache,
+    Generation,
+    ProjectionStore,
+)
 from memstream.projector.tables import (
     EVENTS_SCHEMA,
     POLICIES_SCHEMA,
@@ -396,6 +402,9 @@ class Projector:
             and (forced or t.stats()["fragment_stats"]["num_small_fragments"] >= SMALL_FRAGMENTS)
         ]
         self.cache.flush()
+        # a generation a replay replaced waits out its grace period for readers still on
+        # it; without this it would stay on disk until the next promote
+        self.store.drop_retired(older_than_s=RETIRED_GRACE_S)
         if due or force:
             gen.ensure_indexes()
             self.cache.ensure_index()

@@ -24,3 +24,35 @@ def test_a_replaced_generation_survives_its_grace_period_then_goes(tmp_path: Pat
     store.promote(second.name)  # back to a retired one: it is live again, never dropped
     assert store.drop_retired() == [third.name]
     assert second.exists() and store.current_name() == second.name
+
+
+def test_the_projector_drops_a_retired_generation_once_its_grace_period_is_over(
+    tmp_path: Path,
+) -> None:
+    """Maintenance, not only the next promote, removes a replaced generation: a server that
+    replays once must not keep the old tables on disk forever."""
+    import asyncio
+    import time
+
+    from memstream.embedders.hashing import HashingEmbedder
+    from memstream.log.file import FileEventLog
+    from memstream.projector.projector import Projector
+
+    async def go() -> None:
+        log = FileEventLog(tmp_path / "log")
+        await log.start()
+        projector = Projector(tmp_path, log, HashingEmbedder(dim=8))
+        try:
+            first = projector.generation().path
+            await projector.replay()
+            assert (first / RETIRED).exists()
+            projector.maintain(projector.generation())
+            assert first.exists()  # still inside its grace period
+            (first / RETIRED).write_text(repr(time.time() - 3600))
+            projector.maintain(projector.generation())
+            assert not first.exists()
+        finally:
+            await projector.close()
+            await log.close()
+
+    asyncio.run(go())
