@@ -16,7 +16,6 @@ import logging
 import os
 import threading
 import time
-import warnings
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
@@ -27,11 +26,13 @@ import pyarrow as pa
 
 from memstream.embedders.base import Embedder
 from memstream.errors import ConflictError, MemstreamError, ValidationError
-from memstream.events import MemoryAdded, MemoryUpdated, decode_event, text_hash
+from memstream.events import MemoryAdded, decode_event, text_hash
 from memstream.keystore.base import KeyStore, Subject
 from memstream.log.base import EventLog, LogReader, LogRecord, Offsets, Position
-from memstream.projector import erasure
+from memstream.projector import compaction, erasure
 from memstream.projector.apply import BatchState, apply_event, scope_of_row
+from memstream.projector.compaction import first_index
+from memstream.projector.index import DigestSet, TableIndex, event_key
 from memstream.projector.store import (
     FLUSH_ITEMS,
     RETIRED_GRACE_S,
@@ -50,7 +51,6 @@ from memstream.sqlutil import sql_in
 log = logging.getLogger("memstream.projector")
 T = TypeVar("T")
 
-SMALL_FRAGMENTS = 32  # compact a table once it has this many small fragments
 RECENT_DECISIONS = 100_000  # audit rows kept in memory for writers waiting on them
 # Superseded LanceDB versions older than this are deleted when a table is compacted (Lance's
 # default keeps them 7 days: disk grew with every write and compaction). Readers use
@@ -58,6 +58,10 @@ RECENT_DECISIONS = 100_000  # audit rows kept in memory for writers waiting on t
 # on a version this old could miss its files: minutes are a wide margin.
 KEEP_VERSIONS = dt.timedelta(minutes=5)
 MAINTAIN_EVERY = 8  # live batches between two looks at the tables' fragment statistics
+# a live batch this large builds the TableIndex when there is none (a long-running
+# projector always does): below it, one read per table is cheaper than a scan
+INDEX_BUILD_BATCH = 2_000
+RESCAN_EVERY = 32  # batches between two index scans when other writers keep moving the tables
 REPLAY_BATCH = 10_000  # events per batch in a replay (the per-batch cost is paid 10x less often)
 
 
@@ -110,6 +114,11 @@ class Projector:
         # decisions of recently applied events, so a waiting writer need not read them back
         self._recent: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self._recent_lock = threading.Lock()  # written by the apply thread, read on the loop
+        # what the live generation's tables hold (see projector/index.py), and the
+        # (generation, table versions) it describes
+        self._index: TableIndex | None = None
+        self._index_at: tuple[Path, tuple[int | None, ...]] | None = None
+        self._scanned_at: int | None = None  # self._batches when the index was last built
         self._unpurged: set[Path] = set()  # replay generations with erasures not yet purged
         self._batches = 0  # live batches applied by this process (maintain looks every few)
         self.pinned: Offsets | None = None  # the live generation's pin (replay --to-position)
@@ -297,60 +306,63 @@ class Projector:
 
     # -- applying ------------------------------------------------------------------------
     def _apply_sync(self, gen: Generation, records: list[LogRecord], cp: Offsets) -> Offsets:
-        events = [(decode_event(r.value, self.keys.lookup), r.position) for r in records]
-        ids = {e.memory_id for e, _ in events if e.memory_id}
-        hashes = {
-            e.hash for e, _ in events if isinstance(e, MemoryAdded | MemoryUpdated) and e.hash
-        }
-        state = BatchState()
-        where = " OR ".join(p for p in (sql_in("id", ids), sql_in("hash", hashes)) if p != "false")
-        if where:
-            for row in gen.query_memories(where):
-                state.load(row)
-        decided = {
-            row["event_id"]: row["outcome"]
-            for row in gen.query_events(sql_in("event_id", [e.event_id for e, _ in events]))
-        }
-        audits = [apply_event(state, e, pos, decided.get(e.event_id)) for e, pos in events]
-        vectors = self._vectors(state)
-
-        with self._recent_lock:
-            for row in audits:
-                self._recent[row["event_id"]] = row
-            while len(self._recent) > RECENT_DECISIONS:
-                self._recent.popitem(last=False)
-        self._write(gen, state, audits, decided, vectors, append=True)
-        self._scrub(gen, state)
-        new_cp = dict(cp)
-        for r in records:
-            p = r.position.partition
-            new_cp[p] = max(new_cp.get(p, 0), r.position.offset + 1)
-        gen.write_checkpoint(new_cp)
+        """Apply a live batch (in a worker thread, under the flock)."""
+        index = self._index_for(gen, len(records))
+        new_cp = self._apply_batch(gen, records, cp, index, live=True)
         # a table's fragment statistics cost a LanceDB call each: look every few batches
         # (and on a process's first batch, so short-lived CLI processes compact too)
         if self._batches % MAINTAIN_EVERY == 0:
             self.maintain(gen)
         self._batches += 1
+        if index is not None:  # what the index describes: the tables as this batch left them
+            self._index_at = (gen.path, _versions(gen, self.cache))
         return new_cp
 
-    def _replay_sync(
-        self, gen: Generation, records: list[LogRecord], cp: Offsets, written: ReplayIndex
-    ) -> Offsets:
-        """`_apply_sync` for a replay: same decisions, fewer reads, appends instead of merges.
+    def _index_for(self, gen: Generation, batch: int) -> TableIndex | None:
+        """The live generation's `TableIndex`, if it can be trusted: the tables are at the
+        versions this process's last batch left them at (another writer -- a CLI command
+        sharing the data directory, a crashed process's half-written batch -- moves them).
+        Otherwise it is rebuilt by a scan when that pays -- a long-running projector, or a
+        large batch; at most every `RESCAN_EVERY` batches, so a process taking turns with
+        another writer does not scan every time -- and the batch reads the tables for every
+        key when it does not."""
+        if self._index is not None and self._index_at == (gen.path, _versions(gen, self.cache)):
+            return self._index
+        self._index = self._index_at = None
+        long_running = self._background or self._batches >= 2
+        due = self._scanned_at is None or self._batches - self._scanned_at >= RESCAN_EVERY
+        if (long_running or batch >= INDEX_BUILD_BATCH) and due:
+            self._index = TableIndex.scan(gen.memories(), gen.events(), self.cache.table())
+            self._scanned_at = self._batches
+        return self._index
 
-        The new generation is written by this replay alone, in log order from offset 0, so
-        the rows and audits an event needs from the table exist only if an earlier batch of
-        this replay wrote them. `written` remembers, as 64-bit digests, every memory id,
-        (scope, text hash) and event_id written so far: the table is read only for the keys
-        it may hold (none, when every event is a new memory), and the batch is then decided
-        exactly as `_apply_sync` decides it. Per-batch maintenance waits for the end.
+    def _apply_batch(
+        self,
+        gen: Generation,
+        records: list[LogRecord],
+        cp: Offsets,
+        index: TableIndex | None,
+        *,
+        live: bool,
+    ) -> Offsets:
+        """Decode, decide and write one batch; returns the new checkpoint (written last).
+
+        The batch needs the rows its events touch and the decisions already recorded for
+        its events. With an `index` (see projector/index.py) the tables are read only for
+        the keys they may hold -- none, when every event is a new memory -- and rows the
+        table cannot hold are appended rather than merged; without one, every key is read.
+        A replay passes the index of what it has written to its new generation so far.
         """
         events = [(decode_event(r.value, self.keys.lookup), r.position) for r in records]
         ids = [e.memory_id for e, _ in events if e.memory_id]
         adds = [e for e, _ in events if isinstance(e, MemoryAdded)]
         eids = [e.event_id for e, _ in events]
-        load_ids = written.ids.known(ids)
-        load_hashes = {e.hash for e in written.keys.known_of(adds, _event_key)}
+        if index is None:
+            load_ids, load_hashes, known_eids = ids, {e.hash for e in adds}, eids
+        else:
+            load_ids = index.ids.known(ids)
+            load_hashes = {e.hash for e in index.keys.known_of(adds, event_key)}
+            known_eids = index.events.known(eids)
         state = BatchState()
         where = " OR ".join(
             p for p in (sql_in("id", load_ids), sql_in("hash", load_hashes)) if p != "false"
@@ -359,19 +371,23 @@ class Projector:
             for row in gen.query_memories(where):
                 state.load(row)
         decided: dict[str, str] = {}
-        if known_eids := written.events.known(eids):
+        if known_eids:
             decided = {
                 row["event_id"]: row["outcome"]
                 for row in gen.query_events(sql_in("event_id", known_eids))
             }
         audits = [apply_event(state, e, pos, decided.get(e.event_id)) for e, pos in events]
-        vectors = self._vectors(state)
+        vectors = self._vectors(state, index.cached if live and index is not None else None)
+        if live:
+            with self._recent_lock:
+                for row in audits:
+                    self._recent[row["event_id"]] = row
+                while len(self._recent) > RECENT_DECISIONS:
+                    self._recent.popitem(last=False)
         self._write(gen, state, audits, decided, vectors, append=True)
         self._scrub(gen, state)
-        written.events.add(eids)
-        upserts = state.upserts()
-        written.ids.add([r["id"] for r in upserts])
-        written.keys.add([_row_key(r) for r in upserts])
+        if index is not None:
+            index.record(eids, state.upserts())
         new_cp = dict(cp)
         for r in records:
             p = r.position.partition
@@ -396,10 +412,9 @@ class Projector:
             tables.append((gen.policies(), force, keep, unread))
         tables.append((self.cache.table(), False, self.keep_versions, False))
         due = [
-            (t, cleanup, unverified)
-            for t, forced, cleanup, unverified in tables
-            if t is not None
-            and (forced or t.stats()["fragment_stats"]["num_small_fragments"] >= SMALL_FRAGMENTS)
+            (table, forced, cleanup, unverified)
+            for table, forced, cleanup, unverified in tables
+            if table is not None and (forced or compaction.due(table, first_index(table)))
         ]
         self.cache.flush()
         # a generation a replay replaced waits out its grace period for readers still on
@@ -408,10 +423,10 @@ class Projector:
         if due or force:
             gen.ensure_indexes()
             self.cache.ensure_index()
-        for table, cleanup, unverified in due:
-            with warnings.catch_warnings():  # "cleanup_older_than=0 ...": only when unread
-                warnings.simplefilter("ignore", UserWarning)
-                table.optimize(cleanup_older_than=cleanup, delete_unverified=unverified)
+        for table, forced, cleanup, unverified in due:
+            compaction.compact(
+                table, first_index(table), keep=cleanup, unread=unverified, full=forced
+            )
 
     def _write(
         self,
@@ -502,24 +517,30 @@ class Projector:
             ]:
                 del self._recent[event_id]
 
-    def _vectors(self, state: BatchState) -> dict[str, np.ndarray]:
+    def _vectors(self, state: BatchState, cached: DigestSet | None) -> dict[str, np.ndarray]:
         """The vectors of the rows whose text this batch set (id -> vector)."""
         rows = [r for mid in state.needs_vector if (r := state.rows[mid]) is not None]
         if not rows:
             return {}
-        vectors = self.embed_texts([r["text"] for r in rows], defer=len(rows) < FLUSH_ITEMS)
+        texts = [r["text"] for r in rows]
+        vectors = self.embed_texts(texts, defer=len(rows) < FLUSH_ITEMS, cached=cached)
         return {row["id"]: vec for row, vec in zip(rows, vectors, strict=True)}
 
-    def embed_texts(self, texts: list[str], *, defer: bool = False) -> np.ndarray:
+    def embed_texts(
+        self, texts: list[str], *, defer: bool = False, cached: DigestSet | None = None
+    ) -> np.ndarray:
         """Embed through the (model, sha256(text)) cache; only misses reach the model.
-        `defer`: new vectors may wait in memory for a later cache write (see put_many)."""
+        `defer`: new vectors may wait in memory for a later cache write (see put_many).
+        `cached`: every key the cache table holds (see TableIndex), to skip lookups."""
         keys = [text_hash(t) for t in texts]
-        found = self.cache.get_many(sorted(set(keys)))
+        found = self.cache.get_many(sorted(set(keys)), cached)
         missing = sorted({k: t for k, t in zip(keys, texts, strict=True) if k not in found}.items())
         if missing:
             vecs = self.embedder.embed([t for _, t in missing])
             fresh = {k: v for (k, _), v in zip(missing, vecs, strict=True)}
             self.cache.put_many(fresh, defer=defer)
+            if cached is not None:  # held in memory until flushed: a superset is safe
+                cached.add(list(fresh))
             found.update(fresh)
         if not texts:
             return np.zeros((0, self.embedder.dim), dtype=np.float32)
@@ -558,7 +579,7 @@ class Projector:
                 total = sum(target.values())
                 done = 0
                 cp: Offsets = {}
-                written = ReplayIndex()
+                written = TableIndex()
                 while True:
                     if covers(cp, target):
                         async with self._flock():
@@ -583,7 +604,9 @@ class Projector:
                         ]
                     if batch:
                         await self.keys.refresh()
-                        cp = await asyncio.to_thread(self._replay_sync, new, batch, cp, written)
+                        cp = await asyncio.to_thread(
+                            self._apply_batch, new, batch, cp, written, live=False
+                        )
                         done += len(batch)
                         if progress is not None:
                             progress(done, max(total, done))
@@ -599,69 +622,11 @@ def describe_pin(pinned: Offsets) -> str:
     return ",".join(f"{p}:{o - 1}" for p, o in sorted(pinned.items()))
 
 
-def _event_key(event: MemoryAdded) -> tuple[str | None, ...]:
-    """(scope, text hash) of an add, as the plain tuple `_row_key` makes of a row."""
-    s = event.scope
-    return (s.org_id, s.project_id, s.user_id, s.agent_id, s.app_id, s.run_id, event.hash)
-
-
-def _row_key(r: dict[str, Any]) -> tuple[str | None, ...]:
-    return (r["org_id"], r["project_id"], r["user_id"], r["agent_id"], r["app_id"], r["run_id"],
-            r["hash"])  # fmt: skip
-
-
-class DigestSet:
-    """A set of keys kept as 64-bit digests (Python's `hash`, stable within one process):
-    8 bytes a key in sorted numpy runs, merged like a binary counter. `known` may answer
-    yes for a key never added (a digest collision), never no for one that was."""
-
-    def __init__(self) -> None:
-        self._runs: list[np.ndarray] = []
-
-    def __len__(self) -> int:
-        return sum(len(r) for r in self._runs)
-
-    def add(self, keys: Sequence[Any]) -> None:
-        if not keys:
-            return
-        run = np.fromiter((hash(k) for k in keys), dtype=np.int64, count=len(keys))
-        run.sort()
-        self._runs.append(run)
-        while len(self._runs) > 1 and len(self._runs[-1]) >= len(self._runs[-2]):
-            last = self._runs.pop()
-            merged = np.concatenate((self._runs.pop(), last))
-            merged.sort()
-            self._runs.append(merged)
-
-    def _hits(self, keys: Sequence[Any]) -> np.ndarray:
-        digests = np.fromiter((hash(k) for k in keys), dtype=np.int64, count=len(keys))
-        hit = np.zeros(len(keys), dtype=bool)
-        for run in self._runs:
-            at = np.minimum(np.searchsorted(run, digests), len(run) - 1)
-            hit |= run[at] == digests
-        return hit
-
-    def known(self, keys: Sequence[str]) -> list[str]:
-        """The keys that may have been added (every one that was, rarely one more)."""
-        if not keys or not self._runs:
-            return []
-        return [k for k, h in zip(keys, self._hits(keys), strict=True) if h]
-
-    def known_of(self, items: Sequence[T], key: Callable[[T], Any]) -> list[T]:
-        if not items or not self._runs:
-            return []
-        hits = self._hits([key(i) for i in items])
-        return [i for i, h in zip(items, hits, strict=True) if h]
-
-
-class ReplayIndex:
-    """What a replay has written to its new generation: memory ids, live (scope, text hash)
-    keys and event_ids, as digests (~24 bytes an event instead of the rows themselves)."""
-
-    def __init__(self) -> None:
-        self.ids = DigestSet()
-        self.keys = DigestSet()
-        self.events = DigestSet()
+def _versions(gen: Generation, cache: EmbeddingCache) -> tuple[int | None, ...]:
+    """The current versions of the tables a TableIndex describes (None: not created yet)."""
+    return tuple(
+        t.version if t is not None else None for t in (gen.memories(), gen.events(), cache.table())
+    )
 
 
 def _arrow(rows: list[dict[str, Any]], schema: pa.Schema) -> pa.Table:

@@ -25,6 +25,7 @@ import numpy as np
 import pyarrow as pa
 
 from memstream.log.base import Offsets
+from memstream.projector.index import DigestSet
 from memstream.projector.tables import (
     ENTITY_COLUMNS,
     EVENTS_SCHEMA,
@@ -300,9 +301,13 @@ class EmbeddingCache:
         if ("key",) not in {tuple(ix.columns) for ix in table.list_indices()}:
             table.create_scalar_index("key", index_type="BTREE")
 
-    def get_many(self, keys: list[str]) -> dict[str, np.ndarray]:
+    def get_many(self, keys: list[str], known: DigestSet | None = None) -> dict[str, np.ndarray]:
+        """The stored vectors of `keys`. `known`, if given, holds every key the table holds
+        (and maybe more): keys it does not know are not looked up."""
         found = {k: v for k in keys if (v := self._mem.get(k, self._pending.get(k))) is not None}
         missing = [k for k in keys if k not in found]
+        if known is not None:
+            missing = known.known(missing)
         table = self._tbl(create=False)
         if missing and table is not None:
             for i in range(0, len(missing), 500):

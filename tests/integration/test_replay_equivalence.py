@@ -21,7 +21,7 @@ from memstream.events import (
     new_id,
     text_hash,
 )
-from memstream.projector.projector import DigestSet
+from memstream.projector.index import DigestSet
 from memstream.scope import Scope
 from memstream.service import Memstream
 from memstream.settings import Settings
