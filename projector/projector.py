@@ -26,7 +26,7 @@ import pyarrow as pa
 
 from memstream.embedders.base import Embedder
 from memstream.errors import ConflictError, MemstreamError, ValidationError
-from memstream.events import MemoryAdded, decode_event, text_hash
+from memstream.events import MemoryAdded, MemoryUpdated, decode_event, text_hash
 from memstream.keystore.base import KeyStore, Subject
 from memstream.log.base import EventLog, LogReader, LogRecord, Offsets, Position
 from memstream.projector import compaction, erasure
@@ -62,7 +62,8 @@ MAINTAIN_EVERY = 8  # live batches between two looks at the tables' fragment sta
 # projector always does): below it, one read per table is cheaper than a scan
 INDEX_BUILD_BATCH = 2_000
 RESCAN_EVERY = 32  # batches between two index scans when other writers keep moving the tables
-REPLAY_BATCH = 10_000  # events per batch in a replay (the per-batch cost is paid 10x less often)
+REPLAY_BATCH = 10_000
+AHEAD_ITEMS = 10_000  # vectors embedded ahead and not used yet (a reset reader strands some)  # events per batch in a replay (the per-batch cost is paid 10x less often)
 
 
 class ProjectionTimeout(MemstreamError):
@@ -118,6 +119,16 @@ class Projector:
         # (generation, table versions) it describes
         self._index: TableIndex | None = None
         self._index_at: tuple[Path, tuple[int | None, ...]] | None = None
+        # background mode reads ahead while a batch is written (see _read_ahead): records
+        # read but not applied yet, a read under way, and vectors embedded ahead of need
+        self._buffer: list[LogRecord] = []
+        self._pending_read: asyncio.Future[list[LogRecord]] | None = None
+        self._ahead: dict[str, np.ndarray] = {}  # text_hash -> vector
+        self._ahead_lock = threading.Lock()
+        self._ahead_task: asyncio.Future[None] | None = None
+        # records counted since start: read, taken for applying, handed to the model and
+        # embedded; the buffer holds records number _seq_taken .. _seq_read - 1
+        self._seq_read = self._seq_taken = self._seq_submitted = self._seq_ready = 0
         self._scanned_at: int | None = None  # self._batches when the index was last built
         self._unpurged: set[Path] = set()  # replay generations with erasures not yet purged
         self._batches = 0  # live batches applied by this process (maintain looks every few)
@@ -169,6 +180,11 @@ class Projector:
         return self.store.meta(name).version < PROJECTION_VERSION
 
     def _reset_reader(self) -> None:
+        self._buffer = []
+        self._seq_taken = self._seq_submitted = self._seq_ready = self._seq_read
+        if self._pending_read is not None:  # its records go with the reader
+            self._pending_read.cancel()
+            self._pending_read = None
         if self._reader is not None:
             reader = self._reader
             self._reader = None
@@ -188,20 +204,20 @@ class Projector:
         """Read one batch and apply what no one has applied yet. Returns events applied."""
         async with self._alock:
             gen = self.generation()
+            if self._pending_read is not None:  # a read-ahead still under way: keep its records
+                read, self._pending_read = self._pending_read, None
+                await read
             disk = gen.checkpoint()
             if self.pinned is not None:  # replay --to-position: stays where it was pinned
                 self.checkpoint = disk
                 self._progress.set()
                 await asyncio.sleep(timeout_s)  # as a read that found nothing would wait
                 return 0
-            if self._reader is None or disk != self._reader_next:
+            if self._reader is None or disk != self._unapplied_from():
                 self._reset_reader()
                 self._reader = await self.log.reader(disk, group_id=self._group_id())
                 self._reader_next = dict(disk)
-            batch = await self._reader.next_batch(self.batch_size, timeout_s)
-            for rec in batch:
-                p = rec.position.partition
-                self._reader_next[p] = max(self._reader_next.get(p, 0), rec.position.offset + 1)
+            batch = await self._next_batch(timeout_s)
             if not batch:
                 self.checkpoint = disk
                 self._progress.set()
@@ -220,13 +236,110 @@ class Projector:
                     return 0
                 if fresh:
                     await self.keys.refresh()  # keys are made before the events sealed with them
-                    cp = await asyncio.to_thread(self._apply_sync, gen, fresh, cp)
+                    apply = asyncio.ensure_future(
+                        asyncio.to_thread(self._apply_sync, gen, fresh, cp)
+                    )
+                    if self._background:
+                        await self._read_ahead(apply)
+                    cp = await apply
                 self.checkpoint = cp
             if fresh:
                 with contextlib.suppress(Exception):  # the group offset is informational
                     await self._reader.commit(cp)
             self._progress.set()
             return len(fresh)
+
+    async def _read(self, max_records: int, timeout_s: float) -> list[LogRecord]:
+        assert self._reader is not None
+        records = await self._reader.next_batch(max_records, timeout_s)
+        for rec in records:
+            p = rec.position.partition
+            self._reader_next[p] = max(self._reader_next.get(p, 0), rec.position.offset + 1)
+        self._buffer += records
+        self._seq_read += len(records)
+        return records
+
+    def _take(self, n: int) -> list[LogRecord]:
+        batch, self._buffer = self._buffer[:n], self._buffer[n:]
+        self._seq_taken += len(batch)
+        return batch
+
+    async def _next_batch(self, timeout_s: float) -> list[LogRecord]:
+        """The next records to apply, in log order. With a costly model in background
+        mode, only records whose texts were embedded ahead (see `_read_ahead`): the apply
+        then only writes, while the model works on what came after."""
+        if not (self._background and self.embedder.costly):
+            if len(self._buffer) < self.batch_size:
+                await self._read(
+                    self.batch_size - len(self._buffer), 0 if self._buffer else timeout_s
+                )
+            return self._take(self.batch_size)
+        if not self._buffer:
+            await self._read(self.batch_size, timeout_s)
+        self._start_embedding_ahead()
+        while self._seq_ready <= self._seq_taken and self._ahead_task is not None:
+            await asyncio.shield(self._ahead_task)
+        return self._take(min(self._seq_ready - self._seq_taken, self.batch_size))
+
+    def _unapplied_from(self) -> Offsets:
+        """Where the reader's next unapplied record is: after what was read, before what is
+        buffered. Equal to the disk checkpoint while this process is the one applying."""
+        out = dict(self._reader_next)
+        for rec in reversed(self._buffer):
+            out[rec.position.partition] = rec.position.offset
+        return out
+
+    async def _read_ahead(self, apply: asyncio.Future[Offsets]) -> None:
+        """While a batch is written (in its thread), read what the log receives meanwhile
+        and have its texts embedded in another thread: the model works on batch k+1 while
+        LanceDB writes batch k, instead of one after the other."""
+        while not apply.done() and len(self._buffer) < self.batch_size:
+            if self._pending_read is None:
+                want = self.batch_size - len(self._buffer)
+                self._pending_read = asyncio.ensure_future(self._read(want, 0.05))
+            read = self._pending_read
+            pending: list[asyncio.Future[Any]] = [apply, read]
+            await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            if read.done():
+                self._pending_read = None
+                read.result()
+                self._start_embedding_ahead()
+
+    def _start_embedding_ahead(self) -> None:
+        """Hand the buffered records the model has not seen to it, one batch at a time."""
+        start = max(self._seq_submitted, self._seq_taken)
+        if start >= self._seq_read or self._ahead_task is not None:
+            return
+        todo = self._buffer[start - self._seq_taken :]
+        self._seq_submitted = self._seq_read
+        self._ahead_task = asyncio.ensure_future(self._embed_ahead(todo, self._seq_read))
+
+    async def _embed_ahead(self, records: list[LogRecord], upto: int) -> None:
+        try:
+            await self.keys.refresh()
+            await asyncio.to_thread(self._embed_records, records)
+        except Exception:  # only an optimisation: the apply embeds what is missing
+            log.debug("embedding ahead failed", exc_info=True)
+        finally:
+            self._seq_ready = max(self._seq_ready, upto)
+            self._ahead_task = None
+        self._start_embedding_ahead()  # what was read meanwhile
+
+    def _embed_records(self, records: list[LogRecord]) -> None:
+        texts: dict[str, str] = {}
+        for rec in records:
+            event = decode_event(rec.value, self.keys.lookup)
+            if isinstance(event, MemoryAdded | MemoryUpdated) and event.text and not event.erased:
+                texts.setdefault(text_hash(event.text), event.text)
+        with self._ahead_lock:
+            todo = {k: t for k, t in texts.items() if k not in self._ahead}
+        if not todo:
+            return
+        vectors = self.embedder.embed(list(todo.values()))
+        with self._ahead_lock:
+            if len(self._ahead) > AHEAD_ITEMS:
+                self._ahead.clear()
+            self._ahead.update(zip(todo, vectors, strict=True))
 
     def _group_id(self) -> str:
         return f"memstream-projector-{self._gen_name}"
@@ -533,7 +646,13 @@ class Projector:
         `defer`: new vectors may wait in memory for a later cache write (see put_many).
         `cached`: every key the cache table holds (see TableIndex), to skip lookups."""
         keys = [text_hash(t) for t in texts]
-        found = self.cache.get_many(sorted(set(keys)), cached)
+        with self._ahead_lock:  # embedded ahead (see _read_ahead): new vectors, cache them
+            ahead = {k: v for k in keys if (v := self._ahead.pop(k, None)) is not None}
+        if ahead:
+            self.cache.put_many(ahead, defer=defer)
+            if cached is not None:
+                cached.add(list(ahead))
+        found = {**ahead, **self.cache.get_many(sorted(set(keys) - set(ahead)), cached)}
         missing = sorted({k: t for k, t in zip(keys, texts, strict=True) if k not in found}.items())
         if missing:
             vecs = self.embedder.embed([t for _, t in missing])

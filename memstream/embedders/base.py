@@ -17,6 +17,8 @@ class Embedder(ABC):
     name: str
     """Stable id of the model and its settings, e.g. 'minilm-l6-v2-int8' or 'hashing-384'."""
     dim: int
+    costly: bool = True
+    """Whether the projector should embed ahead (overlapping the model with its writes)."""
 
     @abstractmethod
     def embed(self, texts: Sequence[str]) -> np.ndarray:

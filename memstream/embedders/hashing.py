@@ -52,6 +52,8 @@ class HashingEmbedder(Embedder):
     """Feature hashing of lowercase words (weight 1) and their character trigrams (weight 0.5)
     into ``dim`` signed buckets, L2-normalised. Stateless and thread-safe."""
 
+    costly = False  # microseconds a text: embedding ahead would cost more than it saves
+
     def __init__(self, dim: int = 384) -> None:
         if not isinstance(dim, int) or isinstance(dim, bool) or dim < 8:
             raise ValueError(f"HashingEmbedder dim must be an int >= 8, got {dim!r}")
