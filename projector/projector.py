@@ -83,6 +83,27 @@ def required_offsets(positions: Sequence[Position]) -> Offsets:
     return req
 
 
+class Progress:
+    """Wakes whoever waits for the projector's next step. One shared future per step
+    rather than asyncio.Event + wait_for: hundreds of waiting writers then cost no task
+    each per wake-up."""
+
+    def __init__(self) -> None:
+        self._next: asyncio.Future[None] | None = None
+
+    def set(self) -> None:
+        if self._next is not None and not self._next.done():
+            self._next.set_result(None)
+        self._next = None
+
+    async def wait(self, timeout_s: float) -> bool:
+        """Until the next `set` (True) or `timeout_s` (False)."""
+        if self._next is None:
+            self._next = asyncio.get_running_loop().create_future()
+        done, _ = await asyncio.wait([self._next], timeout=timeout_s)
+        return bool(done)
+
+
 class Projector:
     def __init__(
         self,
@@ -111,7 +132,7 @@ class Projector:
         self._lock_fd = os.open(data_dir / "projector.lock", os.O_RDWR | os.O_CREAT, 0o644)
         self.checkpoint: Offsets = {}
         self._background = False
-        self._progress = asyncio.Event()
+        self._progress = Progress()
         # decisions of recently applied events, so a waiting writer need not read them back
         self._recent: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self._recent_lock = threading.Lock()  # written by the apply thread, read on the loop
@@ -308,7 +329,7 @@ class Projector:
     def _start_embedding_ahead(self) -> None:
         """Hand the buffered records the model has not seen to it, one batch at a time."""
         start = max(self._seq_submitted, self._seq_taken)
-        if start >= self._seq_read or self._ahead_task is not None:
+        if start >= self._seq_read or self._ahead_task is not None or not self.embedder.costly:
             return
         todo = self._buffer[start - self._seq_taken :]
         self._seq_submitted = self._seq_read
@@ -348,8 +369,10 @@ class Projector:
         """Block until every position is applied (read-your-writes)."""
         required = required_offsets(positions)
         deadline = time.monotonic() + timeout_s
+        stale = True  # look at the live generation (a replay may have swapped it) now and then
         while not covers(self.checkpoint, required):
-            self.generation()
+            if stale:
+                self.generation()
             if self.pinned is not None:
                 if covers(self.pinned, required):
                     self.checkpoint = self.generation().checkpoint()
@@ -364,18 +387,15 @@ class Projector:
                     f"projected within {timeout_s:.0f}s; they will appear once the projector catches up"
                 )
             if self._background:
-                self._progress.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._progress.wait(), 0.25)
-                if not covers(self.checkpoint, required):
-                    # another process may be the one projecting: look at the disk
+                stale = not await self._progress.wait(0.25)
+                if stale and not covers(self.checkpoint, required):
+                    # no progress here for a while: another process may be the one
+                    # projecting, so look at the disk
                     self.checkpoint = self.generation().checkpoint()
             elif self._alock.locked():
                 # another waiter is stepping: let its batch cover us too (group commit)
                 # instead of queueing for a step of our own that would apply almost nothing
-                self._progress.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._progress.wait(), 0.05)
+                stale = not await self._progress.wait(0.05)
             else:
                 await self.step(timeout_s=0.05)
 

@@ -173,10 +173,22 @@ class ProjectionStore:
         self.embedder = embedder
         self.log_identity = log_identity
         self.root.mkdir(parents=True, exist_ok=True)
+        self._current = self.root / "CURRENT"
+        self._current_stamp: tuple[int, int, int] | None = None
+        self._current_name: str | None = None
 
     def current_name(self) -> str | None:
-        path = self.root / "CURRENT"
-        return path.read_text().strip() if path.exists() else None
+        """The live generation's name. Asked on every write and wait, so the file is read
+        again only when a stat says it was replaced (promote writes a new inode)."""
+        try:
+            st = os.stat(self._current)
+        except FileNotFoundError:
+            return None
+        stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
+        if stamp != self._current_stamp:
+            self._current_name = self._current.read_text().strip()
+            self._current_stamp = stamp
+        return self._current_name
 
     def current(self) -> Generation:
         name = self.current_name()

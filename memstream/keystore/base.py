@@ -19,6 +19,7 @@ import hashlib
 import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from functools import lru_cache
 
 from memstream.scope import ENTITY_FIELDS, Scope
 
@@ -59,7 +60,12 @@ class Subject:
 
     def digest(self) -> str:
         """A fixed-length name for files and topic keys (sha256 hex of the canonical form)."""
-        return hashlib.sha256(self.canonical().encode()).hexdigest()
+        return _digest(self)
+
+
+@lru_cache(maxsize=65_536)
+def _digest(subject: Subject) -> str:  # asked for every event written and read
+    return hashlib.sha256(subject.canonical().encode()).hexdigest()
 
 
 @dataclass(frozen=True, slots=True)
