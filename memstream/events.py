@@ -245,7 +245,12 @@ def _tuple(value: Any) -> Any:
     return tuple(value) if isinstance(value, list) else value
 
 
-_CONVERTERS = {"scope": _scope, "actor": _actor, "event_id": str, "occurred_at": _millis}
+_CONVERTERS: dict[str, Callable[[Any], Any]] = {
+    "scope": _scope,
+    "actor": _actor,
+    "event_id": str,
+    "occurred_at": _millis,
+}
 _FIELD_CONVERTERS: dict[type, dict[str, Callable[[Any], Any]]] = {}
 
 
