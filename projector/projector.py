@@ -260,9 +260,11 @@ class Projector:
                     apply = asyncio.ensure_future(
                         asyncio.to_thread(self._apply_sync, gen, fresh, cp)
                     )
-                    if self._background:
-                        await self._read_ahead(apply)
-                    cp = await apply
+                    try:
+                        if self._background:
+                            await self._read_ahead(apply)
+                    finally:  # never leave the flock while the batch is being written
+                        cp = await apply
                 self.checkpoint = cp
             if fresh:
                 with contextlib.suppress(Exception):  # the group offset is informational
@@ -430,6 +432,13 @@ class Projector:
             self._background = False
 
     async def close(self) -> None:
+        ahead, self._ahead_task = self._ahead_task, None
+        if ahead is not None:
+            await asyncio.gather(ahead, return_exceptions=True)
+        if self._pending_read is not None:
+            self._pending_read.cancel()
+            await asyncio.gather(self._pending_read, return_exceptions=True)
+            self._pending_read = None
         reader, self._reader = self._reader, None
         if reader is not None:
             await reader.close()

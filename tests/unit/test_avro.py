@@ -164,7 +164,8 @@ def test_the_plain_decode_differs_only_in_the_types_of_ids_and_times(event: obje
     _, plain = codec.decode(data, logical=False)
     assert isinstance(plain["event_id"], str) and isinstance(plain["occurred_at"], int)
     assert str(logical["event_id"]) == plain["event_id"]
-    assert logical["occurred_at"] == dt.datetime.fromtimestamp(plain["occurred_at"] / 1000, dt.UTC)
+    epoch = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+    assert logical["occurred_at"] == epoch + dt.timedelta(milliseconds=plain["occurred_at"])
     assert {k: v for k, v in logical.items() if k not in ("event_id", "occurred_at")} == {
         k: v for k, v in plain.items() if k not in ("event_id", "occurred_at")
     }

@@ -1,0 +1,79 @@
+"""The background projector (as `memstream serve` runs it) with many concurrent writers.
+
+It reads ahead while a batch is written and, with a costly model, embeds ahead in another
+thread and applies only records whose texts are embedded. Whatever the interleaving, every
+write must be applied exactly once, in log order, with duplicates decided as without it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+
+import numpy as np
+
+from memstream.embedders.hashing import HashingEmbedder
+from memstream.service import Memstream
+from memstream.settings import Settings
+
+
+class SlowModel(HashingEmbedder):
+    """The hashing embedder, made to cost like a model (and to say so)."""
+
+    costly = True
+
+    def __init__(self) -> None:
+        super().__init__(dim=64)
+        self.name = "slow-hashing-64"
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        time.sleep(0.002 * len(texts))
+        return super().embed(texts)
+
+
+def test_concurrent_writers_each_see_their_own_decision(settings: Settings) -> None:
+    asyncio.run(_concurrent_writers(settings))
+
+
+async def _concurrent_writers(settings: Settings) -> None:
+    ms = await Memstream(settings, embedder=SlowModel()).start(background_projector=True)
+    try:
+        texts = [f"fact {i % 150}" for i in range(300)]  # every text twice: one ADD, one NONE
+
+        async def write(text: str) -> str:
+            [result] = await ms.add(text, user_id="alice")
+            return result.event
+
+        events = await asyncio.gather(*(write(t) for t in texts))
+        assert sorted(events) == ["ADD"] * 150 + ["NONE"] * 150
+        page = await ms.get_all({"user_id": "alice"}, page_size=1000)
+        assert sorted(m.memory for m in page.results) == sorted(set(texts))
+        found = await ms.search("fact 77", {"user_id": "alice"}, top_k=1)
+        assert found[0].memory == "fact 77"
+        history = await ms.history(page.results[0].id)
+        assert [h.event for h in history] == ["ADD", "NONE"]  # the duplicate resolved to it
+        assert ms.projector._seq_ready > 0  # texts were embedded ahead of their batch
+    finally:
+        await ms.close()
+
+
+def test_writes_without_waiting_are_all_applied_once(settings: Settings) -> None:
+    asyncio.run(_without_waiting(settings))
+
+
+async def _without_waiting(settings: Settings) -> None:
+    ms = await Memstream(settings, embedder=SlowModel()).start(background_projector=True)
+    try:
+        results = await asyncio.gather(
+            *(ms.add(f"note {i}", user_id=f"u{i % 7}", wait=False) for i in range(400))
+        )
+        assert all(r[0].pending for r in results)
+        await ms.catch_up()
+        for u in range(7):
+            page = await ms.get_all({"user_id": f"u{u}"}, page_size=1000)
+            assert sorted(m.memory for m in page.results) == sorted(
+                f"note {i}" for i in range(400) if i % 7 == u
+            )
+    finally:
+        await ms.close()
