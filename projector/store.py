@@ -266,6 +266,9 @@ class ProjectionStore:
 
 
 FLUSH_ITEMS = 1024  # deferred cache vectors are written once this many are pending
+# keys per `key IN (...)` lookup: each query has a fixed cost (measured on 300k cached
+# vectors, 10k keys: 470 ms in queries of 500 keys, 175 ms in one query of 10,000)
+LOOKUP_CHUNK = 10_000
 
 
 class EmbeddingCache:
@@ -322,8 +325,8 @@ class EmbeddingCache:
             missing = known.known(missing)
         table = self._tbl(create=False)
         if missing and table is not None:
-            for i in range(0, len(missing), 500):
-                chunk = missing[i : i + 500]
+            for i in range(0, len(missing), LOOKUP_CHUNK):
+                chunk = missing[i : i + LOOKUP_CHUNK]
                 rows = table.search().where(sql_in("key", chunk)).limit(None).to_arrow()
                 for key, vec in zip(
                     rows["key"].to_pylist(), rows["vector"].to_pylist(), strict=True
