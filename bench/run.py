@@ -57,9 +57,11 @@ sys.path.insert(0, str(BENCH))
 
 from workload import Memory, Workload, make_workload  # noqa: E402
 
+from memstream.crypto import keyed_hash  # noqa: E402
 from memstream.embedders import get_embedder  # noqa: E402
 from memstream.embedders.base import Embedder  # noqa: E402
 from memstream.events import Actor, MemoryAdded, message_of, new_id, text_hash  # noqa: E402
+from memstream.keystore.base import Subject  # noqa: E402
 from memstream.models import Tenant  # noqa: E402
 from memstream.scope import Scope  # noqa: E402
 from memstream.service import Memstream  # noqa: E402
@@ -158,12 +160,30 @@ def free_port() -> int:
 
 
 def added_event(m: Memory) -> MemoryAdded:
-    """The event `Memstream.add(m.text, ...)` appends for one message."""
+    """A plaintext MemoryAdded for one message (for `compare.py`, whose older installs
+    may not seal events; `corpus_messages` is what `Memstream.add` appends today)."""
     return MemoryAdded(
         scope=Scope.of(ORG, PROJECT, **m.entities()), memory_id=new_id(),
         actor=Actor(source="bench"), text=m.text, hash=text_hash(m.text),
         source_hash=text_hash(m.text),
     )  # fmt: skip
+
+
+async def corpus_messages(ms: Memstream, memories: list[Memory]) -> list[tuple[bytes, bytes]]:
+    """The log messages `Memstream.add(m.text, ...)` appends for these memories: each
+    subject's key is made as the writer makes it, texts are hashed with it and the event
+    sealed under it, so bulk projection and replay pay for opening them as they would."""
+    out = []
+    for m in memories:
+        scope = Scope.of(ORG, PROJECT, **m.entities())
+        subject = Subject.of_scope(scope)
+        assert subject is not None
+        key = await ms.projector.keys.key_for(subject)
+        digest = keyed_hash(key, m.text)
+        event = MemoryAdded(scope=scope, memory_id=new_id(), actor=Actor(source="bench"),
+                            text=m.text, hash=digest, source_hash=digest)  # fmt: skip
+        out.append(message_of(event, key))
+    return out
 
 
 class Run:
@@ -391,7 +411,7 @@ async def stage_corpus(run: Run, wl: Workload, data_dir: Path) -> None:
     try:
         start = time.perf_counter()
         for i in range(0, len(corpus), 5000):
-            await ms.log.append([message_of(added_event(m)) for m in corpus[i : i + 5000]])
+            await ms.log.append(await corpus_messages(ms, corpus[i : i + 5000]))
         append_s = time.perf_counter() - start
         say(f"appended {len(corpus):,} events in {append_s:.1f}s; projecting (cold cache) ...")
 

@@ -27,17 +27,17 @@ from typing import Any
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 
-from run import TENANT, added_event, concurrent_adds, p50, settings_for  # noqa: E402
+from run import TENANT, concurrent_adds, corpus_messages, p50, settings_for  # noqa: E402
 from workload import make_workload  # noqa: E402
 
-from memstream.events import message_of  # noqa: E402
 from memstream.service import Memstream  # noqa: E402
 
 
 async def load_corpus(ms: Memstream, memories: list[Any]) -> float:
-    """Append `memories` as MemoryAdded events and project them; returns events/s."""
+    """Append `memories` as the sealed MemoryAdded events `add` would append, and project
+    them; returns events/s."""
     for i in range(0, len(memories), 5000):
-        await ms.log.append([message_of(added_event(m)) for m in memories[i : i + 5000]])
+        await ms.log.append(await corpus_messages(ms, memories[i : i + 5000]))
     start = time.perf_counter()
     await ms.projector.catch_up(timeout_s=24 * 3600)
     return len(memories) / (time.perf_counter() - start)
