@@ -290,6 +290,19 @@ async def concurrent_adds(
     return time.perf_counter() - start, latencies, added
 
 
+def count_batches(ms: Memstream) -> list[int]:
+    """A list that gets the size of every batch `ms`'s projector applies from now on."""
+    sizes: list[int] = []
+    apply = ms.projector._apply_sync
+
+    def counting(gen: Any, records: Any, cp: Any) -> Any:
+        sizes.append(len(records))
+        return apply(gen, records, cp)
+
+    ms.projector._apply_sync = counting  # type: ignore[method-assign]
+    return sizes
+
+
 def settings_for(data_dir: Path, embedder: str, kafka: str | None) -> Settings:
     return Settings(
         data_dir=data_dir, kafka_bootstrap=kafka, embedder=embedder, org_id=ORG,
@@ -314,14 +327,7 @@ async def measure_ingest(
         ms = Memstream(settings_for(tmp, embedder_name, kafka))
         await ms.start(background_projector=background)
         try:
-            applied: list[int] = []
-            original = ms.projector._apply_sync
-
-            def counting(gen: Any, records: Any, cp: Any) -> Any:
-                applied.append(len(records))
-                return original(gen, records, cp)
-
-            ms.projector._apply_sync = counting  # type: ignore[method-assign]
+            applied = count_batches(ms)
             ms.embedder.embed(["warm up the model"])
             seconds, lat, added = await concurrent_adds(ms, memories, writers, wait=wait)
             total = seconds

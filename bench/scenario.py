@@ -27,7 +27,14 @@ from typing import Any
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 
-from run import TENANT, concurrent_adds, corpus_messages, p50, settings_for  # noqa: E402
+from run import (  # noqa: E402
+    TENANT,
+    concurrent_adds,
+    corpus_messages,
+    count_batches,
+    p50,
+    settings_for,
+)
 from workload import make_workload  # noqa: E402
 
 from memstream.service import Memstream  # noqa: E402
@@ -49,14 +56,7 @@ async def ingest(args: argparse.Namespace, data_dir: Path) -> str:
         background_projector=True
     )
     try:
-        sizes: list[int] = []
-        apply = ms.projector._apply_sync
-
-        def counting(gen: Any, records: Any, cp: Any) -> Any:
-            sizes.append(len(records))
-            return apply(gen, records, cp)
-
-        ms.projector._apply_sync = counting  # type: ignore[method-assign]
+        sizes = count_batches(ms)
         ms.embedder.embed(["warm up the model"])
         start = time.perf_counter()
         seconds, lat, _ = await concurrent_adds(
