@@ -19,7 +19,7 @@ import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -49,7 +49,6 @@ from memstream.projector.tables import (
 from memstream.sqlutil import sql_in
 
 log = logging.getLogger("memstream.projector")
-T = TypeVar("T")
 
 RECENT_DECISIONS = 100_000  # audit rows kept in memory for writers waiting on them
 # Superseded LanceDB versions older than this are deleted when a table is compacted (Lance's
@@ -58,12 +57,9 @@ RECENT_DECISIONS = 100_000  # audit rows kept in memory for writers waiting on t
 # on a version this old could miss its files: minutes are a wide margin.
 KEEP_VERSIONS = dt.timedelta(minutes=5)
 MAINTAIN_EVERY = 8  # live batches between two looks at the tables' fragment statistics
-# a live batch this large builds the TableIndex when there is none (a long-running
-# projector always does): below it, one read per table is cheaper than a scan
-INDEX_BUILD_BATCH = 2_000
 RESCAN_EVERY = 32  # batches between two index scans when other writers keep moving the tables
-REPLAY_BATCH = 10_000
-AHEAD_ITEMS = 10_000  # vectors embedded ahead and not used yet (a reset reader strands some)  # events per batch in a replay (the per-batch cost is paid 10x less often)
+REPLAY_BATCH = 10_000  # events per batch in a replay (the per-batch cost is paid 10x less often)
+AHEAD_ITEMS = 10_000  # vectors embedded ahead and not used yet (a reset reader strands some)
 
 
 class ProjectionTimeout(MemstreamError):
@@ -449,7 +445,7 @@ class Projector:
     # -- applying ------------------------------------------------------------------------
     def _apply_sync(self, gen: Generation, records: list[LogRecord], cp: Offsets) -> Offsets:
         """Apply a live batch (in a worker thread, under the flock)."""
-        index = self._index_for(gen, len(records))
+        index = self._index_for(gen)
         new_cp = self._apply_batch(gen, records, cp, index, live=True)
         # a table's fragment statistics cost a LanceDB call each: look every few batches
         # (and on a process's first batch, so short-lived CLI processes compact too)
@@ -460,20 +456,21 @@ class Projector:
             self._index_at = (gen.path, _versions(gen, self.cache))
         return new_cp
 
-    def _index_for(self, gen: Generation, batch: int) -> TableIndex | None:
+    def _index_for(self, gen: Generation) -> TableIndex | None:
         """The live generation's `TableIndex`, if it can be trusted: the tables are at the
         versions this process's last batch left them at (another writer -- a CLI command
         sharing the data directory, a crashed process's half-written batch -- moves them).
-        Otherwise it is rebuilt by a scan when that pays -- a long-running projector, or a
-        large batch; at most every `RESCAN_EVERY` batches, so a process taking turns with
-        another writer does not scan every time -- and the batch reads the tables for every
-        key when it does not."""
+        Otherwise it is rebuilt by a scan when that pays -- in a long-running projector
+        (the background one, or any that has applied a couple of batches; a one-shot CLI
+        command reads instead), at most every `RESCAN_EVERY` batches so that a process
+        taking turns with another writer does not scan every time -- and the batch reads
+        the tables for every key when it is not."""
         if self._index is not None and self._index_at == (gen.path, _versions(gen, self.cache)):
             return self._index
         self._index = self._index_at = None
         long_running = self._background or self._batches >= 2
         due = self._scanned_at is None or self._batches - self._scanned_at >= RESCAN_EVERY
-        if (long_running or batch >= INDEX_BUILD_BATCH) and due:
+        if long_running and due:
             self._index = TableIndex.scan(gen.memories(), gen.events(), self.cache.table())
             self._scanned_at = self._batches
         return self._index
