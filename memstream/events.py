@@ -212,7 +212,6 @@ def to_record(event: Event) -> dict[str, Any]:
 
 
 _FIELD_NAMES: dict[type, tuple[str, ...]] = {}
-_FIELD_SETS: dict[type, frozenset[str]] = {}
 
 
 def _field_names(cls: type) -> tuple[str, ...]:

@@ -35,8 +35,7 @@ def event_key(event: MemoryAdded) -> tuple[str | None, ...]:
 
 
 def row_key(r: dict[str, Any]) -> tuple[str | None, ...]:
-    return (r["org_id"], r["project_id"], r["user_id"], r["agent_id"], r["app_id"], r["run_id"],
-            r["hash"])  # fmt: skip
+    return tuple(r[column] for column in KEY_COLUMNS)
 
 
 class DigestSet:

@@ -672,17 +672,14 @@ class Projector:
         `defer`: new vectors may wait in memory for a later cache write (see put_many).
         `cached`: every key the cache table holds (see TableIndex), to skip lookups."""
         keys = [text_hash(t) for t in texts]
-        with self._ahead_lock:  # embedded ahead (see _read_ahead): new vectors, cache them
-            ahead = {k: v for k in keys if (v := self._ahead.pop(k, None)) is not None}
-        if ahead:
-            self.cache.put_many(ahead, defer=defer)
-            if cached is not None:
-                cached.add(list(ahead))
-        found = {**ahead, **self.cache.get_many(sorted(set(keys) - set(ahead)), cached)}
+        with self._ahead_lock:  # embedded ahead (see _read_ahead): new vectors too
+            fresh = {k: v for k in keys if (v := self._ahead.pop(k, None)) is not None}
+        found = {**fresh, **self.cache.get_many(sorted(set(keys) - set(fresh)), cached)}
         missing = sorted({k: t for k, t in zip(keys, texts, strict=True) if k not in found}.items())
         if missing:
             vecs = self.embedder.embed([t for _, t in missing])
-            fresh = {k: v for (k, _), v in zip(missing, vecs, strict=True)}
+            fresh.update((k, v) for (k, _), v in zip(missing, vecs, strict=True))
+        if fresh:
             self.cache.put_many(fresh, defer=defer)
             if cached is not None:  # held in memory until flushed: a superset is safe
                 cached.add(list(fresh))

@@ -243,7 +243,7 @@ class ProjectionStore:
         """Make `name` the live generation. The one it replaces is kept for
         `RETIRED_GRACE_S`: a query another process began on it a moment ago can finish."""
         old = self.current_name()
-        _atomic_write(self.root / "CURRENT", name)
+        _atomic_write(self._current, name)
         if old and old != name and (self.root / old).exists():
             _atomic_write(self.root / old / RETIRED, repr(time.time()))
         self.drop_retired(older_than_s=RETIRED_GRACE_S)
