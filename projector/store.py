@@ -23,6 +23,7 @@ from typing import Any
 import lancedb
 import numpy as np
 import pyarrow as pa
+from lancedb.index import BTree
 
 from memstream.log.base import Offsets
 from memstream.projector.index import DigestSet
@@ -145,13 +146,13 @@ class Generation:
         existing = {tuple(ix.columns) for ix in table.list_indices()}
         for column in ("id", *INDEXED_COLUMNS, "hash"):
             if (column,) not in existing:
-                table.create_scalar_index(column, index_type="BTREE")
+                table.create_index(column, config=BTree())
         events = self.events()
         if events is not None and events.count_rows() > 0:
             existing = {tuple(ix.columns) for ix in events.list_indices()}
             for column in ("event_id", "memory_id", "project_id", "request_id"):
                 if (column,) not in existing:
-                    events.create_scalar_index(column, index_type="BTREE")
+                    events.create_index(column, config=BTree())
 
 
 def live_embedder(data_dir: Path) -> str | None:
@@ -314,7 +315,7 @@ class EmbeddingCache:
         if table is None or table.count_rows() == 0:
             return
         if ("key",) not in {tuple(ix.columns) for ix in table.list_indices()}:
-            table.create_scalar_index("key", index_type="BTREE")
+            table.create_index("key", config=BTree())
 
     def get_many(self, keys: list[str], known: DigestSet | None = None) -> dict[str, np.ndarray]:
         """The stored vectors of `keys`. `known`, if given, holds every key the table holds

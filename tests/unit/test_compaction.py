@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-import warnings
 from pathlib import Path
 
 import lancedb
 import pyarrow as pa
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from lancedb.index import BTree
 
 from memstream.projector import compaction
 from memstream.projector.compaction import MIN_MERGE, first_index, segments_to_merge
@@ -60,9 +60,7 @@ def test_on_lancedb_the_big_fragment_is_left_alone_and_every_row_survives(
 ) -> None:
     db = lancedb.connect(tmp_path, read_consistency_interval=dt.timedelta(0))
     table = db.create_table("t", data=pa.table({"id": [f"base{i}" for i in range(5_000)]}))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        table.create_scalar_index("id", index_type="BTREE")
+    table.create_index("id", config=BTree())
     base = table.to_lance().get_fragments()[0].fragment_id
     n = 0
     for _ in range(12):  # twelve rounds of small appends, each followed by maintenance
