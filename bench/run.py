@@ -295,9 +295,9 @@ def count_batches(ms: Memstream) -> list[int]:
     sizes: list[int] = []
     apply = ms.projector._apply_sync
 
-    def counting(gen: Any, records: Any, cp: Any) -> Any:
+    def counting(gen: Any, records: Any, cp: Any, **kwargs: Any) -> Any:
         sizes.append(len(records))
-        return apply(gen, records, cp)
+        return apply(gen, records, cp, **kwargs)
 
     ms.projector._apply_sync = counting  # type: ignore[method-assign]
     return sizes

@@ -79,6 +79,11 @@ def required_offsets(positions: Sequence[Position]) -> Offsets:
     return req
 
 
+class _KeysUnseen(Exception):
+    """A batch has events sealed under keys the key store has not loaded: refresh it and
+    apply the batch again (nothing was written yet)."""
+
+
 class Progress:
     """Wakes whoever waits for the projector's next step. One shared future per step
     rather than asyncio.Event + wait_for: hundreds of waiting writers then cost no task
@@ -150,6 +155,11 @@ class Projector:
         self._unpurged: set[Path] = set()  # replay generations with erasures not yet purged
         self._batches = 0  # live batches applied by this process (maintain looks every few)
         self.pinned: Offsets | None = None  # the live generation's pin (replay --to-position)
+        # the key store must be refreshed before the next batch (see _applied); and the
+        # checkpoint this process's last batch wrote (another process applying in between
+        # may have applied erasures this one has not seen)
+        self._keys_stale = True
+        self._wrote: Offsets | None = None
 
     # -- generations ---------------------------------------------------------------------
     def generation(self) -> Generation:
@@ -252,15 +262,14 @@ class Projector:
                     self._progress.set()
                     return 0
                 if fresh:
-                    await self.keys.refresh()  # keys are made before the events sealed with them
-                    apply = asyncio.ensure_future(
-                        asyncio.to_thread(self._apply_sync, gen, fresh, cp)
-                    )
+                    if cp != self._wrote:  # another process applied batches meanwhile
+                        self._keys_stale = True
+                    apply = asyncio.ensure_future(self._applied(self._apply_sync, gen, fresh, cp))
                     try:
                         if self._background:
                             await self._read_ahead(apply)
                     finally:  # never leave the flock while the batch is being written
-                        cp = await apply
+                        cp = self._wrote = await apply
                 self.checkpoint = cp
             if fresh:
                 with contextlib.suppress(Exception):  # the group offset is informational
@@ -334,8 +343,7 @@ class Projector:
         self._ahead_task = asyncio.ensure_future(self._embed_ahead(todo, self._seq_read))
 
     async def _embed_ahead(self, records: list[LogRecord], upto: int) -> None:
-        try:
-            await self.keys.refresh()
+        try:  # a key not loaded yet: that text is embedded by the apply instead
             await asyncio.to_thread(self._embed_records, records)
         except Exception:  # only an optimisation: the apply embeds what is missing
             log.debug("embedding ahead failed", exc_info=True)
@@ -443,10 +451,33 @@ class Projector:
         os.close(self._lock_fd)
 
     # -- applying ------------------------------------------------------------------------
-    def _apply_sync(self, gen: Generation, records: list[LogRecord], cp: Offsets) -> Offsets:
+    async def _applied(self, apply: Callable[..., Offsets], *args: Any, **kwargs: Any) -> Offsets:
+        """Run `apply` (a batch) in a worker thread with the key store as fresh as it must be.
+
+        A refresh costs a broker round trip with Kafka (~4 ms, tens under load, and it was
+        on every batch's critical path), so it is done only when needed: when the batch
+        has events sealed under keys not loaded (made by another process; the batch is then
+        applied again), and before the first batch after an erasure was applied, here or by
+        another process (its keys were destroyed before it was appended: events opened
+        after it must see them gone). An event opened with a destroyed key before the
+        erasure is applied is scrubbed when it is, as if it had been applied earlier.
+        """
+        fresh = self._keys_stale
+        if fresh:
+            self._keys_stale = False
+            await self.keys.refresh()
+        try:
+            return await asyncio.to_thread(apply, *args, keys_fresh=fresh, **kwargs)
+        except _KeysUnseen:
+            await self.keys.refresh()
+            return await asyncio.to_thread(apply, *args, keys_fresh=True, **kwargs)
+
+    def _apply_sync(
+        self, gen: Generation, records: list[LogRecord], cp: Offsets, *, keys_fresh: bool
+    ) -> Offsets:
         """Apply a live batch (in a worker thread, under the flock)."""
         index = self._index_for(gen)
-        new_cp = self._apply_batch(gen, records, cp, index, live=True)
+        new_cp = self._apply_batch(gen, records, cp, index, live=True, keys_fresh=keys_fresh)
         # a table's fragment statistics cost a LanceDB call each: look every few batches
         # (and on a process's first batch, so short-lived CLI processes compact too)
         if self._batches % MAINTAIN_EVERY == 0:
@@ -483,6 +514,7 @@ class Projector:
         index: TableIndex | None,
         *,
         live: bool,
+        keys_fresh: bool = True,
     ) -> Offsets:
         """Decode, decide and write one batch; returns the new checkpoint (written last).
 
@@ -491,8 +523,12 @@ class Projector:
         the keys they may hold -- none, when every event is a new memory -- and rows the
         table cannot hold are appended rather than merged; without one, every key is read.
         A replay passes the index of what it has written to its new generation so far.
+        Unless `keys_fresh`, an event whose key is not found raises _KeysUnseen (see
+        `_applied`) instead of being applied as erased.
         """
         events = [(decode_event(r.value, self.keys.lookup), r.position) for r in records]
+        if not keys_fresh and any(e.erased for e, _ in events):
+            raise _KeysUnseen
         ids = [e.memory_id for e, _ in events if e.memory_id]
         adds = [e for e, _ in events if isinstance(e, MemoryAdded)]
         eids = [e.event_id for e, _ in events]
@@ -525,6 +561,8 @@ class Projector:
                     self._recent.popitem(last=False)
         self._write(gen, state, audits, decided, vectors, append=True)
         self._scrub(gen, state)
+        if state.erasures:
+            self._keys_stale = True
         if index is not None:
             index.record(eids, state.upserts())
         new_cp = dict(cp)
@@ -715,6 +753,7 @@ class Projector:
                         + ",".join(f"{p}:{max(o - 1, 0)}" for p, o in sorted(end.items()))
                     )
             new = self.store.new_generation(pinned=to)
+            self._keys_stale = True  # a replay opens every event: start from a fresh store
             reader = await self.log.reader({})
             try:
                 target = dict(to) if to is not None else end
@@ -745,8 +784,7 @@ class Projector:
                             r for r in batch if r.position.offset < to.get(r.position.partition, 0)
                         ]
                     if batch:
-                        await self.keys.refresh()
-                        cp = await asyncio.to_thread(
+                        cp = await self._applied(
                             self._apply_batch, new, batch, cp, written, live=False
                         )
                         done += len(batch)

@@ -262,7 +262,12 @@ class KafkaKeyStore(KeyStore):
 
     async def refresh(self) -> None:
         self._started()
+        called = time.monotonic()
         async with self._refresh_lock:
+            if self._loaded and self._refreshed_at > called:
+                # a refresh that began after this call did finish while we queued: it saw
+                # everything this one would (many writers going stale at once share it)
+                return
             began = time.monotonic()
             await self._bounded(
                 "read subject keys", self._catch_up(began), self.request_timeout_s * 2

@@ -17,13 +17,22 @@ from typing import Any, TypeVar
 
 import pytest
 
+from memstream.crypto import keyed_hash
 from memstream.errors import NotFoundError, ValidationError
-from memstream.events import MemoryAdded, SubjectErased, decode_event, now_ms
+from memstream.events import (
+    MemoryAdded,
+    SubjectErased,
+    decode_event,
+    message_of,
+    new_id,
+    now_ms,
+)
 from memstream.keystore.base import Subject
 from memstream.log.base import EventLog
 from memstream.producers.writer import subject_filters
 from memstream.query import analytics
 from memstream.query.export import export_memories
+from memstream.scope import Scope
 from memstream.service import Memstream
 from memstream.settings import Settings
 
@@ -250,6 +259,50 @@ def test_a_writer_in_another_process_never_seals_under_a_destroyed_key(
             for ms in (server, cli):
                 page = await ms.get_all({"user_id": "alice"})
                 assert [m.memory for m in page.results] == ["alice after erasure"]
+
+    asyncio.run(body())
+
+
+def test_a_projector_that_did_not_apply_the_erasure_still_sees_the_key_gone(
+    settings: Settings,
+) -> None:
+    """The projector refreshes its key store only when it must (a broker round trip per
+    batch otherwise). `late` is an event a writer sealed under alice's key just before
+    another process destroyed it, appended after the erasure (the race the key stores
+    allow). The process that applies it did not apply the erasure and had opened alice's
+    events with that key before: it must still treat the event as erased."""
+
+    async def body() -> None:
+        async with Memstream(settings) as server, Memstream(settings) as cli:
+            await server.add(SECRETS["plain"], user_id="alice")  # server holds alice's key
+            subject = Subject(server.tenant.org_id, server.tenant.project_id, "user_id", "alice")
+            old_key = await server.projector.keys.key_for(subject)
+            await cli.erase(user_id="alice")  # cli destroys the key and applies the erasure
+            await cli.catch_up()
+            late = MemoryAdded(
+                scope=Scope.of(server.tenant.org_id, server.tenant.project_id, user_id="alice"),
+                memory_id=new_id(), text=SECRETS["new"], hash=keyed_hash(old_key, SECRETS["new"]),
+            )  # fmt: skip
+            await server.log.append([message_of(late, old_key)])
+            await server.catch_up()  # the server applies `late`
+            assert (await server.get_all({"user_id": "alice"})).results == []
+            found = leaks({"files": b"".join(files_under(server.data_dir).values())})
+            assert found == []
+
+    asyncio.run(body())
+
+
+def test_events_sealed_under_a_key_another_process_made_are_opened(settings: Settings) -> None:
+    """A key this process has never loaded (another process made it) is looked for again
+    before the event is taken for erased."""
+
+    async def body() -> None:
+        async with Memstream(settings) as server, Memstream(settings) as cli:
+            await server.add(BOB, user_id="bob")  # the server has applied a batch already
+            await cli.add("carol's first memory", user_id="carol", wait=False)
+            await server.catch_up()  # the server opens carol's event: her key is new to it
+            page = await server.get_all({"user_id": "carol"})
+            assert [m.memory for m in page.results] == ["carol's first memory"]
 
     asyncio.run(body())
 
