@@ -30,13 +30,27 @@ def _bucket(feature: str, dim: int) -> tuple[int, float]:
 
 def _features(text: str) -> list[tuple[str, float]]:
     """Lowercase word tokens, plus the character trigrams of each word padded with '<' '>'."""
-    out: list[tuple[str, float]] = []
-    for word in _WORD.findall(text.lower()):
-        out.append(("w:" + word, _WORD_WEIGHT))
-        padded = f"<{word}>"
-        for i in range(len(padded) - 2):
-            out.append(("c:" + padded[i : i + 3], _TRIGRAM_WEIGHT))
+    return [f for word in _WORD.findall(text.lower()) for f in _word_features(word)]
+
+
+def _word_features(word: str) -> list[tuple[str, float]]:
+    out = [("w:" + word, _WORD_WEIGHT)]
+    padded = f"<{word}>"
+    out.extend(("c:" + padded[i : i + 3], _TRIGRAM_WEIGHT) for i in range(len(padded) - 2))
     return out
+
+
+@lru_cache(maxsize=1 << 16)
+def _word_buckets(word: str, dim: int) -> tuple[tuple[int, ...], tuple[float, ...]]:
+    """The buckets and signed weights of one word's features, in `_features` order.
+    Words repeat far more than texts do: a text costs a cache hit per word."""
+    buckets: list[int] = []
+    values: list[float] = []
+    for feature, weight in _word_features(word):
+        bucket, sign = _bucket(feature, dim)
+        buckets.append(bucket)
+        values.append(sign * weight)
+    return tuple(buckets), tuple(values)
 
 
 def _fallback_vector(dim: int) -> np.ndarray:
@@ -68,19 +82,22 @@ class HashingEmbedder(Embedder):
         if isinstance(texts, str):
             raise TypeError("embed() takes a sequence of texts; use embed_one() for one text")
         n = len(texts)
-        flat_index: list[int] = []
-        values: list[float] = []
         dim = self.dim
+        buckets: list[int] = []
+        values: list[float] = []
+        per_row = np.zeros(n, dtype=np.int64)
         for row, text in enumerate(texts):
-            base = row * dim
-            for feature, weight in _features(text):
-                bucket, sign = _bucket(feature, dim)
-                flat_index.append(base + bucket)
-                values.append(sign * weight)
+            before = len(buckets)
+            for word in _WORD.findall(text.lower()):
+                word_buckets, word_values = _word_buckets(word, dim)
+                buckets.extend(word_buckets)
+                values.extend(word_values)
+            per_row[row] = len(buckets) - before
+        # the same (index, weight) sequence as feature by feature, so the same sums
+        flat = np.repeat(np.arange(n, dtype=np.int64) * dim, per_row)
+        flat += np.asarray(buckets, dtype=np.int64)
         out = np.bincount(
-            np.asarray(flat_index, dtype=np.int64),
-            weights=np.asarray(values, dtype=np.float64),
-            minlength=n * dim,
+            flat, weights=np.asarray(values, dtype=np.float64), minlength=n * dim
         ).reshape(n, dim)
         norms = np.linalg.norm(out, axis=1, keepdims=True)
         empty = norms[:, 0] == 0.0

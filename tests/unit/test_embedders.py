@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from memstream.embedders import (
     Embedder,
@@ -68,6 +70,36 @@ def test_hashing_is_deterministic_across_instances_and_processes() -> None:
     )
     there = np.asarray(json.loads(done.stdout), dtype=np.float32)
     assert np.array_equal(here, there)
+
+
+def reference_hashing(texts: list[str], dim: int) -> np.ndarray:
+    """The hashing embedder's definition, feature by feature (no per-word cache)."""
+    from memstream.embedders.hashing import _bucket, _features
+
+    index: list[int] = []
+    weights: list[float] = []
+    for row, text in enumerate(texts):
+        for feature, weight in _features(text):
+            bucket, sign = _bucket(feature, dim)
+            index.append(row * dim + bucket)
+            weights.append(sign * weight)
+    out = np.bincount(np.asarray(index, dtype=np.int64), np.asarray(weights), len(texts) * dim)
+    out = out.reshape(len(texts), dim)
+    norms = np.linalg.norm(out, axis=1, keepdims=True)
+    return (out / np.where(norms == 0.0, 1.0, norms)).astype(np.float32)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    texts=st.lists(st.text(max_size=80), min_size=1, max_size=8),
+    dim=st.sampled_from([8, 61, 384]),
+)
+def test_hashing_equals_its_feature_by_feature_definition(texts: list[str], dim: int) -> None:
+    """The per-word cache must not change a single bit: vectors are cached and stored."""
+    got = HashingEmbedder(dim).embed(texts)
+    want = reference_hashing(texts, dim)
+    featureless = np.linalg.norm(want, axis=1) == 0.0
+    assert np.array_equal(got[~featureless], want[~featureless])
 
 
 @pytest.mark.parametrize("dim", [384, 256, 64])
