@@ -12,12 +12,13 @@ import asyncio
 import contextlib
 import datetime as dt
 import fcntl
+import gc
 import logging
 import os
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +60,7 @@ KEEP_VERSIONS = dt.timedelta(minutes=5)
 MAINTAIN_EVERY = 8  # live batches between two looks at the tables' fragment statistics
 RESCAN_EVERY = 32  # batches between two index scans when other writers keep moving the tables
 REPLAY_BATCH = 10_000  # events per batch in a replay (the per-batch cost is paid 10x less often)
+REPLAY_GC_THRESHOLD = 50_000  # gen-0 collection threshold while a replay runs (default 700)
 AHEAD_ITEMS = 10_000  # vectors embedded ahead and not used yet (a reset reader strands some)
 
 
@@ -754,47 +756,69 @@ class Projector:
                     )
             new = self.store.new_generation(pinned=to)
             self._keys_stale = True  # a replay opens every event: start from a fresh store
-            reader = await self.log.reader({})
-            try:
-                target = dict(to) if to is not None else end
-                total = sum(target.values())
-                done = 0
-                cp: Offsets = {}
-                written = TableIndex()
-                while True:
-                    if covers(cp, target):
-                        async with self._flock():
-                            if to is None:
-                                target = await self.log.end_offsets()
-                            if covers(cp, target):
-                                # nobody reads the new generation yet: keep its latest
-                                # version only (the replay's own batches and compactions
-                                # would otherwise stay on disk for keep_versions)
-                                self.maintain(new, force=True, unread=True)
-                                if new.path in self._unpurged:
-                                    erasure.purge_all(new, self.cache)
-                                    self._unpurged.discard(new.path)
-                                self.store.promote(new.path.name)
-                                break
-                    batch = await reader.next_batch(
-                        max(self.batch_size, REPLAY_BATCH), timeout_s=0.5
-                    )
-                    if to is not None:  # nothing past the pinned position
-                        batch = [
-                            r for r in batch if r.position.offset < to.get(r.position.partition, 0)
-                        ]
-                    if batch:
-                        cp = await self._applied(
-                            self._apply_batch, new, batch, cp, written, live=False
-                        )
-                        done += len(batch)
-                        if progress is not None:
-                            progress(done, max(total, done))
-            finally:
-                await reader.close()
+            with _fewer_collections():
+                await self._rebuild(new, end, to, progress)
             self._gen = None
         self.generation()
         return new
+
+    async def _rebuild(
+        self,
+        new: Generation,
+        end: Offsets,
+        to: Offsets | None,
+        progress: Callable[[int, int], Any] | None,
+    ) -> None:
+        """Apply the log from offset 0 to `to` (or its end) into `new`, then promote it."""
+        reader = await self.log.reader({})
+        try:
+            target = dict(to) if to is not None else end
+            total = sum(target.values())
+            done = 0
+            cp: Offsets = {}
+            written = TableIndex()
+            while True:
+                if covers(cp, target):
+                    async with self._flock():
+                        if to is None:
+                            target = await self.log.end_offsets()
+                        if covers(cp, target):
+                            # nobody reads the new generation yet: keep its latest
+                            # version only (the replay's own batches and compactions
+                            # would otherwise stay on disk for keep_versions)
+                            self.maintain(new, force=True, unread=True)
+                            if new.path in self._unpurged:
+                                erasure.purge_all(new, self.cache)
+                                self._unpurged.discard(new.path)
+                            self.store.promote(new.path.name)
+                            break
+                batch = await reader.next_batch(max(self.batch_size, REPLAY_BATCH), timeout_s=0.5)
+                if to is not None:  # nothing past the pinned position
+                    batch = [
+                        r for r in batch if r.position.offset < to.get(r.position.partition, 0)
+                    ]
+                if batch:
+                    cp = await self._applied(self._apply_batch, new, batch, cp, written, live=False)
+                    done += len(batch)
+                    if progress is not None:
+                        progress(done, max(total, done))
+        finally:
+            await reader.close()
+
+
+@contextlib.contextmanager
+def _fewer_collections() -> Iterator[None]:
+    """Run the cyclic garbage collector less often. A replay allocates a dozen objects an
+    event and frees nearly all of them by reference counting; at the default gen-0
+    threshold (700) the collector ran every ~60 events and cost 8-18% of a replay
+    (alternating runs of 50k events: 7,039 -> 8,323/s, 8,610 -> 9,694, 8,879 -> 9,599).
+    Process-wide, so only for the replay's duration."""
+    before = gc.get_threshold()
+    gc.set_threshold(REPLAY_GC_THRESHOLD, *before[1:])
+    try:
+        yield
+    finally:
+        gc.set_threshold(*before)
 
 
 def describe_pin(pinned: Offsets) -> str:

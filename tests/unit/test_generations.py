@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 from pathlib import Path
+
+import pytest
 
 from memstream.projector.store import RETIRED, ProjectionStore
 
@@ -56,3 +59,13 @@ def test_the_projector_drops_a_retired_generation_once_its_grace_period_is_over(
             await log.close()
 
     asyncio.run(go())
+
+
+def test_fewer_collections_is_undone_even_when_the_replay_fails() -> None:
+    from memstream.projector.projector import REPLAY_GC_THRESHOLD, _fewer_collections
+
+    before = gc.get_threshold()
+    with pytest.raises(RuntimeError), _fewer_collections():
+        assert gc.get_threshold() == (REPLAY_GC_THRESHOLD, *before[1:])
+        raise RuntimeError("replay failed")
+    assert gc.get_threshold() == before
