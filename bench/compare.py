@@ -114,10 +114,10 @@ async def child(args: argparse.Namespace) -> dict[str, Any]:
                     original = ms.projector._apply_sync
                     apply_s: list[float] = []
 
-                    def timed(*a: Any) -> Any:
+                    def timed(*a: Any, **kw: Any) -> Any:
                         t0 = time.perf_counter()
                         try:
-                            return original(*a)
+                            return original(*a, **kw)
                         finally:
                             apply_s.append(time.perf_counter() - t0)
 

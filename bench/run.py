@@ -295,9 +295,9 @@ def count_batches(ms: Memstream) -> list[int]:
     sizes: list[int] = []
     apply = ms.projector._apply_sync
 
-    def counting(gen: Any, records: Any, cp: Any, **kwargs: Any) -> Any:
+    def counting(gen: Any, records: Any, *args: Any, **kwargs: Any) -> Any:
         sizes.append(len(records))
-        return apply(gen, records, cp, **kwargs)
+        return apply(gen, records, *args, **kwargs)
 
     ms.projector._apply_sync = counting  # type: ignore[method-assign]
     return sizes
@@ -425,9 +425,9 @@ async def stage_corpus(run: Run, wl: Workload, data_dir: Path) -> None:
         start = time.perf_counter()
         original = ms.projector._apply_sync
 
-        def progress(gen: Any, records: Any, cp: Any) -> Any:
+        def progress(gen: Any, records: Any, *args: Any, **kwargs: Any) -> Any:
             nonlocal done
-            out = original(gen, records, cp)
+            out = original(gen, records, *args, **kwargs)
             done += len(records)
             if done % 50_000 < len(records):
                 say(f"  projected {done:,}/{len(corpus):,}")
