@@ -71,13 +71,26 @@ class Memstream:
         self._stop = asyncio.Event()
         self._background: asyncio.Task[None] | None = None
         self._sweeper: asyncio.Task[None] | None = None
+        self._read_your_writes = True
 
     async def start(
-        self, *, background_projector: bool = False, for_replay: bool = False
+        self,
+        *,
+        background_projector: bool = False,
+        for_replay: bool = False,
+        read_your_writes: bool = True,
     ) -> Memstream:
         """Open the log and the projection; a server passes background_projector=True to
         project continuously and sweep expiries. An outdated projection is rebuilt from the
-        log first (it is derived data); `for_replay` skips the checks replay itself fixes."""
+        log first (it is derived data); `for_replay` skips the checks replay itself fixes.
+
+        `consistent=True` reads (the default) reflect this instance's writes: without a
+        background projector they apply everything in the log first; with one they wait
+        until what this instance appended is applied (`add(wait=False)` then `search`
+        finds it). `read_your_writes=False` makes them not wait at all: a server shared by
+        many clients, where a read must not queue behind other clients' in-flight writes
+        (each client's synchronous write is applied before it is answered)."""
+        self._read_your_writes = read_your_writes
         await self.log.start()
         await self.projector.keys.start()
         if not for_replay:
@@ -156,10 +169,14 @@ class Memstream:
     ) -> FeedbackGiven:
         return await self.writer.feedback(tenant or self.tenant, memory_id, **kwargs)
 
-    # -- reads (consistent=True first applies everything already in the log) ------------
+    # -- reads (consistent=True: this instance's writes are applied first; see start) ----
     async def _fresh(self, consistent: bool) -> None:
-        if consistent and self._background is None:
+        if not consistent:
+            return
+        if self._background is None:
             await self.projector.catch_up()
+        elif self._read_your_writes:
+            await self.projector.catch_up_own()
 
     async def get(
         self,

@@ -60,6 +60,7 @@ class _Producer:
         self.projector.check_writable()  # a pinned projection (replay --to-position): 409
         messages = [message_of(e, await self._key(e.scope) if e.SEALED else None) for e in events]
         positions = await self.log.append(messages)
+        self.projector.note_appended(positions)
         if wait:
             await self.projector.wait_for(positions)
         return positions

@@ -162,6 +162,7 @@ class Projector:
         # may have applied erasures this one has not seen)
         self._keys_stale = True
         self._wrote: Offsets | None = None
+        self.appended: dict[int, int] = {}  # partition -> last offset this process appended
 
     # -- generations ---------------------------------------------------------------------
     def generation(self) -> Generation:
@@ -411,6 +412,20 @@ class Projector:
         """The audit rows (the projector's decisions) this process wrote recently, by id."""
         with self._recent_lock:
             return {i: row for i in event_ids if (row := self._recent.get(i)) is not None}
+
+    def note_appended(self, positions: Sequence[Position]) -> None:
+        """Remember positions this process's writers appended (see `catch_up_own`)."""
+        for pos in positions:
+            if pos.offset > self.appended.get(pos.partition, -1):
+                self.appended[pos.partition] = pos.offset
+
+    async def catch_up_own(self, timeout_s: float = 600.0) -> None:
+        """Until everything this process appended is applied: read-your-writes without
+        waiting for other processes' backlog (on a pinned generation: nothing)."""
+        self.generation()
+        if self.pinned is None and self.appended:
+            mine = [Position(p, o) for p, o in self.appended.items()]
+            await self.wait_for(mine, timeout_s=timeout_s)
 
     async def catch_up(self, timeout_s: float = 600.0) -> Offsets:
         """Apply everything appended so far (on a pinned generation: nothing)."""

@@ -96,7 +96,8 @@ def create_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         ms = Memstream(settings)
-        await ms.start(background_projector=True)
+        # reads never wait for other clients' in-flight writes (see Memstream.start)
+        await ms.start(background_projector=True, read_your_writes=False)
         keys = KeyRegistry.from_settings(settings)
         stop = asyncio.Event()
         follower: asyncio.Task[None] | None = None

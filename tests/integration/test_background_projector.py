@@ -77,3 +77,24 @@ async def _without_waiting(settings: Settings) -> None:
             )
     finally:
         await ms.close()
+
+
+def test_consistent_reads_see_this_instances_writes(settings: Settings) -> None:
+    """With a background projector, a default (consistent) read waits for what this
+    instance appended: add(wait=False) and then get_all/search at once find everything."""
+
+    async def body() -> None:
+        ms = await Memstream(settings, embedder=SlowModel()).start(background_projector=True)
+        try:
+            for round_ in range(3):
+                texts = [f"round {round_} note {i} about kayaks" for i in range(40)]
+                for text in texts:
+                    await ms.add(text, user_id="rita", wait=False)
+                page = await ms.get_all({"user_id": "rita"}, page_size=1000)
+                assert {m.memory for m in page.results} >= set(texts)
+                found = await ms.search(texts[-1], {"user_id": "rita"}, top_k=1)
+                assert [m.memory for m in found] == [texts[-1]]
+        finally:
+            await ms.close()
+
+    asyncio.run(body())
