@@ -1,0 +1,37 @@
+"""The embedding cache: vectors come back exactly as stored, from memory or from LanceDB."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import memstream.projector.store as store
+from memstream.projector.store import EmbeddingCache
+
+
+def test_a_cold_cache_reads_back_exactly_what_was_stored(tmp_path: Path) -> None:
+    rng = np.random.default_rng(7)
+    stored = {f"key-{i:05d}": rng.standard_normal(48).astype(np.float32) for i in range(300)}
+    writer = EmbeddingCache(tmp_path, "model-a", 48)
+    writer.put_many(dict(list(stored.items())[:200]))
+    writer.put_many(dict(list(stored.items())[200:]))  # a second fragment: several chunks
+
+    cold = EmbeddingCache(tmp_path, "model-a", 48)  # another process: nothing in memory
+    wanted = sorted(stored)[::3] + ["never-stored"]
+    found = cold.get_many(wanted)
+    assert sorted(found) == sorted(stored)[::3]
+    for key, vector in found.items():
+        assert vector.dtype == np.float32 and vector.shape == (48,)
+        assert np.array_equal(vector, stored[key])
+    assert EmbeddingCache(tmp_path, "model-b", 48).get_many(wanted) == {}  # per model
+
+
+def test_lookups_larger_than_one_query(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(8)
+    stored = {f"k{i}": rng.standard_normal(8).astype(np.float32) for i in range(25)}
+    EmbeddingCache(tmp_path, "m", 8).put_many(stored)
+    monkeypatch.setattr(store, "LOOKUP_CHUNK", 4)  # seven queries
+    found = EmbeddingCache(tmp_path, "m", 8).get_many(sorted(stored))
+    assert {k: v.tolist() for k, v in found.items()} == {k: v.tolist() for k, v in stored.items()}
