@@ -482,8 +482,8 @@ class Projector:
         """
         fresh = self._keys_stale
         if fresh:
-            self._keys_stale = False
             await self.keys.refresh()
+            self._keys_stale = False  # only once it succeeded: a failed refresh is retried
         try:
             return await asyncio.to_thread(apply, *args, keys_fresh=fresh, **kwargs)
         except _KeysUnseen:
