@@ -163,7 +163,7 @@ class Projector:
         # may have applied erasures this one has not seen)
         self._keys_stale = True
         self._wrote: Offsets | None = None
-        self.appended: dict[int, int] = {}  # partition -> last offset this process appended
+        self.appended: Offsets = {}  # after the last event this process appended, per partition
 
     # -- generations ---------------------------------------------------------------------
     def generation(self) -> Generation:
@@ -377,7 +377,10 @@ class Projector:
 
     async def wait_for(self, positions: Sequence[Position], timeout_s: float = 60.0) -> None:
         """Block until every position is applied (read-your-writes)."""
-        required = required_offsets(positions)
+        await self._wait_until(required_offsets(positions), timeout_s)
+
+    async def _wait_until(self, required: Offsets, timeout_s: float) -> None:
+        """Block until the checkpoint covers `required` (next offset per partition)."""
         deadline = time.monotonic() + timeout_s
         stale = True  # look at the live generation (a replay may have swapped it) now and then
         while not covers(self.checkpoint, required):
@@ -416,17 +419,15 @@ class Projector:
 
     def note_appended(self, positions: Sequence[Position]) -> None:
         """Remember positions this process's writers appended (see `catch_up_own`)."""
-        for pos in positions:
-            if pos.offset > self.appended.get(pos.partition, -1):
-                self.appended[pos.partition] = pos.offset
+        for p, o in required_offsets(positions).items():
+            self.appended[p] = max(self.appended.get(p, 0), o)
 
     async def catch_up_own(self, timeout_s: float = 600.0) -> None:
         """Until everything this process appended is applied: read-your-writes without
         waiting for other processes' backlog (on a pinned generation: nothing)."""
         self.generation()
         if self.pinned is None and self.appended:
-            mine = [Position(p, o) for p, o in self.appended.items()]
-            await self.wait_for(mine, timeout_s=timeout_s)
+            await self._wait_until(dict(self.appended), timeout_s)
 
     async def catch_up(self, timeout_s: float = 600.0) -> Offsets:
         """Apply everything appended so far (on a pinned generation: nothing)."""
@@ -434,8 +435,7 @@ class Projector:
         if self.pinned is not None:
             return self.checkpoint
         end = await self.log.end_offsets()
-        positions = [Position(p, o - 1) for p, o in end.items() if o > 0]
-        await self.wait_for(positions, timeout_s=timeout_s)
+        await self._wait_until({p: o for p, o in end.items() if o > 0}, timeout_s)
         return self.checkpoint
 
     async def run_forever(self, stop: asyncio.Event) -> None:
