@@ -290,16 +290,24 @@ async def concurrent_adds(
     return time.perf_counter() - start, latencies, added
 
 
+def on_batches(ms: Memstream, observe: Callable[[int], Any]) -> Callable[[], None]:
+    """Call `observe(size)` after every live batch `ms`'s projector applies from now on;
+    returns what undoes it."""
+    apply = ms.projector._apply_sync
+
+    def observed(gen: Any, records: Any, *args: Any, **kwargs: Any) -> Any:
+        out = apply(gen, records, *args, **kwargs)
+        observe(len(records))
+        return out
+
+    ms.projector._apply_sync = observed  # type: ignore[method-assign]
+    return lambda: setattr(ms.projector, "_apply_sync", apply)
+
+
 def count_batches(ms: Memstream) -> list[int]:
     """A list that gets the size of every batch `ms`'s projector applies from now on."""
     sizes: list[int] = []
-    apply = ms.projector._apply_sync
-
-    def counting(gen: Any, records: Any, *args: Any, **kwargs: Any) -> Any:
-        sizes.append(len(records))
-        return apply(gen, records, *args, **kwargs)
-
-    ms.projector._apply_sync = counting  # type: ignore[method-assign]
+    on_batches(ms, sizes.append)
     return sizes
 
 
@@ -423,20 +431,17 @@ async def stage_corpus(run: Run, wl: Workload, data_dir: Path) -> None:
 
         done = 0
         start = time.perf_counter()
-        original = ms.projector._apply_sync
 
-        def progress(gen: Any, records: Any, *args: Any, **kwargs: Any) -> Any:
+        def progress(size: int) -> None:
             nonlocal done
-            out = original(gen, records, *args, **kwargs)
-            done += len(records)
-            if done % 50_000 < len(records):
+            done += size
+            if done % 50_000 < size:
                 say(f"  projected {done:,}/{len(corpus):,}")
-            return out
 
-        ms.projector._apply_sync = progress  # type: ignore[method-assign]
+        undo = on_batches(ms, progress)
         await ms.projector.catch_up(timeout_s=24 * 3600)
         project_s = time.perf_counter() - start
-        ms.projector._apply_sync = original  # type: ignore[method-assign]
+        undo()
         say(f"bulk projection: {rate(len(corpus), project_s):,} events/s; replaying (warm) ...")
 
         start = time.perf_counter()
