@@ -1,7 +1,7 @@
 """CLI commands over the log's history: audit, export, stats, churn and the SQL console.
 
-Registered on `memstream.cli.app` by the import at the bottom of cli.py. Like every command,
-they act for the configured org/project (--org-id/--project-id) and print one JSON document
+Registered on the shared `app` of `memstream.cli.common` when `memstream.cli` imports this
+module. Like every command, they act for the configured org/project (--org-id/--project-id) and print one JSON document
 with --json. `--as-of` takes what every point-in-time read takes (docs/audit.md): an ISO-8601
 datetime (naive = UTC) or a log position `p:o` / an offset on partition 0.
 """
@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 from rich.table import Table
 
-from memstream.cli import (
+from memstream.cli.common import (
     AgentId,
     AppId,
     Filters,
@@ -80,7 +80,7 @@ def audit(
 
     async def body(ms: Memstream) -> list[dict[str, Any]]:
         await ms.catch_up()
-        gen = ms.projector.generation()
+        gen = ms.generation()
         return await asyncio.to_thread(audit_window, gen, ms.tenant, f, start=start, end=end)
 
     entries = run(body)
@@ -155,7 +155,7 @@ def stats(
 
     async def body(ms: Memstream) -> dict[str, Any]:
         await ms.catch_up()
-        gen = ms.projector.generation()
+        gen = ms.generation()
         policies = ms.reader.policies(ms.tenant)
 
         def go() -> dict[str, Any]:
@@ -204,7 +204,7 @@ def churn(
 
     async def body(ms: Memstream) -> list[dict[str, Any]]:
         await ms.catch_up()
-        gen = ms.projector.generation()
+        gen = ms.generation()
         return await asyncio.to_thread(daily, gen, ms.tenant, f, days=days, now_ms=now_ms())
 
     rows = run(body)
@@ -235,7 +235,7 @@ def sql(
 
     async def body(ms: Memstream) -> Any:
         await ms.catch_up()
-        gen = ms.projector.generation()
+        gen = ms.generation()
         tenant = None if all_projects else ms.tenant
         return await asyncio.to_thread(run_sql, gen, tenant, query)
 

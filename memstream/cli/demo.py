@@ -118,7 +118,7 @@ async def _print_log(ms: Memstream, console: Console) -> None:
     try:
         while batch := await reader.next_batch(1000, timeout_s=0.1):
             for rec in batch:
-                ev = decode_event(rec.value, ms.projector.keys.lookup)
+                ev = decode_event(rec.value, ms.subject_keys.lookup)
                 ids = {k: v for k, v in ev.scope.entities().items() if v}
                 table.add_row(f"{rec.position.partition}:{rec.position.offset}", ev.event_type, str(ids),
                               (ev.memory_id or "")[:8])  # fmt: skip

@@ -7,7 +7,7 @@ from typing import Any
 
 import typer
 
-from memstream.cli import app, emit, fail, out, run
+from memstream.cli.common import app, emit, fail, out, run
 from memstream.events import Actor
 
 

@@ -8,7 +8,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from memstream.cli import app, emit, fail, out, run
+from memstream.cli.common import app, emit, fail, out, run
 from memstream.errors import ValidationError
 
 
@@ -21,7 +21,7 @@ def log_command(
 ) -> None:
     """The raw event log, decoded: who did what, when, under which key. Events of an erased
     subject show that they exist and that they were erased, never their content."""
-    from memstream.logdump import dump
+    from memstream.cli.logdump import dump
     from memstream.query.timetravel import parse_as_of
 
     if limit < 0:

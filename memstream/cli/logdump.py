@@ -55,6 +55,6 @@ async def read_log(log: EventLog, start: Offsets, limit: int | None) -> list[Log
 
 
 async def dump(ms: Memstream, start: Offsets, limit: int | None) -> list[dict[str, Any]]:
-    await ms.projector.keys.refresh()
+    await ms.subject_keys.refresh()
     records = await read_log(ms.log, start, limit)
-    return [describe(decode_event(r.value, ms.projector.keys.lookup), r) for r in records]
+    return [describe(decode_event(r.value, ms.subject_keys.lookup), r) for r in records]

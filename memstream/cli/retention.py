@@ -7,7 +7,7 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from memstream.cli import app, emit, out, run
+from memstream.cli.common import app, emit, out, run
 from memstream.events import Actor
 
 retention = typer.Typer(help="Retention policies: memories expire a TTL after their last write.")
@@ -27,7 +27,7 @@ def set_policy(
     given = {k: v for k, v in {"run_id": run_id, "app_id": app_id, "agent_id": agent_id,
                                "user_id": user_id}.items() if v is not None}  # fmt: skip
     if len(given) != 1:
-        from memstream.cli import fail
+        from memstream.cli.common import fail
 
         fail("give exactly one of --run-id, --app-id, --agent-id, --user-id (the pattern)")
     [(field, pattern)] = given.items()

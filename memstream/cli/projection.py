@@ -1,0 +1,120 @@
+"""The projection commands: replay, status, project, and the demo that walks through them."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+from memstream.cli.common import app, emit, err, out, run, state
+
+if TYPE_CHECKING:
+    from memstream.service import Memstream
+
+
+@app.command()
+def replay(
+    to_position: str = typer.Option(
+        None,
+        "--to-position",
+        help="rebuild only up to and including this log position (0:1234, or 0:12,1:40 on "
+        "Kafka) and pin the projection there: writes are refused until `memstream replay` "
+        "without it rebuilds to the end and unpins",
+    ),
+    embedder: str = typer.Option(
+        None,
+        "--embedder",
+        help="re-embed every memory with this model (minilm | hashing | openai:<model> | "
+        "sentence-transformers); the rebuilt projection then uses it",
+    ),
+) -> None:
+    """Rebuild every projection from the start of the log into fresh tables, then swap them in."""
+
+    async def body(ms: Memstream) -> dict[str, Any]:
+        with Progress(
+            "[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+            TimeElapsedColumn(), console=err, disable=state.json,
+        ) as bar:  # fmt: skip
+            task = bar.add_task("replaying", total=None)
+            n = await ms.replay(
+                lambda done, total: bar.update(task, completed=done, total=total),
+                to_position=to_position,
+            )
+        return {"message": "Replay complete", "events": n, "pinned": ms.status()["pinned"]}
+
+    settings = replace(state.settings, embedder=embedder) if embedder else None
+    result = run(body, settings=settings, for_replay=True)
+
+    def human() -> None:
+        out.print(f"replayed {result['events']} events")
+        if result["pinned"] is not None:
+            out.print(
+                f"pinned at log position {result['pinned']}: writes are refused until "
+                "`memstream replay` (without --to-position) rebuilds to the end and unpins"
+            )
+
+    emit(result, human)
+
+
+@app.command()
+def status() -> None:
+    """The live projection: its generation, how far it has projected, and its pin if any."""
+
+    async def body(ms: Memstream) -> dict[str, Any]:
+        return ms.status()
+
+    result = run(body)
+
+    def human() -> None:
+        out.print(f"log         {result['log']}", highlight=False)
+        out.print(f"generation  {result['generation']}", highlight=False)
+        position = ",".join(f"{p}:{o}" for p, o in result["checkpoint"].items()) or "(empty)"
+        out.print(f"projected   next offsets {position}", highlight=False)
+        if result["pinned"] is not None:
+            out.print(
+                f"pinned      at log position {result['pinned']} (replay --to-position): "
+                "writes are refused; `memstream replay` rebuilds to the end and unpins",
+                highlight=False,
+            )
+        else:
+            out.print("pinned      no", highlight=False)
+
+    emit(result, human)
+
+
+@app.command()
+def project(
+    once: bool = typer.Option(False, "--once", help="catch up and exit"),
+    batch_size: int = typer.Option(1000, "--batch-size", min=1, help="events per LanceDB write"),
+) -> None:
+    """Run the projector standalone: consume the log into LanceDB until stopped."""
+
+    async def body(ms: Memstream) -> int:
+        if once:
+            return await ms.run_projector(None, batch_size=batch_size)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        err.print(f"projecting {ms.settings.log_description} into {ms.data_dir} (Ctrl-C to stop)")
+        return await ms.run_projector(stop, batch_size=batch_size)
+
+    n = run(body)
+    emit(
+        {"message": "Projector stopped", "position": n},
+        lambda: out.print(f"projected up to {n} events"),
+    )
+
+
+@app.command()
+def demo(
+    keep: bool = typer.Option(False, "--keep", help="keep the temporary data dir"),
+) -> None:
+    """Walk through the whole idea on a temporary data dir."""
+    from memstream.cli.demo import run_demo
+
+    run_demo(state.settings, out, keep=keep)
