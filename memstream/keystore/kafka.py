@@ -47,17 +47,17 @@ from aiokafka.admin import NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from memstream.errors import LogUnavailableError
-from memstream.keystore.base import KeyStore, Subject, SubjectKey
-from memstream.keystore.file import decode_key, encode_key, new_key
-from memstream.log.kafka import (
-    _consume_exception,
-    _quietly,
-    _stop_producer,
+from memstream.kafkautil import (
     admin_client,
     bounded,
+    consume_exception,
     ensure_topic,
     kafka_error,
+    quietly,
+    stop_producer,
 )
+from memstream.keystore.base import KeyStore, Subject, SubjectKey
+from memstream.keystore.file import decode_key, encode_key, new_key
 
 __all__ = ["KafkaKeyStore", "KEY_TOPIC_CONFIGS"]
 
@@ -195,9 +195,9 @@ class KafkaKeyStore(KeyStore):
                 await self._bounded("reach Kafka", meta.start(), self.connect_timeout_s)
                 consumer.assign([self._tp])
             except BaseException:
-                await _stop_producer(producer, 5.0)
-                await _quietly(consumer.stop())
-                await _quietly(meta.stop())
+                await stop_producer(producer, 5.0)
+                await quietly(consumer.stop())
+                await quietly(meta.stop())
                 raise
             self._producer, self._consumer, self._meta = producer, consumer, meta
             try:
@@ -227,7 +227,7 @@ class KafkaKeyStore(KeyStore):
                 [ConfigResource(ConfigResourceType.TOPIC, self.topic)]
             )
         finally:
-            await _quietly(admin.close())
+            await quietly(admin.close())
         out: dict[str, str] = {}
         for response in responses:
             for error_code, error_message, _type, _name, entries in response.resources:
@@ -243,10 +243,10 @@ class KafkaKeyStore(KeyStore):
         producer, consumer, meta = self._producer, self._consumer, self._meta
         self._producer = self._consumer = self._meta = None
         if producer is not None:
-            await _stop_producer(producer, min(10.0, self.request_timeout_s))
+            await stop_producer(producer, min(10.0, self.request_timeout_s))
         for client in (consumer, meta):
             if client is not None:
-                await _quietly(client.stop())
+                await quietly(client.stop())
         with self._mutex:
             self._keys = {}
         self._loaded = False
@@ -360,7 +360,7 @@ class KafkaKeyStore(KeyStore):
             results = await self._bounded(action, send_all(), self.request_timeout_s * 2)
         except BaseException:
             for fut in futures:
-                fut.add_done_callback(_consume_exception)
+                fut.add_done_callback(consume_exception)
             raise
         last = -1
         for res in results:

@@ -21,15 +21,23 @@ from __future__ import annotations
 import asyncio
 import logging
 import weakref
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Sequence
 from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from aiokafka.admin import NewTopic
 
 from memstream.errors import LogUnavailableError, ValidationError
+from memstream.kafkautil import (
+    bounded,
+    consume_exception,
+    ensure_topic,
+    kafka_error,
+    quietly,
+    stop_producer,
+)
 from memstream.keystore.base import KeyStore
+from memstream.keystore.kafka import KafkaKeyStore
 from memstream.log.base import EventLog, LogReader, LogRecord, Offsets, Position
 
 __all__ = ["KafkaEventLog", "KafkaLogReader"]
@@ -47,9 +55,6 @@ TOPIC_CONFIGS = {
     "retention.bytes": "-1",
     "cleanup.policy": "delete",
 }
-
-# Network errors that are not KafkaError subclasses.
-_NETWORK_ERRORS: tuple[type[BaseException], ...] = (KafkaError, OSError, asyncio.TimeoutError)
 
 T = TypeVar("T")
 
@@ -155,8 +160,8 @@ class KafkaEventLog(EventLog):
                 )
                 await self._bounded("reach Kafka", meta.start(), self.connect_timeout_s)
             except BaseException:
-                await _stop_producer(producer, 5.0)
-                await _quietly(meta.stop())
+                await stop_producer(producer, 5.0)
+                await quietly(meta.stop())
                 raise
             self._partitions = sorted(parts)
             self._producer, self._meta = producer, meta
@@ -185,13 +190,13 @@ class KafkaEventLog(EventLog):
 
     async def close(self) -> None:
         for reader in list(self._readers):
-            await _quietly(reader.close())
+            await quietly(reader.close())
         producer, meta = self._producer, self._meta
         self._producer = self._meta = None
         if producer is not None:
-            await _stop_producer(producer, min(10.0, self.request_timeout_s))
+            await stop_producer(producer, min(10.0, self.request_timeout_s))
         if meta is not None:
-            await _quietly(meta.stop())
+            await quietly(meta.stop())
 
     # ------------------------------------------------------------------ writes
 
@@ -213,7 +218,7 @@ class KafkaEventLog(EventLog):
             results = await self._bounded("append", send_all(), timeout_s)
         except BaseException:
             for fut in futures:  # nobody will read these now: silence "never retrieved"
-                fut.add_done_callback(_consume_exception)
+                fut.add_done_callback(consume_exception)
             raise
         positions: list[Position] = []
         for res in results:
@@ -250,7 +255,7 @@ class KafkaEventLog(EventLog):
             for tp in tps:
                 consumer.seek(tp, max(0, int(start.get(tp.partition, 0))))
         except BaseException:
-            await _quietly(consumer.stop())
+            await quietly(consumer.stop())
             raise
         reader = KafkaLogReader(self, consumer, group_id)
         self._readers.add(reader)
@@ -258,8 +263,6 @@ class KafkaEventLog(EventLog):
 
     def subject_keys(self) -> KeyStore:
         """Subject keys on the compacted topic `<topic>.subject-keys` (memstream.keystore.kafka)."""
-        from memstream.keystore.kafka import KafkaKeyStore  # it imports this module
-
         return KafkaKeyStore(
             self.bootstrap_servers,
             f"{self.topic}.subject-keys",
@@ -285,7 +288,7 @@ class KafkaEventLog(EventLog):
                     out[tp.partition] = int(off)
             return out
         finally:
-            await _quietly(consumer.stop())
+            await quietly(consumer.stop())
 
 
 class KafkaLogReader(LogReader):
@@ -336,111 +339,4 @@ class KafkaLogReader(LogReader):
     async def close(self) -> None:
         consumer, self._consumer = self._consumer, None
         if consumer is not None:
-            await _quietly(consumer.stop())
-
-
-def kafka_error(
-    what: str, bootstrap_servers: str, topic: str, action: str, exc: BaseException | str
-) -> LogUnavailableError:
-    """`what` cannot `action`: the error names the bootstrap servers, the topic and the cause."""
-    if isinstance(exc, asyncio.TimeoutError):
-        cause = "timed out"
-    elif isinstance(exc, BaseException):
-        cause = str(exc) or type(exc).__name__
-        if type(exc).__name__ not in cause:
-            cause = f"{type(exc).__name__}: {cause}"
-    else:
-        cause = exc
-    return LogUnavailableError(
-        f"{what}: cannot {action} (bootstrap {bootstrap_servers}, topic {topic!r}): {cause}"
-    )
-
-
-async def bounded(
-    aw: Awaitable[T], timeout_s: float, error: Callable[[BaseException], LogUnavailableError]
-) -> T:
-    """Await `aw` within `timeout_s`; any Kafka/network failure -> `error(exc)`."""
-    try:
-        return await asyncio.wait_for(aw, timeout_s)
-    except LogUnavailableError:
-        raise
-    except _NETWORK_ERRORS as exc:
-        raise error(exc) from exc
-
-
-def admin_client(
-    bootstrap_servers: str, client_id: str, request_timeout_s: float
-) -> AIOKafkaAdminClient:
-    return AIOKafkaAdminClient(
-        bootstrap_servers=bootstrap_servers,
-        client_id=client_id,
-        request_timeout_ms=int(request_timeout_s * 1000),
-    )
-
-
-async def ensure_topic(
-    bootstrap_servers: str,
-    new: NewTopic,
-    *,
-    client_id: str,
-    connect_timeout_s: float,
-    request_timeout_s: float,
-    error: Callable[[str, BaseException | str], LogUnavailableError],
-) -> bool:
-    """Create topic `new` unless it exists (a racing creator is fine); True if created here.
-
-    Not bounded by a timeout itself: wrap it in `bounded`. `error(action, cause)` builds the
-    LogUnavailableError for a broker that refuses to create it.
-    """
-    admin = admin_client(bootstrap_servers, client_id, request_timeout_s)
-    try:
-        await asyncio.wait_for(admin.start(), connect_timeout_s)
-        if new.name in await admin.list_topics():
-            return False
-        try:
-            resp = await admin.create_topics([new])
-        except TopicAlreadyExistsError:
-            return False
-        for topic_error in resp.topic_errors:
-            code = topic_error[1]
-            if code == 0:
-                continue
-            if code == TopicAlreadyExistsError.errno:  # a racing creator won
-                return False
-            message = topic_error[2] if len(topic_error) > 2 else ""
-            raise error(f"create topic (error code {code})", message or f"code {code}")
-        return True
-    finally:
-        await _quietly(admin.close())
-
-
-async def _quietly(aw: Awaitable[object], timeout_s: float = 10.0) -> None:
-    try:
-        await asyncio.wait_for(aw, timeout_s)
-    except Exception as exc:  # closing must not mask the error that made us close
-        log.debug("ignored while closing: %r", exc)
-
-
-async def _stop_producer(producer: AIOKafkaProducer, timeout_s: float) -> None:
-    """Stop a producer without hanging when the broker is gone.
-
-    aiokafka's `stop()` first waits for every pending batch to be delivered, and with no
-    broker its sender retries forever. Those batches belong to appends that have already
-    failed (raised LogUnavailableError), so after `timeout_s` the sender task is cancelled,
-    which lets `stop()` go on to close the connections.
-    """
-    stopping = asyncio.ensure_future(producer.stop())
-    done, _ = await asyncio.wait({stopping}, timeout=timeout_s)
-    if not done:
-        sender = getattr(getattr(producer, "_sender", None), "sender_task", None)
-        if sender is not None and not sender.done():
-            log.warning(
-                "Kafka producer could not flush within %.0fs; dropping its queue", timeout_s
-            )
-            sender.cancel()
-    await _quietly(stopping, timeout_s)
-
-
-def _consume_exception(fut: asyncio.Future[Any]) -> None:
-    if not fut.cancelled():
-        fut.exception()
+            await quietly(consumer.stop())
