@@ -17,11 +17,12 @@ from typing import Any
 from memstream.embedders import get_embedder
 from memstream.embedders.base import Embedder
 from memstream.events import Actor, FeedbackGiven
+from memstream.keystore.base import KeyStore
 from memstream.log.base import EventLog
 from memstream.models import UNSET, HistoryEntry, MemoryView, Page, Tenant, WriteResult
 from memstream.producers.writer import MemoryWriter, RetentionWriter, SubjectEraser
 from memstream.projector.projector import Projector
-from memstream.projector.store import live_embedder
+from memstream.projector.store import Generation, live_embedder
 from memstream.query.reader import MemoryReader
 from memstream.settings import Settings
 
@@ -296,6 +297,34 @@ class Memstream:
 
     async def catch_up(self) -> None:
         await self.projector.catch_up()
+
+    # -- for faces that read the projection or the log themselves (analytics, `memstream log`):
+    # they get these handles from the service instead of reaching into the projector.
+    def generation(self) -> Generation:
+        """The live projection generation (its tables), for DuckDB analytics and exports."""
+        return self.projector.generation()
+
+    @property
+    def subject_keys(self) -> KeyStore:
+        """The subject-key store, to open sealed events read straight from the log."""
+        return self.projector.keys
+
+    def projected_events(self) -> int:
+        """How many events of the log the live projection has applied (all partitions)."""
+        return sum(self.projector.checkpoint.values())
+
+    async def run_projector(
+        self, stop: asyncio.Event | None, *, batch_size: int | None = None
+    ) -> int:
+        """Project the log until `stop` is set, or catch up once if it is None (`memstream
+        project`); answers how many events the projection has applied."""
+        if batch_size is not None:
+            self.projector.batch_size = batch_size
+        if stop is None:
+            await self.projector.catch_up()
+        else:
+            await self.projector.run_forever(stop)
+        return self.projected_events()
 
 
 __all__ = ["Actor", "Memstream", "Settings", "open_log"]

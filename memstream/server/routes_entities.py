@@ -30,7 +30,7 @@ NAMESPACE = uuid.UUID("5b8f0f6e-0d7e-4a55-9a49-3b0d6f3c5e11")
 
 
 def _entity_rows(ms: Memstream, tenant: Tenant) -> list[dict[str, Any]]:
-    rows = ms.projector.generation().query_memories(
+    rows = ms.generation().query_memories(
         tenant_predicate(tenant), [*ENTITY_FIELDS, "created_at", "updated_at"]
     )
     found: dict[tuple[str, str], dict[str, Any]] = {}

@@ -13,8 +13,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Query, Request
 
 from memstream.errors import NotFoundError, ValidationError
-from memstream.models import MemoryView, WriteResult, iso_ms
-from memstream.producers.writer import UNSET
+from memstream.models import UNSET, MemoryView, WriteResult, iso_ms
 from memstream.scope import ENTITY_FIELDS, normalise_id
 from memstream.server.auth import CallerDep
 from memstream.server.deps import (
