@@ -65,7 +65,7 @@ def hwm_mb() -> float:
 
 async def child(args: argparse.Namespace) -> dict[str, Any]:
     sys.path.insert(0, str(BENCH))
-    from run import TENANT, added_event, concurrent_adds, p50, rate, settings_for
+    from harness import TENANT, added_event, concurrent_adds, p50, rate, settings_for
     from workload import make_workload
 
     import memstream.projector.projector as pm

@@ -27,7 +27,7 @@ from typing import Any
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 
-from run import (  # noqa: E402
+from harness import (  # noqa: E402
     TENANT,
     concurrent_adds,
     corpus_messages,

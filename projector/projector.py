@@ -15,26 +15,25 @@ import fcntl
 import gc
 import logging
 import os
-import threading
 import time
-from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 
 from memstream.embedders.base import Embedder
 from memstream.errors import ConflictError, MemstreamError, ValidationError
-from memstream.events import MemoryAdded, MemoryUpdated, decode_event, text_hash
-from memstream.keystore.base import KeyStore, Subject
+from memstream.events import MemoryAdded, decode_event, text_hash
+from memstream.keystore.base import KeyStore
 from memstream.log.base import EventLog, LogReader, LogRecord, Offsets, Position
 from memstream.projector import compaction, erasure
-from memstream.projector.apply import BatchState, apply_event, scope_of_row
+from memstream.projector.ahead import AheadVectors
+from memstream.projector.apply import BatchState, apply_event
 from memstream.projector.compaction import first_index
+from memstream.projector.decisions import RecentDecisions
 from memstream.projector.index import DigestSet, TableIndex, event_key
+from memstream.projector.rows import table_versions, write_rows
 from memstream.projector.store import (
     FLUSH_ITEMS,
     RETIRED_GRACE_S,
@@ -42,17 +41,28 @@ from memstream.projector.store import (
     Generation,
     ProjectionStore,
 )
-from memstream.projector.tables import (
-    EVENTS_SCHEMA,
-    POLICIES_SCHEMA,
-    PROJECTION_VERSION,
-    memories_schema,
+from memstream.projector.tables import PROJECTION_VERSION
+from memstream.projector.waiting import (
+    Progress,
+    ProjectionTimeout,
+    covers,
+    describe_pin,
+    required_offsets,
 )
 from memstream.sqlutil import sql_in
 
+# re-exported: callers import the waiting vocabulary from here, where the projector is
+__all__ = [
+    "Progress",
+    "ProjectionTimeout",
+    "Projector",
+    "covers",
+    "describe_pin",
+    "required_offsets",
+]
+
 log = logging.getLogger("memstream.projector")
 
-RECENT_DECISIONS = 100_000  # audit rows kept in memory for writers waiting on them
 # Superseded LanceDB versions older than this are deleted when a table is compacted (Lance's
 # default keeps them 7 days: disk grew with every write and compaction). Readers use
 # read_consistency_interval=0 and reopen the latest version, so only a read still running
@@ -62,50 +72,11 @@ MAINTAIN_EVERY = 8  # live batches between two looks at the tables' fragment sta
 RESCAN_EVERY = 32  # batches between two index scans when other writers keep moving the tables
 REPLAY_BATCH = 10_000  # events per batch in a replay (the per-batch cost is paid 10x less often)
 REPLAY_GC_THRESHOLD = 50_000  # gen-0 collection threshold while a replay runs (default 700)
-AHEAD_ITEMS = 10_000  # vectors embedded ahead and not used yet (a reset reader strands some)
-
-
-class ProjectionTimeout(MemstreamError):
-    """The event is durable in the log but was not projected in time."""
-
-    status_code = 504
-
-
-def covers(checkpoint: Offsets, required: Offsets) -> bool:
-    return all(checkpoint.get(p, 0) >= o for p, o in required.items())
-
-
-def required_offsets(positions: Sequence[Position]) -> Offsets:
-    req: Offsets = {}
-    for pos in positions:
-        req[pos.partition] = max(req.get(pos.partition, 0), pos.offset + 1)
-    return req
 
 
 class _KeysUnseen(Exception):
     """A batch has events sealed under keys the key store has not loaded: refresh it and
     apply the batch again (nothing was written yet)."""
-
-
-class Progress:
-    """Wakes whoever waits for the projector's next step. One shared future per step
-    rather than asyncio.Event + wait_for: hundreds of waiting writers then cost no task
-    each per wake-up."""
-
-    def __init__(self) -> None:
-        self._next: asyncio.Future[None] | None = None
-
-    def set(self) -> None:
-        if self._next is not None and not self._next.done():
-            self._next.set_result(None)
-        self._next = None
-
-    async def wait(self, timeout_s: float) -> bool:
-        """Until the next `set` (True) or `timeout_s` (False)."""
-        if self._next is None:
-            self._next = asyncio.get_running_loop().create_future()
-        done, _ = await asyncio.wait([self._next], timeout=timeout_s)
-        return bool(done)
 
 
 class Projector:
@@ -138,8 +109,7 @@ class Projector:
         self._background = False
         self._progress = Progress()
         # decisions of recently applied events, so a waiting writer need not read them back
-        self._recent: OrderedDict[str, dict[str, Any]] = OrderedDict()
-        self._recent_lock = threading.Lock()  # written by the apply thread, read on the loop
+        self._recent = RecentDecisions()
         # what the live generation's tables hold (see projector/index.py), and the
         # (generation, table versions) it describes
         self._index: TableIndex | None = None
@@ -148,8 +118,7 @@ class Projector:
         # read but not applied yet, a read under way, and vectors embedded ahead of need
         self._buffer: list[LogRecord] = []
         self._pending_read: asyncio.Future[list[LogRecord]] | None = None
-        self._ahead: dict[str, np.ndarray] = {}  # text_hash -> vector
-        self._ahead_lock = threading.Lock()
+        self._ahead = AheadVectors()
         self._ahead_task: asyncio.Future[None] | None = None
         # records counted since start: read, taken for applying, handed to the model and
         # embedded; the buffer holds records number _seq_taken .. _seq_read - 1
@@ -348,29 +317,15 @@ class Projector:
 
     async def _embed_ahead(self, records: list[LogRecord], upto: int) -> None:
         try:  # a key not loaded yet: that text is embedded by the apply instead
-            await asyncio.to_thread(self._embed_records, records)
+            await asyncio.to_thread(
+                self._ahead.embed_records, records, self.keys.lookup, self.embedder
+            )
         except Exception:  # only an optimisation: the apply embeds what is missing
             log.debug("embedding ahead failed", exc_info=True)
         finally:
             self._seq_ready = max(self._seq_ready, upto)
             self._ahead_task = None
         self._start_embedding_ahead()  # what was read meanwhile
-
-    def _embed_records(self, records: list[LogRecord]) -> None:
-        texts: dict[str, str] = {}
-        for rec in records:
-            event = decode_event(rec.value, self.keys.lookup)
-            if isinstance(event, MemoryAdded | MemoryUpdated) and event.text and not event.erased:
-                texts.setdefault(text_hash(event.text), event.text)
-        with self._ahead_lock:
-            todo = {k: t for k, t in texts.items() if k not in self._ahead}
-        if not todo:
-            return
-        vectors = self.embedder.embed(list(todo.values()))
-        with self._ahead_lock:
-            if len(self._ahead) > AHEAD_ITEMS:
-                self._ahead.clear()
-            self._ahead.update(zip(todo, vectors, strict=True))
 
     def _group_id(self) -> str:
         return f"memstream-projector-{self._gen_name}"
@@ -414,8 +369,7 @@ class Projector:
 
     def decided(self, event_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
         """The audit rows (the projector's decisions) this process wrote recently, by id."""
-        with self._recent_lock:
-            return {i: row for i in event_ids if (row := self._recent.get(i)) is not None}
+        return self._recent.get(event_ids)
 
     def note_appended(self, positions: Sequence[Position]) -> None:
         """Remember positions this process's writers appended (see `catch_up_own`)."""
@@ -502,7 +456,7 @@ class Projector:
             self.maintain(gen)
         self._batches += 1
         if index is not None:  # what the index describes: the tables as this batch left them
-            self._index_at = (gen.path, _versions(gen, self.cache))
+            self._index_at = (gen.path, table_versions(gen, self.cache))
         return new_cp
 
     def _index_for(self, gen: Generation) -> TableIndex | None:
@@ -514,7 +468,10 @@ class Projector:
         command reads instead), at most every `RESCAN_EVERY` batches so that a process
         taking turns with another writer does not scan every time -- and the batch reads
         the tables for every key when it is not."""
-        if self._index is not None and self._index_at == (gen.path, _versions(gen, self.cache)):
+        if self._index is not None and self._index_at == (
+            gen.path,
+            table_versions(gen, self.cache),
+        ):
             return self._index
         self._index = self._index_at = None
         long_running = self._background or self._batches >= 2
@@ -572,12 +529,8 @@ class Projector:
         audits = [apply_event(state, e, pos, decided.get(e.event_id)) for e, pos in events]
         vectors = self._vectors(state, index.cached if live and index is not None else None)
         if live:
-            with self._recent_lock:
-                for row in audits:
-                    self._recent[row["event_id"]] = row
-                while len(self._recent) > RECENT_DECISIONS:
-                    self._recent.popitem(last=False)
-        self._write(gen, state, audits, decided, vectors, append=True)
+            self._recent.record(audits)
+        write_rows(gen, state, audits, decided, vectors, append=True)
         self._scrub(gen, state)
         if state.erasures:
             self._keys_stale = True
@@ -623,70 +576,6 @@ class Projector:
                 table, first_index(table), keep=cleanup, unread=unverified, full=forced
             )
 
-    def _write(
-        self,
-        gen: Generation,
-        state: BatchState,
-        audits: list[dict[str, Any]],
-        decided: dict[str, str],
-        vectors: dict[str, np.ndarray],
-        *,
-        append: bool,
-    ) -> None:
-        """Write a batch's audit rows, then its memories and policies.
-
-        With `append`, rows the table cannot hold yet are appended (`table.add`, one new
-        fragment) instead of merged: audit rows whose event_id was not recorded before
-        (`decided`), and memories not loaded from the table (`state.loaded`: the batch
-        loaded every row of the ids it touches, so any other id is new). `merge_insert`
-        then runs only for rows that exist, and a delete only for ids the table holds.
-        """
-        if audits:
-            table = gen.events(create=True)
-            if append:
-                seen: set[str] = set(decided)
-                fresh = []
-                for row in audits:
-                    if row["event_id"] not in seen:
-                        seen.add(row["event_id"])
-                        fresh.append(row)
-                if fresh:
-                    table.add(_arrow(fresh, EVENTS_SCHEMA))
-            else:
-                table.merge_insert("event_id").when_not_matched_insert_all().execute(
-                    _arrow(audits, EVENTS_SCHEMA)
-                )
-        upserts, deletes = state.upserts(), state.deletes()
-        if upserts or deletes:
-            table = gen.memories(create=True)
-            merged = upserts
-            if append:
-                new_rows = [r for r in upserts if r["id"] not in state.loaded]
-                merged = [r for r in upserts if r["id"] in state.loaded]
-                deletes = [mid for mid in deletes if mid in state.loaded]
-                if new_rows:
-                    table.add(_memory_rows(new_rows, vectors, gen.dim))
-            if merged:
-                table.merge_insert(
-                    "id"
-                ).when_matched_update_all().when_not_matched_insert_all().execute(
-                    _memory_rows(merged, vectors, gen.dim)
-                )
-            if deletes:
-                table.delete(sql_in("id", deletes))
-        if state.policies:
-            table = gen.policies(create=True)
-            kept = [row for row in state.policies.values() if row is not None]
-            gone = [key for key, row in state.policies.items() if row is None]
-            if gone:
-                table.delete(sql_in("key", gone))
-            if kept:
-                table.merge_insert(
-                    "key"
-                ).when_matched_update_all().when_not_matched_insert_all().execute(
-                    pa.Table.from_pylist(kept, schema=POLICIES_SCHEMA)
-                )
-
     def _scrub(self, gen: Generation, state: BatchState) -> None:
         """Apply the batch's erasures to the tables it wrote (after `_write`, before the
         checkpoint, so a crash re-applies them), and make them physical."""
@@ -694,7 +583,7 @@ class Projector:
             return
         for erased in state.erasures:
             erasure.scrub(gen, self.cache, self.data_dir, erased)
-            self._forget_decisions(erased.subject())
+            self._recent.forget(erased.subject())
         if gen is self._gen:
             erasure.purge_all(gen, self.cache)
             self.store.drop_retired()  # a replaced generation still holds the plaintext
@@ -702,15 +591,6 @@ class Projector:
             self._unpurged.add(gen.path)
             if (cache_table := self.cache.table()) is not None:  # the cache is live
                 erasure.purge(cache_table)
-
-    def _forget_decisions(self, subject: Subject) -> None:
-        with self._recent_lock:
-            for event_id in [
-                i
-                for i, row in self._recent.items()
-                if Subject.of_scope(scope_of_row(row)) == subject
-            ]:
-                del self._recent[event_id]
 
     def _vectors(self, state: BatchState, cached: DigestSet | None) -> dict[str, np.ndarray]:
         """The vectors of the rows whose text this batch set (id -> vector)."""
@@ -728,8 +608,7 @@ class Projector:
         `defer`: new vectors may wait in memory for a later cache write (see put_many).
         `cached`: every key the cache table holds (see TableIndex), to skip lookups."""
         keys = [text_hash(t) for t in texts]
-        with self._ahead_lock:  # embedded ahead (see _read_ahead): new vectors too
-            fresh = {k: v for k in keys if (v := self._ahead.pop(k, None)) is not None}
+        fresh = self._ahead.take(keys)  # embedded ahead (see _read_ahead): new vectors too
         found = {**fresh, **self.cache.get_many(sorted(set(keys) - set(fresh)), cached)}
         missing = sorted({k: t for k, t in zip(keys, texts, strict=True) if k not in found}.items())
         if missing:
@@ -835,40 +714,3 @@ def _fewer_collections() -> Iterator[None]:
         yield
     finally:
         gc.set_threshold(*before)
-
-
-def describe_pin(pinned: Offsets) -> str:
-    """A pin as the positions `--to-position` takes: "p:o" of the last included event."""
-    return ",".join(f"{p}:{o - 1}" for p, o in sorted(pinned.items()))
-
-
-def _versions(gen: Generation, cache: EmbeddingCache) -> tuple[int | None, ...]:
-    """The current versions of the tables a TableIndex describes (None: not created yet)."""
-    return tuple(
-        t.version if t is not None else None for t in (gen.memories(), gen.events(), cache.table())
-    )
-
-
-def _arrow(rows: list[dict[str, Any]], schema: pa.Schema) -> pa.Table:
-    """Rows (dicts) to an Arrow table, one column at a time (faster than from_pylist)."""
-    return pa.Table.from_arrays([_column(rows, f) for f in schema], schema=schema)
-
-
-def _column(rows: list[dict[str, Any]], field: pa.Field) -> pa.Array:
-    # itemgetter: the field's name is looked up once, not once a row (2-3x faster)
-    return pa.array(list(map(itemgetter(field.name), rows)), type=field.type)
-
-
-def _memory_rows(rows: list[dict[str, Any]], vectors: dict[str, np.ndarray], dim: int) -> pa.Table:
-    """Memory rows to Arrow; the vectors (new ones from `vectors`, else the row's own) as one
-    FixedSizeListArray built from a float32 matrix, not a Python list per row."""
-    schema = memories_schema(dim)
-    vecs = [vectors[r["id"]] if r["id"] in vectors else r["vector"] for r in rows]
-    if any(v is None for v in vecs):
-        vector = pa.array([None if v is None else np.asarray(v).tolist() for v in vecs],
-                          type=schema.field("vector").type)  # fmt: skip
-    else:
-        matrix = np.stack([np.asarray(v, dtype=np.float32) for v in vecs])
-        vector = pa.FixedSizeListArray.from_arrays(pa.array(matrix.reshape(-1)), dim)
-    columns = [vector if f.name == "vector" else _column(rows, f) for f in schema]
-    return pa.Table.from_arrays(columns, schema=schema)

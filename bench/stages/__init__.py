@@ -1,0 +1,1 @@
+"""The stages of bench/run.py, one module each; imported with bench/ on sys.path."""
