@@ -1,6 +1,6 @@
 """The reference evaluator: the filter language's meaning, in plain Python.
 
-This is the specification the SQL compilations in `query/filters.py` are tested against
+This is the specification the SQL compilations in `query/dialects.py` are tested against
 (tests/unit/test_filters_property.py runs random memories and random filters through
 LanceDB, DuckDB and this module and requires the same answer). It evaluates the AST
 directly (NOT stays NOT), so it is independent of the compiler's negation normal form.
@@ -18,7 +18,7 @@ import operator
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from memstream.query.filters import (
+from memstream.query.filtertree import (
     And,
     CategoriesAny,
     CategoryContains,
