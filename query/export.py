@@ -24,22 +24,36 @@ import os
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from memstream.errors import ValidationError
-from memstream.models import MemoryView, Tenant
-
-if TYPE_CHECKING:
-    from memstream.service import Memstream
+from memstream.models import MemoryView, Page, Tenant
 
 __all__ = ["EXPORT_COLUMNS", "EXPORT_FORMATS", "export_memories", "export_rows", "write_export"]
 
 EXPORT_FORMATS = ("json", "jsonl", "csv", "parquet")
 PAGE = 1000
+
+
+class PagedReads(Protocol):
+    """What an export reads from: get_all's pages (`memstream.service.Memstream` is one).
+
+    Named structurally so the query stage never imports the service that sits above it.
+    """
+
+    async def get_all(
+        self,
+        filters: Mapping[str, Any] | None,
+        *,
+        tenant: Tenant | None = ...,
+        consistent: bool = ...,
+        **kwargs: Any,
+    ) -> Page: ...
+
 
 EXPORT_SCHEMA = pa.schema(
     [
@@ -118,7 +132,7 @@ def write_export(rows: list[dict[str, Any]], path: Path, fmt: str) -> None:
 
 
 async def export_memories(
-    ms: Memstream,
+    ms: PagedReads,
     path: Path,
     fmt: str | None,
     filters: Mapping[str, Any] | None,
