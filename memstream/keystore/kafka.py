@@ -64,6 +64,15 @@ __all__ = ["KafkaKeyStore", "KEY_TOPIC_CONFIGS"]
 log = logging.getLogger(__name__)
 
 DELETE_RETENTION_MS = 24 * 3600 * 1000
+UNKNOWN_TOPIC_OR_PARTITION = 3  # Kafka's error code
+
+
+class _TopicNotKnownYet(LogUnavailableError):
+    """The broker does not know the topic (yet): retried by `_configs_once_known`."""
+
+    def __init__(self, action: str, cause: str) -> None:
+        super().__init__(f"Kafka key store: cannot {action}: {cause}")
+
 
 KEY_TOPIC_CONFIGS = {
     # Keys live as long as their subject: compaction only, never time or size retention.
@@ -160,7 +169,7 @@ class KafkaKeyStore(KeyStore):
             )
             configs = await self._bounded(
                 "describe the topic",
-                self.topic_configs(),
+                self._configs_once_known(),
                 self.connect_timeout_s + self.request_timeout_s,
             )
             policy = configs.get("cleanup.policy")
@@ -218,6 +227,21 @@ class KafkaKeyStore(KeyStore):
             isolation_level="read_uncommitted",
         )
 
+    async def _configs_once_known(self) -> dict[str, str]:
+        """`topic_configs`, retried while the broker does not know the topic yet.
+
+        Just after a topic is created, a broker may answer UNKNOWN_TOPIC_OR_PARTITION (error
+        code 3) until the new metadata reaches it (seen under load with KRaft). The caller
+        bounds the whole wait.
+        """
+        delay = 0.05
+        while True:
+            try:
+                return await self.topic_configs()
+            except _TopicNotKnownYet:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+
     async def topic_configs(self) -> dict[str, str]:
         """The topic's effective configuration (name -> value), as the broker describes it."""
         admin = admin_client(self.bootstrap_servers, self.client_id, self.request_timeout_s)
@@ -231,6 +255,10 @@ class KafkaKeyStore(KeyStore):
         out: dict[str, str] = {}
         for response in responses:
             for error_code, error_message, _type, _name, entries in response.resources:
+                if error_code == UNKNOWN_TOPIC_OR_PARTITION:
+                    raise _TopicNotKnownYet(
+                        f"describe the topic (error code {error_code})", error_message or ""
+                    )
                 if error_code:
                     raise self._error(
                         f"describe the topic (error code {error_code})", error_message or ""
