@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -222,6 +222,76 @@ class Memstream:
     ) -> list[HistoryEntry]:
         await self._fresh(consistent)
         return self.reader.history(tenant or self.tenant, memory_id)
+
+    async def stats(
+        self,
+        filters: Mapping[str, Any] | None,
+        *,
+        by: Sequence[str] = (),
+        tenant: Tenant | None = None,
+        as_of: Any = None,
+        show_expired: bool = False,
+    ) -> dict[str, Any]:
+        """Count the memories a read of `filters` would see (all of the project without
+        filters), grouped by each of `by` (user, agent, app, run, category, day) at once:
+        `{"total": n, "groups": {by: [{"key": k, "count": n}, ...]}}`. One scan, so a page
+        can show every value's count without fetching the memories."""
+        from memstream.events import now_ms
+        from memstream.query.analytics import GROUPINGS, live_memories
+        from memstream.query.analytics import stats as count
+
+        for name in by:
+            if name not in GROUPINGS:
+                from memstream.errors import ValidationError
+
+                raise ValidationError(f"by: must be among {', '.join(GROUPINGS)}, got {name!r}")
+        await self._fresh(True)
+        tenant = tenant or self.tenant
+        gen = self.projector.generation()
+        policies = self.reader.policies(tenant)
+
+        def go() -> dict[str, Any]:
+            rows = live_memories(
+                gen, tenant, filters, policies=policies, now_ms=now_ms(), as_of=as_of,
+                show_expired=show_expired,
+            )  # fmt: skip
+            groups = {name: count(rows, name)["results"] for name in dict.fromkeys(by)}
+            return {"total": rows.num_rows, "groups": groups}
+
+        return await asyncio.to_thread(go)
+
+    async def projector_lag(self) -> dict[str, Any]:
+        """How far this instance's projection trails the log: events written but not yet
+        applied, per partition and in all (0 = reads see everything written)."""
+        end = await self.log.end_offsets()
+        done = self.projector.generation().checkpoint()
+        behind = {p: max(0, o - done.get(p, 0)) for p, o in sorted(end.items())}
+        return {
+            "lag": sum(behind.values()),
+            "partitions": [
+                {"partition": p, "end": end[p], "applied": done.get(p, 0), "lag": n}
+                for p, n in behind.items()
+            ],
+        }
+
+    async def export(
+        self,
+        path: Path,
+        fmt: str | None,
+        filters: Mapping[str, Any] | None,
+        *,
+        tenant: Tenant | None = None,
+        as_of: Any = None,
+        show_expired: bool = False,
+    ) -> tuple[int, str]:
+        """Write every memory get_all(filters) returns to `path` (json, jsonl, csv or
+        parquet; see query/export.py): (count, format)."""
+        from memstream.query.export import export_memories
+
+        return await export_memories(
+            self, path, fmt, filters, tenant=tenant or self.tenant, as_of=as_of,
+            show_expired=show_expired,
+        )  # fmt: skip
 
     # -- retention -----------------------------------------------------------------------
     async def set_retention_policy(

@@ -12,18 +12,26 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import tempfile
 import uuid
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
-from fastapi import APIRouter, status
+from fastapi import APIRouter, Response, status
 
 from memstream.errors import NotFoundError, ValidationError
 from memstream.events import now_ms
 from memstream.models import Tenant, iso_ms
 from memstream.server.auth import CallerDep
 from memstream.server.deps import MsDep, combine
-from memstream.server.schemas import ExportCreateRequest, ExportGetRequest, Out, doc
+from memstream.server.schemas import (
+    ExportCreateRequest,
+    ExportDownloadRequest,
+    ExportGetRequest,
+    Out,
+    doc,
+)
 from memstream.service import Memstream
 
 router = APIRouter(tags=["exports"])
@@ -102,3 +110,39 @@ async def get_export(ms: MsDep, caller: CallerDep, body: ExportGetRequest) -> An
     ):
         raise NotFoundError("No memory export request found")
     return doc
+
+
+MEDIA_TYPES = {
+    "json": "application/json",
+    "jsonl": "application/x-ndjson",
+    "csv": "text/csv; charset=utf-8",
+    "parquet": "application/vnd.apache.parquet",
+}
+
+
+@router.post(
+    "/v1/exports/download/",
+    summary="Download memories as a file",
+    responses={200: {"description": "the file", "content": {t: {} for t in MEDIA_TYPES.values()}}},
+)
+async def download_export(ms: MsDep, caller: CallerDep, body: ExportDownloadRequest) -> Response:
+    """memstream's own: the memories `filters` select (now, or `as_of`), as a JSON, JSON
+    Lines, CSV or Parquet file (the columns of `memstream export`, docs/audit.md). Nothing is
+    kept on the server. Without filters, every memory of the key's project."""
+    filters = combine(body.filters, body.entities())
+    with tempfile.TemporaryDirectory(prefix="memstream-export-") as tmp:
+        path = Path(tmp) / f"memories.{body.format}"
+        count, fmt = await ms.export(
+            path, body.format, filters, tenant=caller.tenant, as_of=body.as_of,
+            show_expired=body.show_expired,
+        )  # fmt: skip
+        data = await asyncio.to_thread(path.read_bytes)
+    name = f"memories-{caller.tenant.project_id}.{fmt}"
+    return Response(
+        data,
+        media_type=MEDIA_TYPES[fmt],
+        headers={
+            "Content-Disposition": f"attachment; filename*=UTF-8''{quote(name, safe='')}",
+            "X-Memstream-Count": str(count),
+        },
+    )

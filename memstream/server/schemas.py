@@ -193,6 +193,35 @@ class ExportGetRequest(EntityIds):
     filters: Filters | None = None
 
 
+class ExportDownloadRequest(EntityIds):
+    """POST /v1/exports/download/: the memories `filters` select, as a file."""
+
+    filters: Filters | None = None
+    format: Literal["json", "jsonl", "csv", "parquet"] = Field(
+        default="json", description="json | jsonl | csv | parquet (docs/audit.md)"
+    )
+    as_of: AsOf | None = Field(default=None, description=AS_OF_DOC)
+    show_expired: bool = False
+
+
+StatsGroup = Literal["user", "agent", "app", "run", "category", "day"]
+
+
+class StatsRequest(EntityIds):
+    """POST /v1/stats/: counts of the memories `filters` select, grouped."""
+
+    filters: Filters | None = Field(
+        default=None, description="as get_all's; absent: every memory of the key's project"
+    )
+    by: list[StatsGroup] = Field(
+        default_factory=list,
+        description="groupings to count at once: user, agent, app, run, category, day",
+        max_length=6,
+    )
+    as_of: AsOf | None = Field(default=None, description=AS_OF_DOC)
+    show_expired: bool = False
+
+
 class ErasureRequest(EntityIds):
     """POST /v1/erasures/: exactly one entity id, the subject to crypto-shred."""
 
@@ -271,6 +300,22 @@ class ErasureOut(Out):
     memories_erased: int
     keys_destroyed: int
     event_id: str
+
+
+class CountOut(Out):
+    key: str | None = Field(..., description="the value (null: memories without one)")
+    count: int
+
+
+class LagOut(Out):
+    lag: int = Field(..., description="events in the log not yet applied by this server")
+    partitions: list[dict[str, int]]
+
+
+class StatsOut(Out):
+    total: int
+    groups: dict[str, list[CountOut]]
+    projector: LagOut
 
 
 class MessageOut(Out):
