@@ -19,6 +19,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
+from memstream.dashboard import mount_dashboard
 from memstream.errors import AuthError, LogUnavailableError, MemstreamError
 from memstream.keys import KeyRegistry
 from memstream.server import (
@@ -27,8 +28,10 @@ from memstream.server import (
     routes_exports,
     routes_memories,
     routes_platform,
+    routes_stats,
 )
 from memstream.server.deps import PendingAdds
+from memstream.server.docs_pages import install_docs
 from memstream.service import Memstream
 from memstream.settings import Settings
 
@@ -121,12 +124,17 @@ def create_app(settings: Settings) -> FastAPI:
         lifespan=lifespan,
         redirect_slashes=False,
         default_response_class=JSON,
+        docs_url=None,  # served from the package's own files (docs_pages.py)
+        redoc_url=None,
     )
     install_error_handlers(app)
     for module in (
         routes_platform, routes_memories, routes_entities, routes_exports, routes_erasure,
+        routes_stats,
     ):  # fmt: skip
         app.include_router(module.router)
+    install_docs(app)
+    mount_dashboard(app)
     return app
 
 
