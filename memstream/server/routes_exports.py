@@ -23,6 +23,7 @@ from fastapi import APIRouter, Response, status
 from memstream.errors import NotFoundError, ValidationError
 from memstream.events import now_ms
 from memstream.models import Tenant, iso_ms
+from memstream.scope import ENTITY_FIELDS
 from memstream.server.auth import CallerDep
 from memstream.server.deps import MsDep, combine
 from memstream.server.schemas import (
@@ -130,6 +131,8 @@ async def download_export(ms: MsDep, caller: CallerDep, body: ExportDownloadRequ
     Lines, CSV or Parquet file (the columns of `memstream export`, docs/audit.md). Nothing is
     kept on the server. Without filters, every memory of the key's project."""
     filters = combine(body.filters, body.entities())
+    if filters is None:  # the whole project: every memory has at least one entity id
+        filters = {"OR": [{field: "*"} for field in ENTITY_FIELDS]}
     with tempfile.TemporaryDirectory(prefix="memstream-export-") as tmp:
         path = Path(tmp) / f"memories.{body.format}"
         count, fmt = await ms.export(

@@ -207,7 +207,7 @@
     const noneCount = none ? none.count : 0;
     const options = [];
     if (entity) {
-      options.push(h("option", { value: UNSET }, "unset (= none)"));
+      options.push(h("option", { value: UNSET }, "unset = none"));
       options.push(h("option", { value: ANY }, `any (*) · ${total - noneCount}`));
       options.push(h("option", { value: NONE }, `none (null) · ${noneCount}`));
       options.push(h("option", { value: BOTH }, `any or none · ${total}`));
