@@ -238,6 +238,28 @@ def t_erase(c: httpx.Client, v: Victim, server: Server) -> None:
         assert body["memories_erased"] == 0 and body["subject"] == {field: name}
 
 
+def t_stats(c: httpx.Client, v: Victim, server: Server) -> None:
+    everything = ok(c.post("/v1/stats/", json={"by": ["user", "agent", "app", "run", "day"]}))
+    names = {g["key"] for groups in everything["groups"].values() for g in groups}
+    assert not names & {v.user, v.agent, v.run}
+    scoped = ok(c.post("/v1/stats/", json={"filters": _scope(v), "by": ["user"],
+                                           "org_id": "org_a", "project_id": "proj_a"}))  # fmt: skip
+    assert scoped["total"] == 0 and scoped["groups"]["user"] == []
+
+
+def t_projector(c: httpx.Client, v: Victim, server: Server) -> None:
+    body = ok(c.get("/v1/projector/"))
+    assert set(body) == {"lag", "partitions"}
+    _no_victim_text(body)
+
+
+def t_export_download(c: httpx.Client, v: Victim, server: Server) -> None:
+    for body in ({"filters": _scope(v), "format": "json"}, {"format": "csv"}):
+        r = c.post("/v1/exports/download/", json=body)
+        assert r.status_code == 200, r.text
+        assert "victim" not in r.text and v.memory_id not in r.text
+
+
 TENANCY_CASES: dict[tuple[str, str], Callable[[httpx.Client, Victim, Server], None]] = {
     ("GET", "/v1/ping/"): t_ping,
     ("GET", "/api/v1/orgs/organizations/{org_id}/projects/{project_id}/"): t_project,
@@ -265,6 +287,9 @@ TENANCY_CASES: dict[tuple[str, str], Callable[[httpx.Client, Victim, Server], No
     ("POST", "/v1/exports/"): t_export_create,
     ("POST", "/v1/exports/get/"): t_export_get,
     ("POST", "/v1/erasures/"): t_erase,
+    ("POST", "/v1/stats/"): t_stats,
+    ("GET", "/v1/projector/"): t_projector,
+    ("POST", "/v1/exports/download/"): t_export_download,
 }
 
 
