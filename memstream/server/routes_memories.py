@@ -13,7 +13,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Query, Request
 
 from memstream.errors import NotFoundError, ValidationError
-from memstream.models import UNSET, MemoryView, WriteResult, iso_ms
+from memstream.models import UNSET, HistoryEntry, MemoryView, WriteResult, iso_ms
 from memstream.scope import ENTITY_FIELDS, normalise_id
 from memstream.server.auth import CallerDep
 from memstream.server.deps import (
@@ -374,7 +374,15 @@ async def delete_memory(
 async def history(ms: MsDep, caller: CallerDep, memory_id: str) -> Any:
     """Every event of the memory, from the log, oldest first (a bare JSON array)."""
     entries = await ms.history(memory_id_param(memory_id), tenant=caller.tenant)
-    return [{**h.to_api(), "input": []} for h in entries]
+    return [_history_entry(h) for h in entries]
+
+
+def _history_entry(entry: HistoryEntry) -> dict[str, Any]:
+    out = {**entry.to_api(), "input": []}
+    if entry.event == "FEEDBACK":  # what was said, for the dashboard's timeline
+        out["feedback"] = entry.extra.get("feedback")
+        out["feedback_reason"] = entry.extra.get("feedback_reason")
+    return out
 
 
 # -- batch ---------------------------------------------------------------------------------

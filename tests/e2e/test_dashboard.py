@@ -28,7 +28,7 @@ CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
 WAIT_S = 30
-LAPTOP = (1280, 900)
+LAPTOP = (1280, 1100)
 PHONE = (390, 844)
 
 
@@ -183,8 +183,15 @@ def shot(driver: Any, name: str) -> None:
     assert driver.save_screenshot(str(SCREENSHOTS / f"{name}.png"))
 
 
-def sign_in(driver: Any, server: Server, key: str) -> None:
+def signed_out_page(driver: Any, server: Server) -> None:
+    """The page in a tab that holds no key (a key saved by an earlier test would sign in)."""
     driver.get(f"{server.base_url}/dashboard")
+    driver.execute_script("sessionStorage.clear()")
+    driver.refresh()
+
+
+def sign_in(driver: Any, server: Server, key: str) -> None:
+    signed_out_page(driver, server)
     box = wait(driver, lambda d: d.find_element("id", "api-key"), "no sign-in form")
     wait(driver, lambda d: box.is_displayed(), "the sign-in form is not shown")
     box.clear()
@@ -208,6 +215,12 @@ def test_dashboard_proof(driver: Any, dash_server: Server, seeded: Seeded) -> No
     assert driver.execute_script("return sessionStorage.getItem('memstream.apiKey')") == key
     assert driver.execute_script("return localStorage.length") == 0
     assert driver.get_cookies() == []
+    # a reload of the tab stays signed in (the key is checked again)
+    driver.refresh()
+    wait(driver, lambda d: d.find_element("id", "project-id").text == "support_bot",
+         "a reload signed out")  # fmt: skip
+    assert driver.find_element("id", "signin").is_displayed() is False
+    settled(driver)
 
     # pills carry the values present, with counts; "none" counts the nulls
     assert option_text(driver, "user", "=alice") == "alice · 8"
@@ -312,8 +325,6 @@ def test_dashboard_proof(driver: Any, dash_server: Server, seeded: Seeded) -> No
 
 
 def test_wrong_key_shows_a_sign_in_error(driver: Any, dash_server: Server) -> None:
-    driver.get(f"{dash_server.base_url}/dashboard")
-    driver.execute_script("sessionStorage.clear()")
     sign_in(driver, dash_server, "msk_0123456789abcdef_not-a-real-secret")
     error = wait(driver, lambda d: d.find_element("id", "signin-error"), "no error element")
     wait(driver, lambda d: error.is_displayed(), "no sign-in error shown")
@@ -327,8 +338,6 @@ def test_other_project_sees_nothing_of_this_one(
     driver: Any, dash_server: Server, seeded: Seeded
 ) -> None:
     """A key of another project signs in to its own, empty project: no pill value, no memory."""
-    driver.get(f"{dash_server.base_url}/dashboard")
-    driver.execute_script("sessionStorage.clear()")
     sign_in(driver, dash_server, dash_server.keys["other"])
     wait(driver, lambda d: d.find_element("id", "project-id").text == "other", "not signed in")
     wait_texts(driver, set())

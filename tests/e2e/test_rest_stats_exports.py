@@ -126,3 +126,14 @@ def test_export_download_formats(api: httpx.Client, uid: Callable[[str], str]) -
 
     r = api.post("/v1/exports/download/", json={"filters": filters, "format": "xlsx"})
     assert r.status_code == 422 and "format" in r.json()["detail"]
+
+
+def test_history_shows_feedback(api: httpx.Client, uid: Callable[[str], str]) -> None:
+    """The timeline shows what feedback was given (FEEDBACK entries carry it)."""
+    mid = add(api, "feedback target", user_id=uid("fb"))
+    ok(api.post("/v1/feedback/", json={"memory_id": mid, "feedback": "NEGATIVE",
+                                       "feedback_reason": "outdated"}))  # fmt: skip
+    entries = ok(api.get(f"/v1/memories/{mid}/history/"))
+    assert [e["event"] for e in entries] == ["ADD", "FEEDBACK"]
+    assert (entries[1]["feedback"], entries[1]["feedback_reason"]) == ("NEGATIVE", "outdated")
+    assert "feedback" not in entries[0]

@@ -183,9 +183,14 @@
     }
     return { filters: f, note };
   }
+  // One top-level key a line, each value compact: short, and still exactly the JSON sent.
+  function showJson(obj) {
+    const lines = Object.entries(obj).map(([k, v]) => `  ${JSON.stringify(k)}: ${JSON.stringify(v)}`);
+    return lines.length ? `{\n${lines.join(",\n")}\n}` : "{}";
+  }
   function renderFiltersJson() {
     const { filters, note } = currentFilters();
-    $("filters-json").textContent = JSON.stringify(filters, null, 2);
+    $("filters-json").textContent = showJson(filters);
     let extra = "";
     if (state.query && state.mode === "semantic") extra = ` Semantic search: "${state.query}" (top ${SEARCH_TOP_K}, no threshold).`;
     if (state.asOf) extra += ` As of ${state.asOf}.`;
@@ -334,7 +339,18 @@
     el.replaceChildren(svg);
   }
   function daysChart(el, rows) {
-    const days = rows.filter((r) => r.key).sort((a, b) => a.key.localeCompare(b.key)).slice(-30);
+    // every UTC day from the first to the last (at most the last 30), empty days as 0
+    const byDay = new Map(rows.filter((r) => r.key).map((r) => [r.key, r.count]));
+    const keys = [...byDay.keys()].sort();
+    const days = [];
+    if (keys.length) {
+      const last = Date.parse(`${keys[keys.length - 1]}T00:00:00Z`);
+      const first = Math.max(Date.parse(`${keys[0]}T00:00:00Z`), last - 29 * 86400000);
+      for (let t = first; t <= last; t += 86400000) {
+        const key = new Date(t).toISOString().slice(0, 10);
+        days.push({ key, count: byDay.get(key) || 0 });
+      }
+    }
     if (!days.length) {
       el.replaceChildren(h("p", { class: "empty" }, "nothing to count"));
       return;
@@ -348,7 +364,7 @@
       "aria-label": "created per day: " + days.map((d) => `${d.key} ${d.count}`).join(", "),
     });
     days.forEach((d, i) => {
-      const bh = Math.max(2, Math.round((d.count / max) * H));
+      const bh = d.count ? Math.max(2, Math.round((d.count / max) * H)) : 0;
       svg.append(s("g", {}, s("title", {}, `${d.key}: ${d.count}`),
         s("rect", { x: i * bw + 1, y: H - bh, width: bw - 2, height: bh, rx: 2, class: "bar" })));
     });
@@ -431,7 +447,8 @@
       body.push(h("p", { class: "meta-change" }, "metadata ", h("code", {}, JSON.stringify(e.old_metadata)),
         " → ", h("code", {}, JSON.stringify(e.metadata))));
     }
-    const extra = e.event_type === "FeedbackGiven" && e.metadata ? JSON.stringify(e.metadata) : null;
+    const extra = e.event === "FEEDBACK"
+      ? `feedback: ${e.feedback ?? "cleared"}${e.feedback_reason ? ` (${e.feedback_reason})` : ""}` : null;
     return h("li", { class: `ev ev-${label}` },
       h("div", { class: "ev-head" },
         h("span", { class: "ev-type" }, label),
@@ -593,7 +610,12 @@
       setTimeout(() => { $("copy-status").textContent = ""; }, 3000);
     });
     const saved = sessionStorage.getItem(KEY_STORE);
-    if (saved) signIn(saved);
-    else showSignIn("");
+    if (saved) {
+      // this tab signed in before: hide the form until the key is checked again
+      $("signin").hidden = true;
+      signIn(saved);
+    } else {
+      showSignIn("");
+    }
   });
 })();
