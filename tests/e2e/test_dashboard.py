@@ -190,13 +190,18 @@ def signed_out_page(driver: Any, server: Server) -> None:
     driver.refresh()
 
 
-def sign_in(driver: Any, server: Server, key: str) -> None:
+def sign_in(driver: Any, server: Server, key: str, *, submit_with_enter: bool = False) -> None:
     signed_out_page(driver, server)
     box = wait(driver, lambda d: d.find_element("id", "api-key"), "no sign-in form")
     wait(driver, lambda d: box.is_displayed(), "the sign-in form is not shown")
     box.clear()
     box.send_keys(key)
-    driver.find_element("id", "signin-button").click()
+    if submit_with_enter:
+        from selenium.webdriver.common.keys import Keys
+
+        box.send_keys(Keys.ENTER)
+    else:
+        driver.find_element("id", "signin-button").click()
 
 
 # -- the Proof -------------------------------------------------------------------------------
@@ -255,7 +260,11 @@ def test_dashboard_proof(driver: Any, dash_server: Server, seeded: Seeded) -> No
         for e in driver.find_elements("css selector", "#memory-list .memory")
         if e.find_element("css selector", ".text").text == seeded.new_text
     )
-    item.find_element("css selector", ".timeline-btn").click()
+    # by keyboard: Enter on the focused button opens it, Escape closes it
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.keys import Keys
+
+    item.find_element("css selector", ".timeline-btn").send_keys(Keys.ENTER)
     dialog = driver.find_element("id", "timeline-dialog")
     wait(driver, lambda d: len(d.find_elements("css selector", "#timeline .ev")) == 2,
          "the timeline did not show two events")  # fmt: skip
@@ -267,8 +276,8 @@ def test_dashboard_proof(driver: Any, dash_server: Server, seeded: Seeded) -> No
     assert events[1].find_element("css selector", "ins").text == seeded.new_text
     assert "who: key " in events[1].text
     shot(driver, "dashboard-timeline")
-    driver.find_element("id", "timeline-close").click()
-    wait(driver, lambda d: not dialog.is_displayed(), "the timeline did not close")
+    ActionChains(driver).send_keys(Keys.ESCAPE).perform()
+    wait(driver, lambda d: not dialog.is_displayed(), "Escape did not close the timeline")
 
     # as of a moment before the update: the old text
     box = driver.find_element("id", "as-of")
@@ -316,16 +325,17 @@ def test_dashboard_proof(driver: Any, dash_server: Server, seeded: Seeded) -> No
     driver.set_window_size(*PHONE)
     pick(driver, "run", "")
     wait_texts(driver, {NULL_SCOPED[0], seeded.new_text})
-    lay = driver.find_element("css selector", ".layout").rect
+    listed = driver.find_element("css selector", ".list").rect
     charts = driver.find_element("css selector", ".charts").rect
-    assert charts["y"] > lay["y"] + 10 and charts["width"] <= PHONE[0]  # below the list
+    assert charts["y"] >= listed["y"] + listed["height"]  # one column: the charts under the list
+    assert charts["width"] <= PHONE[0]
     assert driver.execute_script("return document.documentElement.scrollWidth") <= PHONE[0]
     shot(driver, "dashboard-phone")
     driver.set_window_size(*LAPTOP)
 
 
 def test_wrong_key_shows_a_sign_in_error(driver: Any, dash_server: Server) -> None:
-    sign_in(driver, dash_server, "msk_0123456789abcdef_not-a-real-secret")
+    sign_in(driver, dash_server, "msk_0123456789abcdef_not-a-real-secret", submit_with_enter=True)
     error = wait(driver, lambda d: d.find_element("id", "signin-error"), "no error element")
     wait(driver, lambda d: error.is_displayed(), "no sign-in error shown")
     assert error.text.startswith("Sign-in failed: this server refused that API key")
