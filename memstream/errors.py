@@ -50,6 +50,12 @@ class ConflictError(MemstreamError):
     status_code = 409
 
 
+class UnsupportedError(MemstreamError):
+    """A platform feature a self-hosted server does not offer (the message says what instead)."""
+
+    status_code = 501
+
+
 class LogUnavailableError(MemstreamError):
     """The event log could not durably accept or serve events. The caller must assume nothing was written."""
 

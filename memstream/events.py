@@ -93,6 +93,9 @@ class MemoryUpdated(Event):
     previous_hash: str | None = None
     expiration_date: str | None = None
     set_expiration_date: bool = False
+    # backdating (the platform's update(timestamp=...)): created_at and updated_at become
+    # this time, ms UTC; None = the update does not touch the timestamps
+    timestamp: int | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -249,6 +252,7 @@ _CONVERTERS: dict[str, Callable[[Any], Any]] = {
     "actor": _actor,
     "event_id": str,
     "occurred_at": _millis,
+    "timestamp": _millis,
 }
 _FIELD_CONVERTERS: dict[type, dict[str, Callable[[Any], Any]]] = {}
 

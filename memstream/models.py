@@ -191,6 +191,15 @@ class HistoryEntry:
         )
 
     def to_api(self) -> dict[str, Any]:
+        out = self._api()
+        if self.event == "FEEDBACK":  # the rating itself, not only that there was one
+            out["feedback"] = self.extra.get("feedback")
+            out["feedback_reason"] = self.extra.get("feedback_reason")
+        elif self.extra.get("timestamp") is not None:  # a backdating update
+            out["timestamp"] = iso_ms(self.extra["timestamp"])
+        return out
+
+    def _api(self) -> dict[str, Any]:
         return {
             "id": self.id,
             "memory_id": self.memory_id,

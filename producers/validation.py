@@ -33,6 +33,11 @@ def memory_texts(messages: Any) -> list[str]:
         if role not in ROLES:
             raise ValidationError(f"{where}.role: must be one of {', '.join(ROLES)}")
         content = msg.get("content")
+        if isinstance(content, dict | list):
+            raise ValidationError(
+                f"{where}.content: image and other multimodal content is not supported yet "
+                "(memstream remembers text only): send the text, e.g. a description of the image"
+            )
         if not isinstance(content, str):
             raise ValidationError(f"{where}.content: must be a string")
         if role == "system":
@@ -94,6 +99,32 @@ def expiration(value: Any, where: str = "expiration_date") -> str | None:
         return dt.date.fromisoformat(value[:10]).isoformat()
     except ValueError:
         raise ValidationError(f"{where}: not a date (expected YYYY-MM-DD): {value!r}") from None
+
+
+MAX_TIMESTAMP_S = 253_402_300_799  # 9999-12-31T23:59:59Z
+
+
+def timestamp_ms(value: Any, where: str = "timestamp") -> int:
+    """A backdating time: Unix seconds (int, float or a numeric string, as the mem0 client
+    sends) or an ISO-8601 datetime (naive = UTC), to ms UTC."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise ValidationError(f"{where}: must be Unix seconds or an ISO-8601 datetime")
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            try:
+                parsed = dt.datetime.fromisoformat(value)
+            except ValueError:
+                raise ValidationError(
+                    f"{where}: not Unix seconds or an ISO-8601 datetime: {value!r}"
+                ) from None
+            if parsed.tzinfo is None:
+                parsed = parsed.replace(tzinfo=dt.UTC)
+            value = parsed.timestamp()
+    if not 0 <= value <= MAX_TIMESTAMP_S:  # NaN fails too
+        raise ValidationError(f"{where}: out of range (Unix seconds between 1970 and 9999)")
+    return round(value * 1000)
 
 
 def request_id(value: Any) -> str | None:

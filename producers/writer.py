@@ -143,14 +143,23 @@ class MemoryWriter(_Producer):
         metadata: Any = None,
         categories: Any = None,
         expiration_date: Any = UNSET,
+        timestamp: Any = None,
         request_id: Any = None,
         actor: Actor | None = None,
         wait: bool = True,
     ) -> WriteResult:
-        if text is None and metadata is None and categories is None and expiration_date is UNSET:
+        """`timestamp` (Unix seconds or ISO-8601) backdates created_at and updated_at."""
+        if (
+            text is None
+            and metadata is None
+            and categories is None
+            and expiration_date is UNSET
+            and timestamp is None
+        ):
             raise ValidationError(
-                "update: give at least one of text, metadata, categories, expiration_date"
+                "update: give at least one of text, metadata, categories, expiration_date, timestamp"
             )
+        backdate = v.timestamp_ms(timestamp) if timestamp is not None else None
         new_text = v.check_text(text) if text is not None else None
         meta = v.metadata_json(metadata) if metadata is not None else None
         cats = v.categories_list(categories) if categories is not None else None
@@ -170,7 +179,7 @@ class MemoryWriter(_Producer):
             text=new_text,
             hash=keyed_hash(key, new_text) if new_text is not None and key is not None else None,
             previous_hash=current.hash, metadata=meta, categories=cats,
-            expiration_date=expires, set_expiration_date=set_exp,
+            expiration_date=expires, set_expiration_date=set_exp, timestamp=backdate,
         )  # fmt: skip
         await self._append([event], wait)
         return WriteResult(

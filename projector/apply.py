@@ -264,6 +264,7 @@ def _apply_updated(state: BatchState, event: MemoryUpdated, position: Position) 
             {
                 "expiration_date": event.expiration_date,
                 "set_expiration_date": event.set_expiration_date,
+                "timestamp": event.timestamp,
             }
         ),
     )
@@ -285,7 +286,10 @@ def _apply_updated(state: BatchState, event: MemoryUpdated, position: Position) 
         new["categories"] = list(event.categories)
     if event.set_expiration_date:
         new["expiration_date"] = event.expiration_date
-    new["updated_at"] = event.occurred_at
+    if event.timestamp is not None:  # backdated: both timestamps, as the platform does
+        new["created_at"] = new["updated_at"] = event.timestamp
+    else:
+        new["updated_at"] = event.occurred_at
     new["last_offset"] = position.offset
     new["key_id"] = event.key_id or row.get("key_id")
     state.rows[row["id"]] = new

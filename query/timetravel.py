@@ -298,7 +298,10 @@ WITH ev AS (
             WHEN outcome IN ({_sql_list(CHANGING_OUTCOMES)}) THEN coalesce(
                 TRY_CAST(json_extract(payload, '$.set_expiration_date') AS BOOLEAN), FALSE)
             ELSE FALSE
-        END AS sets_expiration
+        END AS sets_expiration,
+        -- an update with a timestamp backdates created_at and updated_at (MemoryUpdated.timestamp)
+        CASE WHEN outcome IN ({_sql_list(CHANGING_OUTCOMES)})
+            THEN TRY_CAST(json_extract(payload, '$.timestamp') AS BIGINT) END AS backdated
     FROM cut_events
     WHERE memory_id IS NOT NULL AND outcome IN ({_sql_list(FOLDED_OUTCOMES)})
 ),
@@ -320,7 +323,9 @@ w AS (
         last_value(CASE WHEN sets_expiration THEN {{
             'v': json_extract_string(payload, '$.expiration_date')
         }} END IGNORE NULLS) OVER whole AS expiration,
-        last_value(CASE WHEN is_state THEN occurred_at END IGNORE NULLS) OVER whole AS updated_at,
+        last_value(backdated IGNORE NULLS) OVER whole AS backdated,
+        last_value(CASE WHEN is_state THEN coalesce(backdated, occurred_at) END IGNORE NULLS)
+            OVER whole AS updated_at,
         first_value(CASE WHEN outcome IN ({_sql_list(EXPIRING_OUTCOMES)}) THEN occurred_at END
             IGNORE NULLS) OVER whole AS expired_at
     FROM ev
@@ -337,7 +342,7 @@ state AS (
         text,
         coalesce(metadata, '{{}}') AS metadata,
         coalesce(categories, []::VARCHAR[]) AS categories,
-        origin.created_at AS created_at,
+        coalesce(backdated, origin.created_at) AS created_at,
         updated_at,
         expiration.v AS expiration_date,
         origin.immutable AS immutable,

@@ -70,7 +70,7 @@ def install_error_handlers(app: FastAPI) -> None:
             headers["WWW-Authenticate"] = "Token"
         elif isinstance(exc, LogUnavailableError):
             headers["Retry-After"] = "1"
-        if exc.status_code >= 500:
+        if exc.status_code >= 500 and exc.status_code != 501:  # 501: a documented answer
             log.error(
                 "%s %s -> %d: %s", request.method, request.url.path, exc.status_code, exc.message
             )
@@ -91,6 +91,24 @@ def install_error_handlers(app: FastAPI) -> None:
 
     app.add_exception_handler(MemstreamError, memstream_error)
     app.add_exception_handler(RequestValidationError, validation_error)
+
+
+class CollapseLeadingSlashes:
+    """`//v1/ping/` is `/v1/ping/`: a client whose host ends in `/` (the Node SDK joins
+    host and path with another) reaches the same routes. Only leading slashes collapse,
+    so an id with an encoded `%2F%2F` inside a path keeps its meaning."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"].startswith("//"):
+            scope = dict(scope)
+            scope["path"] = "/" + scope["path"].lstrip("/")
+            raw = scope.get("raw_path")
+            if raw:
+                scope["raw_path"] = b"/" + raw.lstrip(b"/")
+        await self.app(scope, receive, send)
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -135,6 +153,7 @@ def create_app(settings: Settings) -> FastAPI:
         app.include_router(module.router)
     install_docs(app)
     mount_dashboard(app)
+    app.add_middleware(CollapseLeadingSlashes)
     return app
 
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Query, Request
 
 from memstream.errors import ValidationError
 from memstream.models import Tenant, iso_ms
@@ -61,13 +61,44 @@ def _entity_rows(ms: Memstream, tenant: Tenant) -> list[dict[str, Any]]:
     ]
 
 
+MAX_PAGE_SIZE = 1000
+
+
 @router.get("/v1/entities/", responses=doc(EntitiesOut), summary="List users, agents, apps, runs")
-async def list_entities(ms: MsDep, caller: CallerDep) -> Any:
+async def list_entities(
+    ms: MsDep, caller: CallerDep, request: Request,
+    page: Annotated[int | None, Query(description="1-based page number")] = None,
+    page_size: Annotated[int | None, Query(description="1..1000, default 100")] = None,
+) -> Any:  # fmt: skip
+    """Sorted by type, then name. Without page/page_size every entity comes in one answer
+    (what `MemoryClient.users()` expects); with them, DRF-style pages with next/previous.
+    `count` and the `total_*` figures are always over all entities."""
     results = await asyncio.to_thread(_entity_rows, ms, caller.tenant)
     totals = {
         f"total_{kind}s": sum(1 for r in results if r["type"] == kind) for kind in ENTITY_TYPES
     }
-    return {"count": len(results), "next": None, "previous": None, "results": results, **totals}
+    count = len(results)
+    if page is None and page_size is None:
+        return {"count": count, "next": None, "previous": None, "results": results, **totals}
+    page = 1 if page is None else page
+    size = 100 if page_size is None else page_size
+    if page < 1:
+        raise ValidationError(f"query parameter page: must be 1 or more, got {page}")
+    if not 1 <= size <= MAX_PAGE_SIZE:
+        raise ValidationError(
+            f"query parameter page_size: must be between 1 and {MAX_PAGE_SIZE}, got {size}"
+        )
+
+    def url(n: int) -> str:
+        return str(request.url.include_query_params(page=n, page_size=size))
+
+    return {
+        "count": count,
+        "next": url(page + 1) if page * size < count else None,
+        "previous": url(page - 1) if page > 1 else None,
+        "results": results[(page - 1) * size : page * size],
+        **totals,
+    }
 
 
 async def _delete_entity(

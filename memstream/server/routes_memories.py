@@ -338,6 +338,7 @@ def _update_kwargs(body: UpdateRequest) -> dict[str, Any]:
         "expiration_date": body.expiration_date
         if "expiration_date" in body.model_fields_set
         else UNSET,
+        "timestamp": body.timestamp,
     }
 
 
@@ -345,7 +346,9 @@ def _update_kwargs(body: UpdateRequest) -> dict[str, Any]:
 async def update_memory(
     ms: MsDep, caller: CallerDep, memory_id: str, body: UpdateRequest, idempotency: IdempotencyDep
 ) -> Any:
-    """Change text, metadata, categories or expiration_date; answers the updated memory."""
+    """Change text, metadata, categories or expiration_date, or backdate the memory with
+    `timestamp` (Unix seconds: created_at and updated_at become that time, recorded as a
+    MemoryUpdated event); answers the updated memory."""
     mid = memory_id_param(memory_id)
     await ms.update(
         mid, tenant=caller.tenant, **_update_kwargs(body),

@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
 
-from memstream.errors import NotFoundError
+from memstream.errors import NotFoundError, UnsupportedError
 from memstream.keys import KeyRegistry
 from memstream.models import iso_ms
 from memstream.server.auth import Caller, CallerDep
@@ -80,6 +80,56 @@ async def list_projects(request: Request, caller: CallerDep, org_id: str) -> Any
     if org_id != caller.tenant.org_id:
         raise NotFoundError(PROJECT_NOT_FOUND)
     return [_project(request, caller)]
+
+
+PROJECTS_ARE_KEYS = (
+    "Projects are not managed over the API on a self-hosted memstream: a project exists once "
+    "a key is created for it (memstream keys create --org-id ORG --project-id PROJECT)."
+)
+MEMBERS_ARE_KEYS = (
+    "Project members are not managed on a self-hosted memstream: give each person or app its "
+    "own API key (memstream keys create) and revoke it to remove them."
+)
+SETTINGS_UNSUPPORTED = (
+    "Project settings (custom instructions, categories, memory depth) are not supported by "
+    "memstream, which stores messages as given without an LLM."
+)
+
+
+@router.post(
+    "/api/v1/orgs/organizations/{org_id}/projects/", status_code=501,
+    summary="Create a project (501: projects come from keys)",
+)  # fmt: skip
+async def create_project(caller: CallerDep, org_id: str) -> Any:
+    raise UnsupportedError(PROJECTS_ARE_KEYS)
+
+
+@router.delete(
+    "/api/v1/orgs/organizations/{org_id}/projects/{project_id}/", status_code=501,
+    summary="Delete a project (501: revoke its keys)",
+)  # fmt: skip
+async def delete_project(caller: CallerDep, org_id: str, project_id: str) -> Any:
+    raise UnsupportedError(
+        "Projects are not deleted over the API on a self-hosted memstream: revoke the "
+        "project's keys (memstream keys revoke) and erase its subjects (memstream erase)."
+    )
+
+
+@router.patch(
+    "/api/v1/orgs/organizations/{org_id}/projects/{project_id}/", status_code=501,
+    summary="Update project settings (501)",
+)  # fmt: skip
+async def update_project(caller: CallerDep, org_id: str, project_id: str) -> Any:
+    raise UnsupportedError(SETTINGS_UNSUPPORTED)
+
+
+@router.api_route(
+    "/api/v1/orgs/organizations/{org_id}/projects/{project_id}/members/",
+    methods=["GET", "POST", "PUT", "DELETE"], status_code=501,
+    summary="Project members (501: one key per member)",
+)  # fmt: skip
+async def project_members(caller: CallerDep, org_id: str, project_id: str) -> Any:
+    raise UnsupportedError(MEMBERS_ARE_KEYS)
 
 
 @router.post("/v1/feedback/", responses=doc(Out), summary="Rate a memory")

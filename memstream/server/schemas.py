@@ -76,7 +76,9 @@ class Message(Body):
         default="user",
         description="user | assistant | system | tool; system messages are not remembered",
     )
-    content: str
+    content: str | dict[str, Any] | list[Any] = Field(
+        ..., description="text; image and other multimodal content is answered 400 for now"
+    )
 
 
 class AddRequest(EntityIds):
@@ -157,7 +159,11 @@ class UpdateRequest(Body):
     metadata: dict[str, Any] | None = None
     categories: list[str] | str | None = None
     expiration_date: str | None = None
-    timestamp: int | float | str | None = Field(default=None, description="Accepted and ignored.")
+    timestamp: int | float | str | None = Field(
+        default=None,
+        description="Backdate the memory: created_at and updated_at become this time "
+        "(Unix seconds, or ISO-8601)",
+    )
     request_id: str | None = None
 
 
