@@ -260,7 +260,32 @@ def t_export_download(c: httpx.Client, v: Victim, server: Server) -> None:
         assert "victim" not in r.text and v.memory_id not in r.text
 
 
+def _project_admin(method: str, path: str) -> Callable[[httpx.Client, Victim, Server], None]:
+    """Project and member management is 501 for every key (projects are keys): aimed at
+    project A from another project, it answers the same sentence and changes nothing."""
+
+    def case(c: httpx.Client, v: Victim, server: Server) -> None:
+        url = path.format(org_id="org_a", project_id="proj_a")
+        detail = err(c.request(method, url, json={"name": "x", "email": "e@x.io"}), 501)
+        assert "memstream" in detail and "\n" not in detail
+
+    return case
+
+
+PROJECTS = "/api/v1/orgs/organizations/{org_id}/projects/"
+PROJECT = PROJECTS + "{project_id}/"
+MEMBERS = PROJECT + "members/"
+
 TENANCY_CASES: dict[tuple[str, str], Callable[[httpx.Client, Victim, Server], None]] = {
+    **{
+        (m, p): _project_admin(m, p)
+        for m, p in (
+            ("POST", PROJECTS),
+            ("PATCH", PROJECT),
+            ("DELETE", PROJECT),
+            *((verb, MEMBERS) for verb in ("GET", "POST", "PUT", "DELETE")),
+        )
+    },  # fmt: skip
     ("GET", "/v1/ping/"): t_ping,
     ("GET", "/api/v1/orgs/organizations/{org_id}/projects/{project_id}/"): t_project,
     ("GET", "/api/v1/orgs/organizations/{org_id}/projects/"): t_projects,
