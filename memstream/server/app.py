@@ -22,6 +22,7 @@ from fastapi.responses import JSONResponse
 from memstream.dashboard import mount_dashboard
 from memstream.errors import AuthError, LogUnavailableError, MemstreamError
 from memstream.keys import KeyRegistry
+from memstream.mcp.http import McpHttp
 from memstream.server import (
     routes_entities,
     routes_erasure,
@@ -127,7 +128,8 @@ def create_app(settings: Settings) -> FastAPI:
             follower = asyncio.create_task(keys.follow(stop))
             app.state.ms, app.state.keys, app.state.pending = ms, keys, PendingAdds()
             log.info("memstream serving %s from %s", settings.log_description, settings.data_dir)
-            yield
+            async with mcp.running():
+                yield
         finally:
             stop.set()
             if follower is not None:
@@ -146,6 +148,8 @@ def create_app(settings: Settings) -> FastAPI:
         redoc_url=None,
     )
     install_error_handlers(app)
+    mcp = McpHttp(app.state)  # the MCP tools at /mcp, same keys and tenancy (docs/mcp.md)
+    app.router.routes.append(mcp.route())
     for module in (
         routes_platform, routes_memories, routes_entities, routes_exports, routes_erasure,
         routes_stats,

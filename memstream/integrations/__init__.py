@@ -1,0 +1,1 @@
+"""Adapters that put the ledger where agent frameworks keep memory (optional extras)."""
