@@ -196,7 +196,13 @@ class MemstreamStore(BaseStore):
             target=self._loop.run_forever, name="memstream-store", daemon=True
         )
         self._thread.start()
-        self._ms: Memstream = self._call(self._open())
+        try:
+            self._ms: Memstream = self._call(self._open())
+        except BaseException:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=30)
+            self._loop.close()
+            raise
         self.tenant = tenant or self._ms.tenant
 
     async def _open(self) -> Memstream:
