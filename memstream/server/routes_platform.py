@@ -123,13 +123,17 @@ async def update_project(caller: CallerDep, org_id: str, project_id: str) -> Any
     raise UnsupportedError(SETTINGS_UNSUPPORTED)
 
 
-@router.api_route(
-    "/api/v1/orgs/organizations/{org_id}/projects/{project_id}/members/",
-    methods=["GET", "POST", "PUT", "DELETE"], status_code=501,
-    summary="Project members (501: one key per member)",
-)  # fmt: skip
 async def project_members(caller: CallerDep, org_id: str, project_id: str) -> Any:
     raise UnsupportedError(MEMBERS_ARE_KEYS)
+
+
+for _method in ("GET", "POST", "PUT", "DELETE"):  # one operation (and id) per method
+    router.add_api_route(
+        "/api/v1/orgs/organizations/{org_id}/projects/{project_id}/members/",
+        project_members, methods=[_method], status_code=501,
+        operation_id=f"project_members_{_method.lower()}",
+        summary="Project members (501: one key per member)",
+    )  # fmt: skip
 
 
 @router.post("/v1/feedback/", responses=doc(Out), summary="Rate a memory")
