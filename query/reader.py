@@ -15,6 +15,14 @@ from memstream.models import HistoryEntry, MemoryView, Page, Tenant
 from memstream.projector.projector import Projector
 from memstream.query.filters import CompiledFilter, compile_filters, exact_lance_filter
 from memstream.query.retention import date_expired, policy_expires, visible
+from memstream.query.scoped import (
+    MAX_GET_ALL_ROWS,
+    MAX_SEARCH_ROWS,
+    cosine_distances,
+    fetch_scope,
+    lead_predicate,
+    rank,
+)
 from memstream.query.timetravel import PointInTime
 from memstream.sqlutil import sql_in, sql_str
 
@@ -31,8 +39,22 @@ def tenant_predicate(tenant: Tenant) -> str:
 
 
 class MemoryReader:
-    def __init__(self, projector: Projector) -> None:
+    """`scoped`: lead with the filter's most selective indexed equality and check the rest
+    here (`query/scoped.py`); False sends the whole predicate to Lance (the plan before,
+    kept for comparison in tests and bench/)."""
+
+    def __init__(
+        self,
+        projector: Projector,
+        *,
+        scoped: bool = True,
+        max_search_rows: int = MAX_SEARCH_ROWS,
+        max_get_all_rows: int = MAX_GET_ALL_ROWS,
+    ) -> None:
         self.projector = projector
+        self.scoped = scoped
+        self.max_search_rows = max_search_rows
+        self.max_get_all_rows = max_get_all_rows
 
     def _compile(self, tenant: Tenant, filters: Mapping[str, Any] | None) -> CompiledFilter:
         return compile_filters(filters, org_id=tenant.org_id, project_id=tenant.project_id)
@@ -79,10 +101,22 @@ class MemoryReader:
                 tenant, filters, as_of, page=page, page_size=page_size, show_expired=show_expired
             )
         compiled = self._compile(tenant, filters)
+        gen = self.projector.generation()
+        lead = lead_predicate(compiled.ast) if self.scoped else None
+        table = gen.memories() if lead is not None else None
+        if lead is not None and table is not None:  # the scoped plan (query/scoped.py)
+            scope = fetch_scope(
+                table, lead, MEMORY_COLUMNS, compiled.ast,
+                policies=None if show_expired else self.policies(tenant), now_ms=now_ms(),
+                max_rows=self.max_get_all_rows,
+            )  # fmt: skip
+            if scope is not None:
+                scope.rows.sort(key=lambda r: (-r["created_at"], r["id"]))
+                return Page.of(scope.rows, page, page_size)
         # metadata conditions cannot run inside Lance: prefilter there, decide exactly here
         rows = [
             row
-            for row in self.projector.generation().query_memories(
+            for row in gen.query_memories(
                 self._live(tenant, compiled.lance_prefilter, show_expired), MEMORY_COLUMNS
             )
             if compiled.lance_exact or compiled.matches(row)
@@ -116,8 +150,22 @@ class MemoryReader:
         table = self.projector.generation().memories()
         if table is None:
             return []
-        pred = self._live(tenant, exact_lance_filter(table, compiled), show_expired)
         vector = self.projector.embedder.embed_one(query.strip())
+        lead = lead_predicate(compiled.ast) if self.scoped else None
+        if lead is not None:  # the scoped plan (query/scoped.py): exact, ties broken by id
+            scope = fetch_scope(
+                table, lead, MEMORY_COLUMNS, compiled.ast,
+                policies=None if show_expired else self.policies(tenant), now_ms=now_ms(),
+                max_rows=self.max_search_rows, with_vectors=True,
+            )  # fmt: skip
+            if scope is not None:
+                assert scope.vectors is not None
+                distances = cosine_distances(scope.vectors, vector)
+                ranked = rank([r["id"] for r in scope.rows], distances, top_k)
+                return self._scored(
+                    [(scope.rows[i], float(distances[i])) for i in ranked], threshold
+                )
+        pred = self._live(tenant, exact_lance_filter(table, compiled), show_expired)
         rows = (
             table.search(vector)
             .metric("cosine")
@@ -127,9 +175,15 @@ class MemoryReader:
             .to_arrow()
             .to_pylist()
         )
+        return self._scored([(row, float(row["_distance"])) for row in rows], threshold)
+
+    @staticmethod
+    def _scored(
+        hits: list[tuple[dict[str, Any], float]], threshold: float | None
+    ) -> list[MemoryView]:
         out = []
-        for row in rows:
-            score = max(0.0, min(1.0, 1.0 - float(row["_distance"])))
+        for row, distance in hits:
+            score = max(0.0, min(1.0, 1.0 - distance))
             if threshold is None or score >= threshold:
                 out.append(MemoryView.from_row(row, score=round(score, 6)))
         return out

@@ -78,3 +78,35 @@ def visible(policies: Iterable[Mapping[str, Any]], now_ms: int) -> str:
     parts = [f"NOT {date_expired(now_ms)}", "expired_at IS NULL"]
     parts += [f"NOT {policy_expires(p, now_ms)}" for p in policies]
     return " AND ".join(parts)
+
+
+def _policy_matches(value: Any, pattern: str) -> bool:
+    """Python twin of `policy_match` (None stands for SQL's NULL and FALSE alike)."""
+    if value is None:
+        return False
+    if pattern == "*":
+        return True
+    if pattern.endswith("*"):
+        return bool(value.startswith(pattern[:-1]))
+    return bool(value == pattern)
+
+
+def row_visible(row: Mapping[str, Any], policies: Iterable[Mapping[str, Any]], now_ms: int) -> bool:
+    """Python twin of `visible(policies, now_ms)` for one memory row (columns
+    expiration_date, expired_at, updated_at and the entity ids): the scoped read plan
+    (`query/scoped.py`) checks fetched rows with it; tests hold it equal to the SQL."""
+    if row.get("expired_at") is not None:
+        return False
+    expiration = row.get("expiration_date")
+    if expiration is not None and expiration < today_utc(now_ms):
+        return False
+    for policy in policies:
+        cutoff = now_ms - int(policy["ttl_seconds"]) * 1000
+        updated = row.get("updated_at")
+        if (
+            _policy_matches(row.get(policy["field"]), policy["pattern"])
+            and updated is not None
+            and updated < cutoff
+        ):
+            return False
+    return True
