@@ -20,11 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import lancedb
 import numpy as np
 import pyarrow as pa
-from lancedb.index import BTree
 
+from memstream.lancedb_import import BTree, lancedb
 from memstream.log.base import Offsets
 from memstream.projector.index import DigestSet
 from memstream.projector.tables import (

@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx
 import numpy as np
 
 from memstream.embedders.base import Embedder
 from memstream.errors import MemstreamError
+
+if TYPE_CHECKING:  # httpx (~0.4 s to import) loads when a server is first called: every CLI
+    import httpx  # command imports this module, few use an OpenAI-compatible embedder
 
 _BODY_PREVIEW = 300
 
@@ -90,6 +92,8 @@ class OpenAICompatibleEmbedder(Embedder):
                 self._client = None
 
     def _http(self) -> httpx.Client:
+        import httpx
+
         client = self._client
         if client is None:
             with self._lock:
@@ -114,6 +118,8 @@ class OpenAICompatibleEmbedder(Embedder):
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
     def _post(self, texts: list[str]) -> np.ndarray:
+        import httpx
+
         where = f"embedding server {self.url} (model {self.model!r})"
         try:
             response = self._http().post(self.url, json={"model": self.model, "input": texts})
