@@ -93,8 +93,9 @@ def _policy_matches(value: Any, pattern: str) -> bool:
 
 def row_visible(row: Mapping[str, Any], policies: Iterable[Mapping[str, Any]], now_ms: int) -> bool:
     """Python twin of `visible(policies, now_ms)` for one memory row (columns
-    expiration_date, expired_at, updated_at and the entity ids): the scoped read plan
-    (`query/scoped.py`) checks fetched rows with it; tests hold it equal to the SQL."""
+    expiration_date, expired_at, updated_at and the entity ids): the reference the scoped
+    read plan's Arrow masks (`query/scoped.py`) are tested against; tests hold it equal to
+    the SQL too."""
     if row.get("expired_at") is not None:
         return False
     expiration = row.get("expiration_date")

