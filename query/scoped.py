@@ -20,6 +20,8 @@ declines and the reader sends the whole predicate to Lance as before.
 
 from __future__ import annotations
 
+import threading
+import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -115,12 +117,12 @@ def fetch_scope(
     `policies`, unless `policies` is None: show_expired), or None when the lead selects
     more than `max_rows` rows.
 
-    The rows are read through `lance` (the LanceDB table's dataset at its version: ~2 ms
-    less than LanceDB's query builder). Tenancy, entity conditions and retention are checked
+    The rows are read through `lance` (the LanceDB table's dataset at its version, kept
+    warm by `dataset`: ~2 ms less than LanceDB's query builder). Tenancy, entity conditions and retention are checked
     on Arrow columns at once (`_arrow_mask`); only the conditions left (time ranges, text,
     categories, metadata, NOT/OR of them) go through the reference evaluator row by row."""
     wanted = [*columns, "vector"] if with_vectors else list(columns)
-    got: pa.Table = table.to_lance().to_table(columns=wanted, filter=lead, limit=max_rows + 1)
+    got: pa.Table = dataset(table).to_table(columns=wanted, filter=lead, limit=max_rows + 1)
     if got.num_rows > max_rows:
         return None
     mask, rest = _arrow_mask(got, ast, policies, now_ms)
@@ -136,6 +138,27 @@ def fetch_scope(
             rows = [rows[i] for i in kept]
             vectors = vectors[kept] if vectors is not None else None
     return Scope(rows, vectors)
+
+
+_DATASETS: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+_DATASETS_LOCK = threading.Lock()
+
+
+def dataset(table: Any) -> Any:
+    """The `lance` dataset of a LanceDB table at the table's current version, kept per table:
+    a dataset opened afresh starts with cold index and metadata caches (each query would
+    read the BTree pages again); a newer version is checked out from the kept one, which
+    shares its caches."""
+    version = table.version
+    with _DATASETS_LOCK:
+        ds = _DATASETS.get(table)
+    if ds is None:
+        ds = table.to_lance()
+    elif ds.version != version:
+        ds = ds.checkout_version(version)
+    with _DATASETS_LOCK:
+        _DATASETS[table] = ds
+    return ds
 
 
 def _arrow_mask(
