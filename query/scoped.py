@@ -65,13 +65,13 @@ def _conjuncts(node: Node) -> Iterable[Node]:
         yield node
 
 
-def lead_predicate(ast: Node) -> str | None:
+def lead_predicate(ast: Node, id_column: str = "id") -> str | None:
     """A Lance predicate on one indexed column implied by `ast`, or None if there is none.
 
     Only top-level conjuncts qualify (a NOT or an OR never implies an equality), and of an
     entity only its plain values: `null` or `"*"` in the same condition would admit rows
     outside the list. Among candidates the earliest column of LEAD_COLUMNS wins, then the
-    shortest list.
+    shortest list. `id_column` names the memory id column (`memory_id` on `events`).
     """
     best: tuple[int, int, str] | None = None
     for node in _conjuncts(ast):
@@ -87,7 +87,11 @@ def lead_predicate(ast: Node) -> str | None:
             column, ids = node.field, node.ids
         else:
             continue
-        key = (LEAD_COLUMNS.index(column), len(ids), sql_in(column, ids))
+        key = (
+            LEAD_COLUMNS.index(column),
+            len(ids),
+            sql_in(id_column if column == "id" else column, ids),
+        )
         if best is None or key[:2] < best[:2]:
             best = key
     return None if best is None else best[2]
@@ -218,13 +222,18 @@ def _matrix(column: pa.ChunkedArray) -> np.ndarray:
 
 def cosine_distances(vectors: np.ndarray, query: Any) -> np.ndarray:
     """1 - cosine similarity of each row with `query` (Lance's "cosine" metric); a zero
-    vector is at distance 1 from everything."""
-    q = np.asarray(query, dtype=np.float32).reshape(-1)
-    norms = np.linalg.norm(vectors, axis=1) * np.float32(np.linalg.norm(q))
-    dots = vectors @ q
+    vector is at distance 1 from everything.
+
+    Computed in float64 and rounded to float32: BLAS sums a row differently depending on
+    where it sits in the matrix (blocks and remainders), so two equal vectors could
+    otherwise get distances one float32 ulp apart and break the ties-by-id order."""
+    v = np.asarray(vectors, dtype=np.float64)
+    q = np.asarray(query, dtype=np.float64).reshape(-1)
+    norms = np.sqrt(np.einsum("ij,ij->i", v, v)) * float(np.sqrt(q @ q))
+    dots = v @ q
     with np.errstate(divide="ignore", invalid="ignore"):
-        cos = np.where(norms > 0, dots / np.where(norms > 0, norms, 1), 0.0)
-    return (1.0 - cos).astype(np.float64)
+        cos = np.where(norms > 0, dots / np.where(norms > 0, norms, 1.0), 0.0)
+    return (1.0 - cos).astype(np.float32).astype(np.float64)
 
 
 def rank(ids: Sequence[str], distances: np.ndarray, top_k: int) -> list[int]:
