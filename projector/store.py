@@ -36,6 +36,7 @@ from memstream.projector.tables import (
 from memstream.sqlutil import sql_in, sql_str
 
 INDEXED_COLUMNS = ("org_id", "project_id", *ENTITY_COLUMNS)
+EVENT_LEADS = ("user_id", "agent_id", "run_id")
 RETIRED = "RETIRED"  # marker file in a generation a promote replaced: time.time() of that
 RETIRED_GRACE_S = 300.0  # how long a replaced generation stays for readers still on it
 
@@ -149,7 +150,8 @@ class Generation:
         events = self.events()
         if events is not None and events.count_rows() > 0:
             existing = {tuple(ix.columns) for ix in events.list_indices()}
-            for column in ("event_id", "memory_id", "project_id", "request_id"):
+            # user_id, agent_id, run_id: the leads of as-of reads (query/scoped.py)
+            for column in ("event_id", "memory_id", "project_id", "request_id", *EVENT_LEADS):
                 if (column,) not in existing:
                     events.create_index(column, config=BTree())
 

@@ -63,6 +63,7 @@ from memstream.query.filters import (
     compile_filters,
 )
 from memstream.query.retention import visible
+from memstream.query.scoped import lead_predicate
 from memstream.sqlutil import sql_in, sql_str
 
 __all__ = [
@@ -356,11 +357,19 @@ state AS (
 """
 
 
-def entity_pushdown(ast: Node, id_column: str = "memory_id") -> list[str]:
+def entity_pushdown(
+    ast: Node, id_column: str = "memory_id", *, unindexed: bool = False
+) -> list[str]:
     """Lance predicates implied by the filter: its top-level entity and id conjuncts, for
     `events` rows (`id_column` memory_id) or `memories` rows (id). A memory's scope never
     changes, so every event of a matching memory passes them: this only narrows the scan,
-    the exact filter runs afterwards in DuckDB."""
+    the exact filter runs afterwards in DuckDB. `unindexed` writes each column as
+    `(col || '')` (the same values, NULL stays NULL) so that Lance checks the condition on
+    the rows a lead selected instead of answering it from an index (query/scoped.py)."""
+
+    def col(name: str) -> str:
+        return f"({name} || '')" if unindexed else name
+
     out: list[str] = []
     stack = [ast]
     while stack:
@@ -371,14 +380,14 @@ def entity_pushdown(ast: Node, id_column: str = "memory_id") -> list[str]:
             case EntityMatch(field, ids, wildcard, null):
                 alts = []
                 if ids:
-                    alts.append(sql_in(field, ids))
+                    alts.append(sql_in(col(field), ids))
                 if wildcard:
-                    alts.append(f"{field} IS NOT NULL")
+                    alts.append(f"{col(field)} IS NOT NULL")
                 if null:
-                    alts.append(f"{field} IS NULL")
+                    alts.append(f"{col(field)} IS NULL")
                 out.append("(" + (" OR ".join(alts) or "false") + ")")
             case IdMatch(ids):
-                out.append(sql_in(id_column, ids))
+                out.append(sql_in(col(id_column), ids))
     return out
 
 
@@ -400,12 +409,25 @@ def fold_state(
     `compiled` (from compile_filters for the same tenant) is applied with its DuckDB
     compilation; without it every live memory of the tenant is returned.
     """
-    where = [tenant_where(tenant), cut.where, "memory_id IS NOT NULL"]
+    lead = lead_predicate(compiled.ast, "memory_id") if compiled and memory_id is None else None
+    if lead is not None:
+        # the scoped plan (query/scoped.py): only the lead is answered from an index; the
+        # tenancy and the other id columns are written so that Lance checks them on the
+        # lead's rows instead of intersecting index answers that select most of the table
+        where = [
+            lead,
+            f"org_id = {sql_str(tenant.org_id)}",
+            f"(project_id || '') = {sql_str(tenant.project_id)}",
+            cut.where,
+            "(memory_id || '') IS NOT NULL",
+        ]
+    else:
+        where = [tenant_where(tenant), cut.where, "memory_id IS NOT NULL"]
     where.append(sql_in("outcome", FOLDED_OUTCOMES))
     if memory_id is not None:
         where.append(f"memory_id = {sql_str(memory_id)}")
     if compiled is not None:
-        where.extend(entity_pushdown(compiled.ast))
+        where.extend(entity_pushdown(compiled.ast, unindexed=lead is not None))
     events = _scan(gen, " AND ".join(where), EVENT_COLUMNS)
     if events.num_rows == 0:
         return _empty_state()
