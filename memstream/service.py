@@ -18,8 +18,10 @@ from memstream.embedders import get_embedder
 from memstream.embedders.base import Embedder
 from memstream.events import Actor, FeedbackGiven
 from memstream.keystore.base import KeyStore
+from memstream.llm import LLM, get_llm
 from memstream.log.base import EventLog
 from memstream.models import UNSET, HistoryEntry, MemoryView, Page, Tenant, WriteResult
+from memstream.producers.inference import InferenceWriter, ProjectSettings, ProjectSettingsWriter
 from memstream.producers.writer import MemoryWriter, RetentionWriter, SubjectEraser
 from memstream.projector.projector import Projector
 from memstream.projector.store import Generation, live_embedder
@@ -51,6 +53,7 @@ class Memstream:
         *,
         embedder: Embedder | None = None,
         log: EventLog | None = None,
+        llm: LLM | None = None,
     ) -> None:
         self.settings = settings or Settings.from_env()
         self.data_dir = Path(self.settings.data_dir)
@@ -68,6 +71,14 @@ class Memstream:
         self.writer = MemoryWriter(self.log, self.projector, self.reader)
         self.retention = RetentionWriter(self.log, self.projector, self.reader)
         self.eraser = SubjectEraser(self.log, self.projector, self.reader)
+        # inference: None when no LLM is configured (infer=True then stores messages verbatim)
+        self.llm: LLM | None = llm if llm is not None else get_llm(self.settings)
+        self.inference = (
+            InferenceWriter(self.log, self.projector, self.reader, self.llm)
+            if self.llm is not None
+            else None
+        )
+        self.project_settings = ProjectSettingsWriter(self.log, self.projector, self.reader)
         self.tenant = Tenant(self.settings.org_id, self.settings.project_id)
         self._stop = asyncio.Event()
         self._background: asyncio.Task[None] | None = None
@@ -128,6 +139,8 @@ class Memstream:
             await self._sweeper
             self._sweeper = None
         await self.projector.close()
+        if self.llm is not None and hasattr(self.llm, "close"):
+            await self.llm.close()
         await self.projector.keys.close()
         await self.log.close()
 
@@ -138,10 +151,31 @@ class Memstream:
         await self.close()
 
     # -- writes --------------------------------------------------------------------------
+    @property
+    def inference_on(self) -> bool:
+        """Whether `add(infer=True)` asks an LLM (else it stores the messages verbatim)."""
+        return self.inference is not None
+
     async def add(
-        self, messages: Any, *, tenant: Tenant | None = None, **kwargs: Any
+        self, messages: Any, *, tenant: Tenant | None = None, infer: bool = False, **kwargs: Any
     ) -> list[WriteResult]:
+        """Each non-system message becomes a memory; with `infer=True` and an LLM
+        configured, the LLM decides what to remember instead (docs/inference.md)."""
+        if infer and self.inference is not None:
+            return await self.inference.infer(tenant or self.tenant, messages, **kwargs)
+        kwargs.pop("messages_event_id", None)
         return await self.writer.add(tenant or self.tenant, messages, **kwargs)
+
+    # -- project settings (inference) ----------------------------------------------------
+    async def update_project(
+        self, *, tenant: Tenant | None = None, **kwargs: Any
+    ) -> ProjectSettings:
+        """Set custom_instructions and/or custom_categories (stored as an event)."""
+        return await self.project_settings.update(tenant or self.tenant, **kwargs)
+
+    async def project(self, *, tenant: Tenant | None = None) -> ProjectSettings:
+        await self._fresh(True)
+        return self.project_settings.current(tenant or self.tenant)
 
     async def update(
         self,

@@ -13,6 +13,7 @@ from memstream.errors import NotFoundError, ValidationError
 from memstream.events import now_ms
 from memstream.models import HistoryEntry, MemoryView, Page, Tenant
 from memstream.projector.projector import Projector
+from memstream.query.explain import explain
 from memstream.query.filters import CompiledFilter, compile_filters, exact_lance_filter
 from memstream.query.retention import date_expired, policy_expires, visible
 from memstream.query.timetravel import PointInTime
@@ -143,7 +144,8 @@ class MemoryReader:
         if not rows:
             raise NotFoundError(f"Memory not found: {memory_id}")
         rows.sort(key=lambda r: (r["occurred_at"], r["partition"], r["offset"]))
-        return [HistoryEntry.from_row(r) for r in rows]
+        why = explain(self.projector.generation(), rows)
+        return [HistoryEntry.from_row(r, inference=why.get(r["event_id"])) for r in rows]
 
     def due_for_expiry(self, now: int) -> list[tuple[dict[str, Any], str, str | None]]:
         """Live memories, in every project, that expired by `now` but have no MemoryExpired
