@@ -16,12 +16,17 @@ from typing import Any
 
 from memstream.embedders import get_embedder
 from memstream.embedders.base import Embedder
-from memstream.events import Actor, FeedbackGiven
+from memstream.events import Actor, FeedbackGiven, new_id
 from memstream.keystore.base import KeyStore
 from memstream.llm import LLM, get_llm
 from memstream.log.base import EventLog
 from memstream.models import UNSET, HistoryEntry, MemoryView, Page, Tenant, WriteResult
-from memstream.producers.inference import InferenceWriter, ProjectSettings, ProjectSettingsWriter
+from memstream.producers.inference import (
+    InferenceWriter,
+    ProjectSettings,
+    ProjectSettingsWriter,
+    check_request,
+)
 from memstream.producers.writer import MemoryWriter, RetentionWriter, SubjectEraser
 from memstream.projector.projector import Projector
 from memstream.projector.store import Generation, live_embedder
@@ -165,6 +170,14 @@ class Memstream:
             return await self.inference.infer(tenant or self.tenant, messages, **kwargs)
         kwargs.pop("messages_event_id", None)
         return await self.writer.add(tenant or self.tenant, messages, **kwargs)
+
+    def check_inferred_add(
+        self, messages: Any, *, tenant: Tenant | None = None, **kwargs: Any
+    ) -> str:
+        """Validate an inferred add without asking the LLM; the event id its
+        MessagesRecorded will carry (an async add answers with it at once)."""
+        check_request(tenant or self.tenant, messages, **kwargs)
+        return new_id()
 
     # -- project settings (inference) ----------------------------------------------------
     async def update_project(

@@ -169,6 +169,36 @@ def _check_categories(value: Any) -> None:
             )
 
 
+def check_request(
+    tenant: Tenant,
+    messages: Any,
+    *,
+    user_id: Any = None,
+    agent_id: Any = None,
+    app_id: Any = None,
+    run_id: Any = None,
+    metadata: Any = None,
+    categories: Any = None,
+    expiration_date: Any = None,
+    immutable: Any = False,
+    request_id: Any = None,
+    **_: Any,
+) -> None:
+    """Everything `infer` validates before asking the LLM (an async add answers 400 at
+    once instead of failing later in the background)."""
+    Scope.of(
+        tenant.org_id, tenant.project_id,
+        user_id=user_id, agent_id=agent_id, app_id=app_id, run_id=run_id,
+    )  # fmt: skip
+    v.conversation(messages)
+    v.metadata_json(metadata)
+    v.categories_list(categories)
+    v.expiration(expiration_date)
+    if not isinstance(immutable, bool):
+        raise ValidationError("immutable: must be a boolean")
+    v.request_id(request_id)
+
+
 class InferenceWriter(MemoryWriter):
     """The write side of `add(messages, infer=True)` (see the module docstring)."""
 
