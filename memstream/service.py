@@ -25,6 +25,7 @@ from memstream.producers.inference import (
     InferenceWriter,
     ProjectSettings,
     ProjectSettingsWriter,
+    SettingsCache,
     check_request,
 )
 from memstream.producers.writer import MemoryWriter, RetentionWriter, SubjectEraser
@@ -78,12 +79,15 @@ class Memstream:
         self.eraser = SubjectEraser(self.log, self.projector, self.reader)
         # inference: None when no LLM is configured (infer=True then stores messages verbatim)
         self.llm: LLM | None = llm if llm is not None else get_llm(self.settings)
+        settings_cache = SettingsCache(self.projector)
         self.inference = (
-            InferenceWriter(self.log, self.projector, self.reader, self.llm)
+            InferenceWriter(self.log, self.projector, self.reader, self.llm, settings_cache)
             if self.llm is not None
             else None
         )
-        self.project_settings = ProjectSettingsWriter(self.log, self.projector, self.reader)
+        self.project_settings = ProjectSettingsWriter(
+            self.log, self.projector, self.reader, settings_cache
+        )
         self.tenant = Tenant(self.settings.org_id, self.settings.project_id)
         self._stop = asyncio.Event()
         self._background: asyncio.Task[None] | None = None

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import weakref
 from dataclasses import dataclass
 from typing import Any
@@ -46,7 +47,7 @@ from memstream.producers.writer import MemoryWriter, _Producer
 from memstream.projector.projector import Projector
 from memstream.query.reader import MemoryReader
 from memstream.scope import ENTITY_FIELDS, Scope
-from memstream.sqlutil import sql_in, sql_str
+from memstream.sqlutil import sql_str
 
 MAX_FACTS = 20  # facts taken from one extraction (the rest are dropped, and recorded)
 PER_FACT = 5  # similar memories retrieved per fact
@@ -111,7 +112,38 @@ def read_project_settings(projector: Projector, tenant: Tenant) -> ProjectSettin
     return ProjectSettings(values.get("custom_instructions"), values.get("custom_categories"))
 
 
+SETTINGS_TTL_S = 2.0
+
+
+class SettingsCache:
+    """Project settings read at most every SETTINGS_TTL_S per project (reading them scans
+    the events table): a change made through this process applies at once, one made through
+    another server within SETTINGS_TTL_S."""
+
+    def __init__(self, projector: Projector) -> None:
+        self.projector = projector
+        self._by_tenant: dict[Tenant, tuple[float, ProjectSettings]] = {}
+
+    def get(self, tenant: Tenant) -> ProjectSettings:
+        now = time.monotonic()
+        hit = self._by_tenant.get(tenant)
+        if hit is not None and now - hit[0] < SETTINGS_TTL_S:
+            return hit[1]
+        value = read_project_settings(self.projector, tenant)
+        self._by_tenant[tenant] = (now, value)
+        return value
+
+    def forget(self, tenant: Tenant) -> None:
+        self._by_tenant.pop(tenant, None)
+
+
 class ProjectSettingsWriter(_Producer):
+    def __init__(
+        self, log: EventLog, projector: Projector, reader: MemoryReader, cache: SettingsCache
+    ) -> None:
+        super().__init__(log, projector, reader)
+        self.cache = cache
+
     async def update(
         self,
         tenant: Tenant,
@@ -145,10 +177,11 @@ class ProjectSettingsWriter(_Producer):
             fields_set=tuple(fields),
         )  # fmt: skip
         await self._append([event])
-        return read_project_settings(self.projector, tenant)
+        self.cache.forget(tenant)
+        return self.cache.get(tenant)
 
     def current(self, tenant: Tenant) -> ProjectSettings:
-        return read_project_settings(self.projector, tenant)
+        return self.cache.get(tenant)
 
 
 def _check_categories(value: Any) -> None:
@@ -202,9 +235,17 @@ def check_request(
 class InferenceWriter(MemoryWriter):
     """The write side of `add(messages, infer=True)` (see the module docstring)."""
 
-    def __init__(self, log: EventLog, projector: Projector, reader: MemoryReader, llm: LLM) -> None:
+    def __init__(
+        self,
+        log: EventLog,
+        projector: Projector,
+        reader: MemoryReader,
+        llm: LLM,
+        settings: SettingsCache | None = None,
+    ) -> None:
         super().__init__(log, projector, reader)
         self.llm = llm
+        self.settings = settings or SettingsCache(projector)
         self._locks: weakref.WeakValueDictionary[Scope, asyncio.Lock] = (
             weakref.WeakValueDictionary()
         )
@@ -260,7 +301,7 @@ class InferenceWriter(MemoryWriter):
         who = actor or Actor()
         async with self._lock(scope):
             await self.projector.catch_up()  # the LLM must see every earlier decision
-            settings = read_project_settings(self.projector, tenant)
+            settings = self.settings.get(tenant)
             extracted = await self.llm.complete(
                 prompts.extract_system(settings.custom_instructions),
                 prompts.conversation_text(conversation),
@@ -323,32 +364,19 @@ class InferenceWriter(MemoryWriter):
         """The scope's memories most similar to the facts (each fact's nearest first,
         interleaved), numbered "0", "1", ... in the order shown."""
         filters = {name: getattr(scope, name) for name in ENTITY_FIELDS if getattr(scope, name)}
-        found: dict[str, str] = {}
+        found: dict[str, dict[str, Any]] = {}
         per_fact = [
-            self.reader.search(tenant, fact, filters, top_k=PER_FACT, threshold=None)
-            for fact in facts
+            self.reader.search_rows(tenant, fact, filters, top_k=PER_FACT) for fact in facts
         ]
         for rank in range(PER_FACT):
             for hits in per_fact:
-                if rank < len(hits) and hits[rank].id not in found and len(found) < MAX_SHOWN:
-                    found[hits[rank].id] = hits[rank].memory
-        if not found:
-            return []
-        rows = {
-            r["id"]: r
-            for r in self.projector.generation().query_memories(
-                sql_in("id", list(found)), ["id", "hash", "last_offset", "immutable"]
-            )
-        }
-        shown: list[Shown] = []
-        for mid, text in found.items():
-            row = rows.get(mid)
-            if row is not None:
-                shown.append(
-                    Shown(str(len(shown)), mid, text, row["hash"], int(row["last_offset"]),
-                          bool(row["immutable"]))
-                )  # fmt: skip
-        return shown
+                if rank < len(hits) and hits[rank]["id"] not in found and len(found) < MAX_SHOWN:
+                    found[hits[rank]["id"]] = hits[rank]
+        return [
+            Shown(str(i), row["id"], row["text"], row["hash"], int(row["last_offset"]),
+                  bool(row["immutable"]))
+            for i, row in enumerate(found.values())
+        ]  # fmt: skip
 
     def _event_of(
         self,

@@ -113,6 +113,24 @@ class MemoryReader:
                 tenant, query, filters, as_of,
                 top_k=top_k, threshold=threshold, show_expired=show_expired,
             )  # fmt: skip
+        rows = self.search_rows(tenant, query, filters, top_k=top_k, show_expired=show_expired)
+        return [
+            MemoryView.from_row(row, score=row["score"])
+            for row in rows
+            if threshold is None or row["score"] >= threshold
+        ]
+
+    def search_rows(
+        self,
+        tenant: Tenant,
+        query: str,
+        filters: Mapping[str, Any] | None,
+        *,
+        top_k: int = 10,
+        show_expired: bool = False,
+    ) -> list[dict[str, Any]]:
+        """The nearest live rows with every projection column and `score` (0..1), nearest
+        first. Inference reads these: it needs each memory's version (`last_offset`)."""
         compiled = self._compile(tenant, filters)
         table = self.projector.generation().memories()
         if table is None:
@@ -123,17 +141,14 @@ class MemoryReader:
             table.search(vector)
             .metric("cosine")
             .where(pred, prefilter=True)
-            .select([*MEMORY_COLUMNS, "_distance"])
+            .select([*MEMORY_COLUMNS, "last_offset", "_distance"])
             .limit(top_k)
             .to_arrow()
             .to_pylist()
         )
-        out = []
         for row in rows:
-            score = max(0.0, min(1.0, 1.0 - float(row["_distance"])))
-            if threshold is None or score >= threshold:
-                out.append(MemoryView.from_row(row, score=round(score, 6)))
-        return out
+            row["score"] = round(max(0.0, min(1.0, 1.0 - float(row["_distance"]))), 6)
+        return rows
 
     def history(self, tenant: Tenant, memory_id: str) -> list[HistoryEntry]:
         """Every event of a memory, in log order: the log is the audit trail."""
