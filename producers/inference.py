@@ -22,6 +22,7 @@ import asyncio
 import json
 import time
 import weakref
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -302,30 +303,12 @@ class InferenceWriter(MemoryWriter):
         async with self._lock(scope):
             await self.projector.catch_up()  # the LLM must see every earlier decision
             settings = self.settings.get(tenant)
-            extracted = await self.llm.complete(
-                prompts.extract_system(settings.custom_instructions),
-                prompts.conversation_text(conversation),
-                prompts.Facts,
-                "facts",
-            )
-            facts = _clean_facts(extracted.parsed.facts)
-            usage = extracted.usage
-            raw = [extracted.raw]
-            shown: list[Shown] = []
-            decisions: list[prompts.Decision] = []
-            if facts:
-                shown = await asyncio.to_thread(self._retrieve, tenant, scope, facts)
-                decided = await self.llm.complete(
-                    prompts.decide_system(settings.category_prompt()),
-                    prompts.decide_user([{"id": s.temp_id, "text": s.text} for s in shown], facts),
-                    prompts.Decisions,
-                    "memory_decisions",
-                )
-                usage = usage + decided.usage
-                raw.append(decided.raw)
-                decisions = decided.parsed.memory
-            by_temp = {s.temp_id: s for s in shown}
-            _check_ids(decisions, by_temp, self.llm)
+            outcome = await decide(
+                self.llm, settings, conversation,
+                lambda facts: asyncio.to_thread(self._retrieve, tenant, scope, facts),
+            )  # fmt: skip
+            decisions = outcome.decisions
+            by_temp = outcome.by_temp
             recorded = MessagesRecorded(
                 scope=scope, actor=who, request_id=rid,
                 event_id=messages_event_id or new_id(),
@@ -337,9 +320,9 @@ class InferenceWriter(MemoryWriter):
                 messages_event_id=recorded.event_id, model=self.llm.model,
                 llm_host=self.llm.host, prompt_version=prompts.PROMPT_VERSION,
                 prompt_hash=prompts.PROMPT_HASH, temperature=self.llm.temperature,
-                prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens,
-                latency_ms=usage.latency_ms,
-                output=_output(facts, shown, decisions, raw, usage),
+                prompt_tokens=outcome.usage.prompt_tokens,
+                completion_tokens=outcome.usage.completion_tokens,
+                latency_ms=outcome.usage.latency_ms, output=outcome.output(),
             )  # fmt: skip
             allowed = set(settings.category_names())
             changes: list[Event] = []
@@ -426,6 +409,60 @@ class InferenceWriter(MemoryWriter):
             scope=scope, memory_id=target.memory_id, actor=who, request_id=rid,
             reason="inference", decision_id=decision_id, expected_offset=target.last_offset,
         )  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class Decided:
+    """What the two LLM calls produced for one conversation (validated: every UPDATE,
+    DELETE and NONE names a memory that was shown)."""
+
+    facts: list[str]
+    shown: list[Shown]
+    decisions: list[prompts.Decision]
+    raw: list[str]
+    usage: Usage
+
+    @property
+    def by_temp(self) -> dict[str, Shown]:
+        return {s.temp_id: s for s in self.shown}
+
+    def output(self) -> str:
+        return _output(self.facts, self.shown, self.decisions, self.raw, self.usage)
+
+
+async def decide(
+    llm: LLM,
+    settings: ProjectSettings,
+    conversation: list[dict[str, str]],
+    retrieve: Callable[[list[str]], Awaitable[list[Shown]]],
+) -> Decided:
+    """Extract facts, show the LLM the memories `retrieve` finds for them, and take its
+    decisions: the pipeline's thinking, shared by `infer` and `reinfer` (which retrieves
+    from a state it simulates instead of the projection)."""
+    extracted = await llm.complete(
+        prompts.extract_system(settings.custom_instructions),
+        prompts.conversation_text(conversation),
+        prompts.Facts,
+        "facts",
+    )
+    facts = _clean_facts(extracted.parsed.facts)
+    usage = extracted.usage
+    raw = [extracted.raw]
+    shown: list[Shown] = []
+    decisions: list[prompts.Decision] = []
+    if facts:
+        shown = await retrieve(facts)
+        decided = await llm.complete(
+            prompts.decide_system(settings.category_prompt()),
+            prompts.decide_user([{"id": s.temp_id, "text": s.text} for s in shown], facts),
+            prompts.Decisions,
+            "memory_decisions",
+        )
+        usage = usage + decided.usage
+        raw.append(decided.raw)
+        decisions = decided.parsed.memory
+    _check_ids(decisions, {s.temp_id: s for s in shown}, llm)
+    return Decided(facts, shown, decisions, raw, usage)
 
 
 def _clean_facts(facts: list[str]) -> list[str]:
