@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime as dt
 import logging
 from collections.abc import Callable, Mapping, Sequence
@@ -28,6 +29,7 @@ from memstream.producers.inference import (
     SettingsCache,
     check_request,
 )
+from memstream.producers.reinfer import ReinferPlan, Reinferrer
 from memstream.producers.writer import MemoryWriter, RetentionWriter, SubjectEraser
 from memstream.projector.projector import Projector
 from memstream.projector.store import Generation, live_embedder
@@ -88,6 +90,7 @@ class Memstream:
         self.project_settings = ProjectSettingsWriter(
             self.log, self.projector, self.reader, settings_cache
         )
+        self._settings_cache = settings_cache
         self.tenant = Tenant(self.settings.org_id, self.settings.project_id)
         self._stop = asyncio.Event()
         self._background: asyncio.Task[None] | None = None
@@ -182,6 +185,47 @@ class Memstream:
         MessagesRecorded will carry (an async add answers with it at once)."""
         check_request(tenant or self.tenant, messages, **kwargs)
         return new_id()
+
+    def reinferrer(self, model: str | None = None, base_url: str | None = None) -> Reinferrer:
+        """Re-decide recorded conversations with `model` (at `base_url`; defaults: the
+        configured LLM's), see producers/reinfer.py."""
+        if model is None and base_url is None and self.llm is not None:
+            llm: LLM = self.llm
+        else:
+            chosen = get_llm(dataclasses.replace(
+                self.settings,
+                llm_model=model or self.settings.llm_model,
+                llm_base_url=base_url or self.settings.llm_base_url,
+            ))  # fmt: skip
+            if chosen is None:
+                from memstream.errors import ValidationError
+
+                raise ValidationError(
+                    "reinfer: name the model (--model) and its endpoint (--base-url or "
+                    "--llm-base-url / MEMSTREAM_LLM_BASE_URL)"
+                )
+            llm = chosen
+        return Reinferrer(self.log, self.projector, self.reader, llm, self._settings_cache)
+
+    async def reinfer(
+        self,
+        *,
+        tenant: Tenant | None = None,
+        model: str | None = None,
+        base_url: str | None = None,
+        swap: bool = False,
+        **ids: Any,
+    ) -> tuple[ReinferPlan, list[WriteResult] | None]:
+        """The plan of re-deciding one scope's conversations (appear / change / go against
+        the live state) and, with `swap`, the changes appended to make it live."""
+        worker = self.reinferrer(model, base_url)
+        try:
+            plan = await worker.plan(tenant or self.tenant, **ids)
+            done = await worker.swap(tenant or self.tenant, plan) if swap else None
+        finally:
+            if worker.llm is not self.llm and hasattr(worker.llm, "close"):
+                await worker.llm.close()
+        return plan, done
 
     # -- project settings (inference) ----------------------------------------------------
     async def update_project(

@@ -407,3 +407,66 @@ def test_project_settings_steer_extraction_and_categories(
         assert project.custom_categories == [{"beverages": "drinks"}, "meals"]
 
     go(with_llm(settings, llm), body)
+
+
+def test_reinfer_plans_with_another_model_then_swaps_in_events(
+    settings: Settings, llm: ScriptedLLM
+) -> None:
+    async def body(ms: Memstream) -> None:
+        [nuts] = await ms.add("Allergic to nuts", user_id="alice")  # a direct write
+        llm.push(facts("Likes tea"), decide({"id": "n", "text": "Likes tea", "event": "ADD"}))
+        await ms.add("I like tea", infer=True, user_id="alice")
+        llm.push(
+            facts("Lives in Berlin"), decide({"id": "n", "text": "Lives in Berlin", "event": "ADD"})
+        )
+        await ms.add("I moved to Berlin", infer=True, user_id="alice")
+        before = await live(ms)
+        ends = await ms.log.end_offsets()
+
+        # the new model: shown only the direct memory at the first conversation ("0")
+        llm.push(
+            facts("Loves tea", "Severe nut allergy"),
+            decide(
+                {"id": "n", "text": "Loves tea", "event": "ADD"},
+                {"id": "0", "text": "Severely allergic to nuts", "event": "UPDATE"},
+            ),
+            facts("Lives in Berlin"),
+            decide({"id": "n", "text": "Lives in Berlin", "event": "ADD"}),
+        )
+        plan, applied = await ms.reinfer(model="scripted-2", user_id="alice")
+        assert applied is None
+        assert llm.requests[-1]["model"] == "scripted-2" and llm.remaining() == 0
+        assert "Allergic to nuts" in llm.requests[-3]["messages"][1]["content"]
+        assert plan.conversations == 2
+        assert [a["text"] for a in plan.appear] == ["Loves tea"]
+        assert [(c["id"], c["from"], c["to"]) for c in plan.change] == [
+            (nuts.id, "Allergic to nuts", "Severely allergic to nuts")
+        ]
+        assert [g["text"] for g in plan.go] == ["Likes tea"]
+        assert plan.unchanged == 1  # Lives in Berlin
+        # planning writes nothing
+        assert await ms.log.end_offsets() == ends and await live(ms) == before
+
+        llm.push(
+            facts("Loves tea", "Severe nut allergy"),
+            decide(
+                {"id": "n", "text": "Loves tea", "event": "ADD"},
+                {"id": "0", "text": "Severely allergic to nuts", "event": "UPDATE"},
+            ),
+            facts("Lives in Berlin"),
+            decide({"id": "n", "text": "Lives in Berlin", "event": "ADD"}),
+        )
+        _, applied = await ms.reinfer(model="scripted-2", user_id="alice", swap=True)
+        assert applied is not None
+        assert sorted(r.event for r in applied) == ["ADD", "DELETE", "UPDATE"]
+        after = await live(ms)
+        assert sorted(after.values()) == [
+            "Lives in Berlin", "Loves tea", "Severely allergic to nuts",
+        ]  # fmt: skip
+        history = await ms.history(nuts.id)
+        assert history[-1].inference is not None and history[-1].inference["model"] == "scripted-2"
+        llm.stop()
+        await ms.replay()  # no LLM needed: the swap is in the log
+        assert await live(ms) == after
+
+    go(with_llm(settings, llm), body)
