@@ -33,6 +33,7 @@ from memstream.producers.reinfer import ReinferPlan, Reinferrer
 from memstream.producers.writer import MemoryWriter, RetentionWriter, SubjectEraser
 from memstream.projector.projector import Projector
 from memstream.projector.store import Generation, live_embedder
+from memstream.query.explain import caused_by_messages
 from memstream.query.reader import MemoryReader
 from memstream.settings import Settings
 
@@ -177,6 +178,17 @@ class Memstream:
             return await self.inference.infer(tenant or self.tenant, messages, **kwargs)
         kwargs.pop("messages_event_id", None)
         return await self.writer.add(tenant or self.tenant, messages, **kwargs)
+
+    def inferred_outcomes(
+        self, messages_event_id: str, *, tenant: Tenant | None = None
+    ) -> list[dict[str, Any]] | None:
+        """The audit rows of the memory events an inferred add's conversation caused (None
+        when no decision names it): the event status of an async add after a restart."""
+        t = tenant or self.tenant
+        rows = caused_by_messages(self.projector.generation(), messages_event_id)
+        if rows is None:
+            return None
+        return [r for r in rows if (r["org_id"], r["project_id"]) == (t.org_id, t.project_id)]
 
     def check_inferred_add(
         self, messages: Any, *, tenant: Tenant | None = None, **kwargs: Any

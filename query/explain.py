@@ -12,7 +12,7 @@ from typing import Any
 
 from memstream.models import iso_ms
 from memstream.projector.store import Generation
-from memstream.sqlutil import sql_in
+from memstream.sqlutil import sql_in, sql_str
 
 VERBS = {
     "ADD": "added",
@@ -83,3 +83,23 @@ def _payload(row: dict[str, Any]) -> dict[str, Any]:
     except ValueError:
         return {}
     return value if isinstance(value, dict) else {}
+
+
+def caused_by_messages(gen: Generation, messages_event_id: str) -> list[dict[str, Any]] | None:
+    """The memory events an inferred add's conversation (its MessagesRecorded id) caused, in
+    log order: what GET /v1/event/{id}/ reports once the in-process task is gone (another
+    server, a restart). None when no decision names that conversation (yet)."""
+    pattern = sql_str(f'%"messages_event_id": {json.dumps(messages_event_id)}%')
+    decisions = gen.query_events(f"event_type = 'InferenceDecided' AND payload LIKE {pattern}")
+    if not decisions:
+        return None
+    ids = [d["event_id"] for d in decisions]
+    rows = gen.query_events(
+        "event_type IN ('MemoryAdded', 'MemoryUpdated', 'MemoryDeleted') AND ("
+        + " OR ".join(f"payload LIKE {sql_str(f'%{json.dumps(i)}%')}" for i in ids)
+        + ")"
+    )
+    return sorted(
+        (r for r in rows if decision_ids([r]).get(r["event_id"]) in ids),
+        key=lambda r: (r["partition"], r["offset"]),
+    )

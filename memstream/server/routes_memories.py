@@ -145,6 +145,7 @@ async def get_event(ms: MsDep, caller: CallerDep, event_id: str, queue: PendingD
     eid = normalise_id("event_id", event_id)
     assert eid is not None
     task = queue.task(caller.tenant, eid)
+    inferred = task is not None
     if task is not None:
         if not task.done():
             return {"id": eid, "event_type": "ADD", "status": "PENDING", "results": []}
@@ -165,14 +166,20 @@ async def get_event(ms: MsDep, caller: CallerDep, event_id: str, queue: PendingD
         for r in (await asyncio.to_thread(ms.reader.outcomes, list(ids))).values()
         if (r["org_id"], r["project_id"]) == (caller.tenant.org_id, caller.tenant.project_id)
     ]
-    if not rows and task is None and queue.lookup(caller.tenant, eid) is None:
+    if len(rows) == 1 and rows[0]["event_type"] == "MessagesRecorded":
+        # an inferred add's conversation, asked after its task is gone: what it caused
+        # (its decision is projected in the same batch; None = erased since)
+        caused = await asyncio.to_thread(ms.inferred_outcomes, eid, tenant=caller.tenant)
+        inferred, rows = True, caused or []
+        ids = tuple(r["event_id"] for r in rows)
+        if not rows:
+            return {"id": eid, "event_type": "ADD", "status": "SUCCEEDED", "results": []}
+    if not rows and not inferred and queue.lookup(caller.tenant, eid) is None:
         raise NotFoundError("Event not found or you don't have permission to access it.")
     rows.sort(key=lambda r: (r["partition"], r["offset"]))
     done = len(rows) == len(ids)
     first = min((r["occurred_at"] for r in rows), default=None)
-    adds = (
-        ("MemoryAdded", "MemoryUpdated", "MemoryDeleted") if task is not None else ("MemoryAdded",)
-    )
+    adds = ("MemoryAdded", "MemoryUpdated", "MemoryDeleted") if inferred else ("MemoryAdded",)
     return {
         "id": eid,
         "event_type": "ADD"

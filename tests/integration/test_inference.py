@@ -170,6 +170,11 @@ def test_add_update_delete_none_give_exactly_the_scripted_events(
 
         state = await live(ms)
         assert sorted(state.values()) == ["Lives in Berlin", "Loves green tea"]
+        # what a conversation caused, found from its MessagesRecorded id alone
+        caused = ms.inferred_outcomes(events[4].event_id)
+        assert caused is not None
+        assert [r["event_id"] for r in caused] == [e.event_id for e in events[6:9]]
+        assert ms.inferred_outcomes(events[9].event_id) == []  # the NONE conversation
         history = await ms.history(by_event["UPDATE"].id)
         assert history[-1].inference is not None
         assert (
