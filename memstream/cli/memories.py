@@ -208,11 +208,12 @@ def history(memory_id: str) -> None:
 
     def human() -> None:
         table = Table(title=f"history of {memory_id}")
-        for col in ("when", "event", "type", "old", "new", "reason", "actor"):
+        for col in ("when", "event", "type", "old", "new", "reason / why", "actor"):
             table.add_column(col, overflow="fold")
         for h in entries:
+            why = (h.inference or {}).get("explanation") or h.reason or ""
             table.add_row(iso_ms(h.created_at) or "", h.event, h.event_type, h.old_memory or "",
-                          h.new_memory or "", h.reason or "", h.actor_source or "")  # fmt: skip
+                          h.new_memory or "", why, h.actor_source or "")  # fmt: skip
         out.print(table)
 
     emit({"results": [h.to_api() for h in entries]}, human)

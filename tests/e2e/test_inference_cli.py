@@ -54,3 +54,15 @@ def test_add_infer_then_reinfer_and_swap(tmp_path: Path) -> None:
         listed = cli(tmp_path, llm, "get-all", "--user-id", "alice")
         assert [m["memory"] for m in json.loads(listed.stdout)["results"]] == ["Loves tea"]
         assert [r["model"] for r in llm.requests] == ["model-a"] * 2 + ["model-b"] * 6
+        audit = json.loads(cli(tmp_path, llm, "audit", "--user-id", "alice").stdout)["results"]
+        why = [e["inference"]["explanation"] for e in audit if e.get("inference")]
+        assert why[0].startswith("added by inference (model model-a) from the messages of ")
+        assert (
+            why[1:]
+            == [
+                w
+                for w in why[1:]
+                if "(model model-b)" in w and w.split()[0] in ("added", "deleted")
+            ]
+            and len(why) == 3
+        )
