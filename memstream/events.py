@@ -79,6 +79,7 @@ class MemoryAdded(Event):
     expiration_date: str | None = None
     immutable: bool = False
     source_hash: str | None = None
+    decision_id: str | None = None  # the InferenceDecided that decided it (inference)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -96,14 +97,18 @@ class MemoryUpdated(Event):
     # backdating (the platform's update(timestamp=...)): created_at and updated_at become
     # this time, ms UTC; None = the update does not touch the timestamps
     timestamp: int | None = None
+    decision_id: str | None = None  # the InferenceDecided that decided it (inference)
+    expected_offset: int | None = None  # the version the LLM read: else CONFLICT, not applied
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class MemoryDeleted(Event):
     event_type: ClassVar[str] = "MemoryDeleted"
 
-    reason: str = "api"  # api | delete_all | expired | erased
+    reason: str = "api"  # api | delete_all | expired | erased | inference
     cause_event_id: str | None = None
+    decision_id: str | None = None  # the InferenceDecided that decided it (inference)
+    expected_offset: int | None = None  # the version the LLM read: else CONFLICT, not applied
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -168,6 +173,48 @@ class SubjectErased(Event):
         return Subject(self.scope.org_id, self.scope.project_id, self.subject_field, value)
 
 
+# -- inference (docs/inference.md): the input, the decision, the project's settings ---------
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MessagesRecorded(Event):
+    """The conversation an inferred add was given (the input the LLM decided on)."""
+
+    event_type: ClassVar[str] = "MessagesRecorded"
+    SEALED: ClassVar[tuple[str, ...]] = ("messages",)
+
+    messages: str  # JSON list of {role, content}
+    source_hash: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class InferenceDecided(Event):
+    """What the LLM decided about one MessagesRecorded, with what model, prompt and cost."""
+
+    event_type: ClassVar[str] = "InferenceDecided"
+    SEALED: ClassVar[tuple[str, ...]] = ("output",)
+
+    messages_event_id: str
+    model: str
+    llm_host: str
+    prompt_version: str
+    prompt_hash: str
+    temperature: float = 0.0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    latency_ms: int = 0
+    output: str = "{}"  # JSON: facts, memories shown (temporary ids), decisions
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ProjectSettingsUpdated(Event):
+    """A project's custom instructions and/or categories changed (`fields_set` says which)."""
+
+    event_type: ClassVar[str] = "ProjectSettingsUpdated"
+
+    custom_instructions: str | None = None
+    custom_categories: str | None = None  # JSON list
+    fields_set: tuple[str, ...] = ()
+
+
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.event_type: cls
     for cls in (
@@ -180,6 +227,9 @@ EVENT_TYPES: dict[str, type[Event]] = {
         RetentionPolicySet,
         RetentionPolicyRemoved,
         SubjectErased,
+        MessagesRecorded,
+        InferenceDecided,
+        ProjectSettingsUpdated,
     )
 }
 
@@ -190,6 +240,8 @@ _PLACEHOLDER: dict[str, Any] = {
     "categories": [],
     "filters": "{}",
     "feedback_reason": None,
+    "messages": "[]",
+    "output": "{}",
 }
 _MAY_BE_NONE = {"MemoryUpdated": ("text", "metadata", "categories")}
 _NOT_IN_LOG = ("erased",)

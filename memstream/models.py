@@ -128,12 +128,15 @@ class WriteResult:
     memory: str | None = None
     event_id: str | None = None
     pending: bool = False
+    previous_memory: str | None = None  # an UPDATE's text before it (inference)
 
     def to_api(self) -> dict[str, Any]:
         out: dict[str, Any] = {"id": self.id, "event": self.event}
         if self.memory is not None:
             out["memory"] = self.memory
             out["data"] = {"memory": self.memory}
+        if self.previous_memory is not None:
+            out["previous_memory"] = self.previous_memory
         if self.pending:
             out["status"] = "PENDING"
         return out
@@ -161,9 +164,11 @@ class HistoryEntry:
     position: tuple[int, int]
     created_at: int
     extra: dict[str, Any] = field(default_factory=dict)
+    # when inference caused the event: the decision, model and messages (query/explain.py)
+    inference: dict[str, Any] | None = None
 
     @classmethod
-    def from_row(cls, row: dict[str, Any]) -> HistoryEntry:
+    def from_row(cls, row: dict[str, Any], inference: dict[str, Any] | None = None) -> HistoryEntry:
         def js(v: str | None) -> dict[str, Any] | None:
             return json.loads(v) if v else None
 
@@ -188,6 +193,7 @@ class HistoryEntry:
             position=(row["partition"], row["offset"]),
             created_at=row["occurred_at"],
             extra=js(row["payload"]) or {},
+            inference=inference,
         )
 
     def to_api(self) -> dict[str, Any]:
@@ -221,4 +227,5 @@ class HistoryEntry:
             "position": {"partition": self.position[0], "offset": self.position[1]},
             "created_at": iso_ms(self.created_at),
             "updated_at": iso_ms(self.created_at),
+            **({"inference": self.inference} if self.inference is not None else {}),
         }

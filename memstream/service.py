@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime as dt
 import logging
 from collections.abc import Callable, Mapping, Sequence
@@ -16,13 +17,23 @@ from typing import Any
 
 from memstream.embedders import get_embedder
 from memstream.embedders.base import Embedder
-from memstream.events import Actor, FeedbackGiven
+from memstream.events import Actor, FeedbackGiven, new_id
 from memstream.keystore.base import KeyStore
+from memstream.llm import LLM, get_llm
 from memstream.log.base import EventLog
 from memstream.models import UNSET, HistoryEntry, MemoryView, Page, Tenant, WriteResult
+from memstream.producers.inference import (
+    InferenceWriter,
+    ProjectSettings,
+    ProjectSettingsWriter,
+    SettingsCache,
+    check_request,
+)
+from memstream.producers.reinfer import ReinferPlan, Reinferrer
 from memstream.producers.writer import MemoryWriter, RetentionWriter, SubjectEraser
 from memstream.projector.projector import Projector
 from memstream.projector.store import Generation, live_embedder
+from memstream.query.explain import caused_by_messages
 from memstream.query.reader import MemoryReader
 from memstream.settings import Settings
 
@@ -51,6 +62,7 @@ class Memstream:
         *,
         embedder: Embedder | None = None,
         log: EventLog | None = None,
+        llm: LLM | None = None,
     ) -> None:
         self.settings = settings or Settings.from_env()
         self.data_dir = Path(self.settings.data_dir)
@@ -68,6 +80,18 @@ class Memstream:
         self.writer = MemoryWriter(self.log, self.projector, self.reader)
         self.retention = RetentionWriter(self.log, self.projector, self.reader)
         self.eraser = SubjectEraser(self.log, self.projector, self.reader)
+        # inference: None when no LLM is configured (infer=True then stores messages verbatim)
+        self.llm: LLM | None = llm if llm is not None else get_llm(self.settings)
+        settings_cache = SettingsCache(self.projector)
+        self.inference = (
+            InferenceWriter(self.log, self.projector, self.reader, self.llm, settings_cache)
+            if self.llm is not None
+            else None
+        )
+        self.project_settings = ProjectSettingsWriter(
+            self.log, self.projector, self.reader, settings_cache
+        )
+        self._settings_cache = settings_cache
         self.tenant = Tenant(self.settings.org_id, self.settings.project_id)
         self._stop = asyncio.Event()
         self._background: asyncio.Task[None] | None = None
@@ -128,6 +152,8 @@ class Memstream:
             await self._sweeper
             self._sweeper = None
         await self.projector.close()
+        if self.llm is not None and hasattr(self.llm, "close"):
+            await self.llm.close()
         await self.projector.keys.close()
         await self.log.close()
 
@@ -138,10 +164,91 @@ class Memstream:
         await self.close()
 
     # -- writes --------------------------------------------------------------------------
+    @property
+    def inference_on(self) -> bool:
+        """Whether `add(infer=True)` asks an LLM (else it stores the messages verbatim)."""
+        return self.inference is not None
+
     async def add(
-        self, messages: Any, *, tenant: Tenant | None = None, **kwargs: Any
+        self, messages: Any, *, tenant: Tenant | None = None, infer: bool = False, **kwargs: Any
     ) -> list[WriteResult]:
+        """Each non-system message becomes a memory; with `infer=True` and an LLM
+        configured, the LLM decides what to remember instead (docs/inference.md)."""
+        if infer and self.inference is not None:
+            return await self.inference.infer(tenant or self.tenant, messages, **kwargs)
+        kwargs.pop("messages_event_id", None)
         return await self.writer.add(tenant or self.tenant, messages, **kwargs)
+
+    def inferred_outcomes(
+        self, messages_event_id: str, *, tenant: Tenant | None = None
+    ) -> list[dict[str, Any]] | None:
+        """The audit rows of the memory events an inferred add's conversation caused (None
+        when no decision names it): the event status of an async add after a restart."""
+        t = tenant or self.tenant
+        rows = caused_by_messages(self.projector.generation(), messages_event_id)
+        if rows is None:
+            return None
+        return [r for r in rows if (r["org_id"], r["project_id"]) == (t.org_id, t.project_id)]
+
+    def check_inferred_add(
+        self, messages: Any, *, tenant: Tenant | None = None, **kwargs: Any
+    ) -> str:
+        """Validate an inferred add without asking the LLM; the event id its
+        MessagesRecorded will carry (an async add answers with it at once)."""
+        check_request(tenant or self.tenant, messages, **kwargs)
+        return new_id()
+
+    def reinferrer(self, model: str | None = None, base_url: str | None = None) -> Reinferrer:
+        """Re-decide recorded conversations with `model` (at `base_url`; defaults: the
+        configured LLM's), see producers/reinfer.py."""
+        if model is None and base_url is None and self.llm is not None:
+            llm: LLM = self.llm
+        else:
+            chosen = get_llm(dataclasses.replace(
+                self.settings,
+                llm_model=model or self.settings.llm_model,
+                llm_base_url=base_url or self.settings.llm_base_url,
+            ))  # fmt: skip
+            if chosen is None:
+                from memstream.errors import ValidationError
+
+                raise ValidationError(
+                    "reinfer: name the model (--model) and its endpoint (--base-url or "
+                    "--llm-base-url / MEMSTREAM_LLM_BASE_URL)"
+                )
+            llm = chosen
+        return Reinferrer(self.log, self.projector, self.reader, llm, self._settings_cache)
+
+    async def reinfer(
+        self,
+        *,
+        tenant: Tenant | None = None,
+        model: str | None = None,
+        base_url: str | None = None,
+        swap: bool = False,
+        **ids: Any,
+    ) -> tuple[ReinferPlan, list[WriteResult] | None]:
+        """The plan of re-deciding one scope's conversations (appear / change / go against
+        the live state) and, with `swap`, the changes appended to make it live."""
+        worker = self.reinferrer(model, base_url)
+        try:
+            plan = await worker.plan(tenant or self.tenant, **ids)
+            done = await worker.swap(tenant or self.tenant, plan) if swap else None
+        finally:
+            if worker.llm is not self.llm and hasattr(worker.llm, "close"):
+                await worker.llm.close()
+        return plan, done
+
+    # -- project settings (inference) ----------------------------------------------------
+    async def update_project(
+        self, *, tenant: Tenant | None = None, **kwargs: Any
+    ) -> ProjectSettings:
+        """Set custom_instructions and/or custom_categories (stored as an event)."""
+        return await self.project_settings.update(tenant or self.tenant, **kwargs)
+
+    async def project(self, *, tenant: Tenant | None = None) -> ProjectSettings:
+        await self._fresh(True)
+        return self.project_settings.current(tenant or self.tenant)
 
     async def update(
         self,

@@ -19,6 +19,13 @@ class Settings:
     org_id: str = "local"
     project_id: str = "default"
     keep_versions_s: float = 300.0  # superseded LanceDB table versions kept this long
+    # inference (docs/inference.md): an OpenAI-compatible chat-completions endpoint, or off
+    llm_base_url: str | None = None
+    llm_model: str | None = None
+    llm_api_key: str | None = None
+    llm_timeout_s: float = 60.0  # per attempt
+    llm_max_retries: int = 2  # on 429, 5xx, timeouts and refused connections, with backoff
+    llm_temperature: float = 0.0
 
     @classmethod
     def from_env(cls, **overrides: Any) -> Settings:
@@ -33,6 +40,12 @@ class Settings:
             org_id=env.get("MEMSTREAM_ORG_ID", "local"),
             project_id=env.get("MEMSTREAM_PROJECT_ID", "default"),
             keep_versions_s=float(env.get("MEMSTREAM_KEEP_VERSIONS_S", "300")),
+            llm_base_url=env.get("MEMSTREAM_LLM_BASE_URL") or None,
+            llm_model=env.get("MEMSTREAM_LLM_MODEL") or None,
+            llm_api_key=env.get("MEMSTREAM_LLM_API_KEY") or None,
+            llm_timeout_s=float(env.get("MEMSTREAM_LLM_TIMEOUT_S", "60")),
+            llm_max_retries=int(env.get("MEMSTREAM_LLM_MAX_RETRIES", "2")),
+            llm_temperature=float(env.get("MEMSTREAM_LLM_TEMPERATURE", "0")),
         )
         return replace(base, **{k: v for k, v in overrides.items() if v is not None})
 
@@ -41,3 +54,10 @@ class Settings:
         if self.kafka_bootstrap:
             return f"Kafka {self.kafka_bootstrap} topic {self.topic}"
         return f"file log {self.data_dir / 'log'}"
+
+    @property
+    def llm_description(self) -> str:
+        """Whether inference is on, and with which model where (never the key)."""
+        if not (self.llm_base_url and self.llm_model):
+            return "inference off (no LLM configured: infer=True stores messages verbatim)"
+        return f"inference on: model {self.llm_model} at {self.llm_base_url}"

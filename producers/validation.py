@@ -48,6 +48,21 @@ def memory_texts(messages: Any) -> list[str]:
     return texts
 
 
+def conversation(messages: Any) -> list[dict[str, str]]:
+    """The messages an inferred add decides on, as [{role, content}] (validated like
+    `memory_texts`: at least one user or assistant message)."""
+    memory_texts(messages)
+    if isinstance(messages, str):
+        messages = [{"role": "user", "content": messages}]
+    elif isinstance(messages, dict):
+        messages = [messages]
+    return [
+        {"role": str(m.get("role", "user")), "content": m["content"].strip()}
+        for m in messages
+        if m["content"].strip()
+    ]
+
+
 def check_text(text: Any, where: str = "text") -> str:
     if not isinstance(text, str):
         raise ValidationError(f"{where}: must be a string")

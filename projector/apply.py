@@ -16,10 +16,13 @@ from memstream.events import (
     DeleteAllRequested,
     Event,
     FeedbackGiven,
+    InferenceDecided,
     MemoryAdded,
     MemoryDeleted,
     MemoryExpired,
     MemoryUpdated,
+    MessagesRecorded,
+    ProjectSettingsUpdated,
     RetentionPolicyRemoved,
     RetentionPolicySet,
     SubjectErased,
@@ -141,7 +144,7 @@ def apply_event(
     before the memories): after a crash, a batch is re-applied by following its recorded
     decisions, because re-deciding a duplicate against the post-batch state could differ.
     """
-    if decided in ("NONE", "NOOP"):
+    if decided in ("NONE", "NOOP", "CONFLICT"):
         return _audit(event, position, decided)
     if event.erased:
         # sealed under a destroyed key: nothing of it can be shown, and nothing changes
@@ -154,8 +157,19 @@ def apply_event(
         return _apply_updated(state, event, position)
     if isinstance(event, MemoryDeleted):
         row = state.rows.get(event.memory_id or "")
+        payload: dict[str, Any] = {"cause_event_id": event.cause_event_id}
+        if event.decision_id is not None:
+            payload.update(decision_id=event.decision_id, expected_offset=event.expected_offset)
         if row is None:
-            return _audit(event, position, "NOOP", reason=event.reason)
+            outcome = "NOOP" if event.expected_offset is None else "CONFLICT"
+            return _audit(
+                event, position, outcome, reason=event.reason, payload=json.dumps(payload)
+            )
+        if _stale(row, event.expected_offset, position):
+            return _audit(
+                event, position, "CONFLICT", reason=event.reason, old_text=row["text"],
+                payload=json.dumps({**payload, "found_offset": row["last_offset"]}),
+            )  # fmt: skip
         state._remove(row["id"])
         return _audit(
             event,
@@ -165,7 +179,25 @@ def apply_event(
             old_text=row["text"],
             old_metadata=row["metadata"],
             categories=list(row["categories"]),
-            payload=json.dumps({"cause_event_id": event.cause_event_id}),
+            payload=json.dumps(payload),
+        )
+    if isinstance(event, MessagesRecorded):
+        # the input of an inference; its text is scrubbed like every text on erasure
+        return _audit(event, position, "MESSAGES", text=event.messages)
+    if isinstance(event, InferenceDecided):
+        return _audit(event, position, "DECIDED", payload=decision_payload(event))
+    if isinstance(event, ProjectSettingsUpdated):
+        return _audit(
+            event,
+            position,
+            "SETTINGS",
+            payload=json.dumps(
+                {
+                    "custom_instructions": event.custom_instructions,
+                    "custom_categories": json.loads(event.custom_categories or "null"),
+                    "fields_set": list(event.fields_set),
+                }
+            ),
         )
     if isinstance(event, MemoryExpired):
         return _apply_expired(state, event, position)
@@ -209,6 +241,7 @@ def _apply_added(
                 "expiration_date": event.expiration_date,
                 "immutable": event.immutable,
                 "hash": event.hash,
+                **({"decision_id": event.decision_id} if event.decision_id else {}),
             }
         ),
     )
@@ -265,13 +298,21 @@ def _apply_updated(state: BatchState, event: MemoryUpdated, position: Position) 
                 "expiration_date": event.expiration_date,
                 "set_expiration_date": event.set_expiration_date,
                 "timestamp": event.timestamp,
+                **(
+                    {"decision_id": event.decision_id, "expected_offset": event.expected_offset}
+                    if event.decision_id
+                    else {}
+                ),
             }
         ),
     )
     if row is None or row["immutable"]:
-        return _audit(event, position, "NOOP", **audit)
+        outcome = "NOOP" if event.expected_offset is None else "CONFLICT"
+        return _audit(event, position, outcome, **audit)
     if row["last_offset"] >= position.offset:
         return _audit(event, position, "UPDATE", **audit)  # applied before a crash
+    if _stale(row, event.expected_offset, position):
+        return _audit(event, position, "CONFLICT", old_text=row["text"], **audit)
     audit.update(old_text=row["text"], old_metadata=row["metadata"])
     new = dict(row)
     if event.text is not None and event.text != row["text"]:
@@ -295,6 +336,35 @@ def _apply_updated(state: BatchState, event: MemoryUpdated, position: Position) 
     state.rows[row["id"]] = new
     state.changed.add(row["id"])
     return _audit(event, position, "UPDATE", **audit)
+
+
+def _stale(row: dict[str, Any], expected_offset: int | None, position: Position) -> bool:
+    """An inferred UPDATE/DELETE decided on a version of the memory that is no longer the
+    latest: something changed it between the LLM's read and this event (docs/inference.md)."""
+    return expected_offset is not None and row["last_offset"] != expected_offset
+
+
+def decision_payload(event: InferenceDecided) -> str:
+    """The audit row of a decision: who decided (model, endpoint, prompt) at what cost, and
+    the structured output itself (scrubbed with the subject's other texts on erasure)."""
+    try:
+        output = json.loads(event.output)
+    except ValueError:
+        output = event.output
+    return json.dumps(
+        {
+            "messages_event_id": event.messages_event_id,
+            "model": event.model,
+            "llm_host": event.llm_host,
+            "prompt_version": event.prompt_version,
+            "prompt_hash": event.prompt_hash,
+            "temperature": event.temperature,
+            "prompt_tokens": event.prompt_tokens,
+            "completion_tokens": event.completion_tokens,
+            "latency_ms": event.latency_ms,
+            "output": output,
+        }
+    )
 
 
 def _apply_expired(state: BatchState, event: MemoryExpired, position: Position) -> dict[str, Any]:

@@ -34,6 +34,7 @@ import pyarrow as pa
 from memstream.errors import ValidationError
 from memstream.models import HistoryEntry, Tenant
 from memstream.projector.store import Generation
+from memstream.query.explain import explain
 from memstream.query.filters import CompiledFilter, compile_filters
 from memstream.query.retention import visible
 from memstream.query.timetravel import (
@@ -179,11 +180,12 @@ def audit(
         where.extend(entity_pushdown(compiled.ast, "memory_id"))
     events = _filter_events(load_events(gen, tenant, " AND ".join(where) or None), compiled)
     rows = sorted(events.to_pylist(), key=lambda r: (r["occurred_at"], r["partition"], r["offset"]))
-    return [audit_entry(r) for r in rows]
+    why = explain(gen, rows)
+    return [audit_entry(r, why.get(r["event_id"])) for r in rows]
 
 
-def audit_entry(row: dict[str, Any]) -> dict[str, Any]:
-    entry = HistoryEntry.from_row(row).to_api()
+def audit_entry(row: dict[str, Any], inference: dict[str, Any] | None = None) -> dict[str, Any]:
+    entry = HistoryEntry.from_row(row, inference=inference).to_api()
     entry["resolved_memory_id"] = row.get("resolved_memory_id")
     entry["details"] = json.loads(row["payload"] or "{}")
     return entry

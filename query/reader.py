@@ -13,6 +13,7 @@ from memstream.errors import NotFoundError, ValidationError
 from memstream.events import now_ms
 from memstream.models import HistoryEntry, MemoryView, Page, Tenant
 from memstream.projector.projector import Projector
+from memstream.query.explain import explain
 from memstream.query.filters import CompiledFilter, compile_filters, exact_lance_filter
 from memstream.query.retention import date_expired, policy_expires, visible
 from memstream.query.scoped import (
@@ -146,6 +147,24 @@ class MemoryReader:
                 tenant, query, filters, as_of,
                 top_k=top_k, threshold=threshold, show_expired=show_expired,
             )  # fmt: skip
+        rows = self.search_rows(tenant, query, filters, top_k=top_k, show_expired=show_expired)
+        return [
+            MemoryView.from_row(row, score=row["score"])
+            for row in rows
+            if threshold is None or row["score"] >= threshold
+        ]
+
+    def search_rows(
+        self,
+        tenant: Tenant,
+        query: str,
+        filters: Mapping[str, Any] | None,
+        *,
+        top_k: int = 10,
+        show_expired: bool = False,
+    ) -> list[dict[str, Any]]:
+        """The nearest live rows with every projection column and `score` (0..1), nearest
+        first. Inference reads these: it needs each memory's version (`last_offset`)."""
         compiled = self._compile(tenant, filters)
         table = self.projector.generation().memories()
         if table is None:
@@ -154,7 +173,7 @@ class MemoryReader:
         lead = lead_predicate(compiled.ast) if self.scoped else None
         if lead is not None:  # the scoped plan (query/scoped.py): exact, ties broken by id
             scope = fetch_scope(
-                table, lead, MEMORY_COLUMNS, compiled.ast,
+                table, lead, [*MEMORY_COLUMNS, "last_offset"], compiled.ast,
                 policies=None if show_expired else self.policies(tenant), now_ms=now_ms(),
                 max_rows=self.max_search_rows, with_vectors=True,
             )  # fmt: skip
@@ -162,31 +181,23 @@ class MemoryReader:
                 assert scope.vectors is not None
                 distances = cosine_distances(scope.vectors, vector)
                 ranked = rank([r["id"] for r in scope.rows], distances, top_k)
-                return self._scored(
-                    [(scope.rows[i], float(distances[i])) for i in ranked], threshold
-                )
+                return [self._scored(scope.rows[i], float(distances[i])) for i in ranked]
         pred = self._live(tenant, exact_lance_filter(table, compiled), show_expired)
         rows = (
             table.search(vector)
             .metric("cosine")
             .where(pred, prefilter=True)
-            .select([*MEMORY_COLUMNS, "_distance"])
+            .select([*MEMORY_COLUMNS, "last_offset", "_distance"])
             .limit(top_k)
             .to_arrow()
             .to_pylist()
         )
-        return self._scored([(row, float(row["_distance"])) for row in rows], threshold)
+        return [self._scored(row, float(row["_distance"])) for row in rows]
 
     @staticmethod
-    def _scored(
-        hits: list[tuple[dict[str, Any], float]], threshold: float | None
-    ) -> list[MemoryView]:
-        out = []
-        for row, distance in hits:
-            score = max(0.0, min(1.0, 1.0 - distance))
-            if threshold is None or score >= threshold:
-                out.append(MemoryView.from_row(row, score=round(score, 6)))
-        return out
+    def _scored(row: dict[str, Any], distance: float) -> dict[str, Any]:
+        row["score"] = round(max(0.0, min(1.0, 1.0 - distance)), 6)
+        return row
 
     def history(self, tenant: Tenant, memory_id: str) -> list[HistoryEntry]:
         """Every event of a memory, in log order: the log is the audit trail."""
@@ -197,7 +208,8 @@ class MemoryReader:
         if not rows:
             raise NotFoundError(f"Memory not found: {memory_id}")
         rows.sort(key=lambda r: (r["occurred_at"], r["partition"], r["offset"]))
-        return [HistoryEntry.from_row(r) for r in rows]
+        why = explain(self.projector.generation(), rows)
+        return [HistoryEntry.from_row(r, inference=why.get(r["event_id"])) for r in rows]
 
     def due_for_expiry(self, now: int) -> list[tuple[dict[str, Any], str, str | None]]:
         """Live memories, in every project, that expired by `now` but have no MemoryExpired

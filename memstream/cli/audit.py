@@ -91,7 +91,8 @@ def audit(
             ["when", "event", "type", "memory", "old", "new", "reason", "actor", "request"],
             [
                 [e["created_at"], e["event"], e["event_type"], (e["memory_id"] or "")[:8],
-                 e["old_memory"], e["new_memory"], e["reason"],
+                 e["old_memory"], e["new_memory"],
+                 (e.get("inference") or {}).get("explanation") or e["reason"],
                  e["actor"]["source"] or e["actor"]["key_id"], e["request_id"]]
                 for e in entries
             ],

@@ -75,10 +75,23 @@ def main_options(
     as_json: bool = typer.Option(
         False, "--json", help="Print one JSON document (Mem0 REST shape)."
     ),
+    llm_base_url: str = typer.Option(
+        None,
+        "--llm-base-url",
+        help="OpenAI-compatible endpoint for inference, e.g. https://api.openai.com/v1 or "
+        "http://127.0.0.1:11434/v1 (env MEMSTREAM_LLM_BASE_URL); absent -> inference off",
+    ),
+    llm_model: str = typer.Option(
+        None, "--llm-model", help="the chat model, e.g. gpt-4o-mini (env MEMSTREAM_LLM_MODEL)"
+    ),
+    llm_api_key: str = typer.Option(
+        None, "--llm-api-key", help="sent as Bearer token (env MEMSTREAM_LLM_API_KEY)"
+    ),
 ) -> None:
     state.settings = Settings.from_env(
         data_dir=data_dir, kafka_bootstrap=kafka, topic=topic, embedder=embedder,
-        org_id=org_id, project_id=project_id,
+        org_id=org_id, project_id=project_id, llm_base_url=llm_base_url, llm_model=llm_model,
+        llm_api_key=llm_api_key,
     )  # fmt: skip
     state.json = as_json
 

@@ -22,6 +22,7 @@ from memstream.cli.common import (
     app,
     emit,
     entity_filters,
+    err,
     memory_table,
     out,
     parse_json,
@@ -29,7 +30,7 @@ from memstream.cli.common import (
     write_table,
 )
 from memstream.events import Actor
-from memstream.models import UNSET, MemoryView, iso_ms
+from memstream.models import UNSET, MemoryView, WriteResult, iso_ms
 
 if TYPE_CHECKING:
     from memstream.service import Memstream
@@ -52,18 +53,37 @@ def add(
         None, "--request-id", help="idempotency key: a retry is a no-op"
     ),
     no_wait: bool = typer.Option(False, "--no-wait", help="return once durable, before projection"),
+    infer: bool = typer.Option(
+        False, "--infer", help="let the configured LLM decide what to remember (--llm-model)"
+    ),
 ) -> None:
-    """Add a memory (each non-system message becomes one memory)."""
+    """Add a memory (each non-system message becomes one memory; with --infer the LLM
+    extracts facts and decides ADD/UPDATE/DELETE/NONE, see docs/inference.md)."""
     messages: Any = text
     if text.lstrip().startswith("["):
         messages = parse_json("messages", text)
     meta = parse_json("--metadata", metadata)
-    results = run(lambda ms: ms.add(
-        messages, user_id=user_id, agent_id=agent_id, app_id=app_id, run_id=run_id,
-        metadata=meta, categories=categories, expiration_date=expiration_date,
-        immutable=immutable, request_id=request_id, actor=Actor(source="cli"), wait=not no_wait,
-    ))  # fmt: skip
-    emit({"results": [r.to_api() for r in results]}, lambda: write_table(results))
+    inferred = "not_requested"
+
+    async def go(ms: Memstream) -> list[WriteResult]:
+        nonlocal inferred
+        if infer:
+            inferred = "on" if ms.inference_on else "off"
+            if not ms.inference_on:
+                err.print("memstream: no LLM configured (--llm-base-url/--llm-model): "
+                          "storing the messages verbatim")  # fmt: skip
+        return await ms.add(
+            messages, infer=infer, user_id=user_id, agent_id=agent_id, app_id=app_id,
+            run_id=run_id, metadata=meta, categories=categories,
+            expiration_date=expiration_date, immutable=immutable, request_id=request_id,
+            actor=Actor(source="cli"), wait=not no_wait,
+        )  # fmt: skip
+
+    results = run(go)
+    emit(
+        {"results": [r.to_api() for r in results], "inference": inferred},
+        lambda: write_table(results),
+    )
 
 
 @app.command()
@@ -188,11 +208,12 @@ def history(memory_id: str) -> None:
 
     def human() -> None:
         table = Table(title=f"history of {memory_id}")
-        for col in ("when", "event", "type", "old", "new", "reason", "actor"):
+        for col in ("when", "event", "type", "old", "new", "reason / why", "actor"):
             table.add_column(col, overflow="fold")
         for h in entries:
+            why = (h.inference or {}).get("explanation") or h.reason or ""
             table.add_row(iso_ms(h.created_at) or "", h.event, h.event_type, h.old_memory or "",
-                          h.new_memory or "", h.reason or "", h.actor_source or "")  # fmt: skip
+                          h.new_memory or "", why, h.actor_source or "")  # fmt: skip
         out.print(table)
 
     emit({"results": [h.to_api() for h in entries]}, human)

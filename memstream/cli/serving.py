@@ -33,6 +33,7 @@ def serve(
     from memstream.server import serve as run_server
 
     err.print(f"memstream: serving on http://{host}:{port} ({state.settings.log_description})")
+    err.print(f"memstream: {state.settings.llm_description}", highlight=False)
     run_server(state.settings, host=host, port=port, log_level=log_level)
 
 

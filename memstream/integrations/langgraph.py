@@ -297,12 +297,13 @@ class MemstreamStore(BaseStore):
             await self._ms.update(found.id, tenant=self.tenant, text=text, metadata=metadata)
             return
         scope = scope_of(op.namespace, self.default_app_id)
-        [result] = await self._ms.add(text, tenant=self.tenant, metadata=metadata, **scope.ids)
+        ids: dict[str, Any] = dict(scope.ids)  # entity ids only: never `infer`
+        [result] = await self._ms.add(text, tenant=self.tenant, metadata=metadata, **ids)
         if result.event == "NONE":
             # memstream keeps one memory per text and scope: another item of this scope has
             # the same text, so this one is told apart by its key
             await self._ms.add(f"{text} [{op.key}]", tenant=self.tenant, metadata=metadata,
-                               **scope.ids)  # fmt: skip
+                               **ids)  # fmt: skip
 
     async def _items_under(self, prefix: tuple[str, ...]) -> list[MemoryView]:
         """Every LangGraph item of the tenant whose namespace starts with `prefix`, newest first."""

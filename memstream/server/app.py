@@ -128,9 +128,13 @@ def create_app(settings: Settings) -> FastAPI:
             follower = asyncio.create_task(keys.follow(stop))
             app.state.ms, app.state.keys, app.state.pending = ms, keys, PendingAdds()
             log.info("memstream serving %s from %s", settings.log_description, settings.data_dir)
+            log.info("memstream %s", settings.llm_description)
             async with mcp.running():
                 yield
         finally:
+            pending: PendingAdds | None = getattr(app.state, "pending", None)
+            if pending is not None:
+                await pending.drain()
             stop.set()
             if follower is not None:
                 await follower

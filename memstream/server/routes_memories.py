@@ -83,8 +83,10 @@ async def _add(
     elif not isinstance(messages, str):
         messages = messages.model_dump()
     pending = bool(body.async_mode)
-    results: list[WriteResult] = await ms.add(
-        messages,
+    # the platform infers unless told not to; without an LLM the answer says "off"
+    infer = body.infer is not False and ms.inference_on
+    state = "on" if infer else "off" if body.infer is not False else "not_requested"
+    kwargs: dict[str, Any] = dict(
         tenant=caller.tenant,
         **_add_entities(body),
         metadata=body.metadata,
@@ -93,8 +95,19 @@ async def _add(
         immutable=body.immutable,
         request_id=body.request_id or idempotency,
         actor=caller.actor,
-        wait=not pending,
     )
+    if pending and infer:
+        # answer before the LLM is asked; GET /v1/event/{event_id}/ reports the outcome
+        event_id = ms.check_inferred_add(messages, **kwargs)
+        queue.start(
+            caller.tenant, event_id,
+            ms.add(messages, infer=True, messages_event_id=event_id, **kwargs),
+        )  # fmt: skip
+        return {
+            "message": QUEUED, "status": "PENDING", "event_id": event_id, "results": [],
+            "inference": state,
+        }  # fmt: skip
+    results: list[WriteResult] = await ms.add(messages, infer=infer, wait=not pending, **kwargs)
     if pending:
         queue.remember(caller.tenant, [r.event_id for r in results if r.event_id])
         return {
@@ -102,16 +115,19 @@ async def _add(
             "status": "PENDING",
             "event_id": results[0].event_id if results else None,
             "results": [{**r.to_api(), "event_id": r.event_id} for r in results],
+            "inference": state,
         }
-    return {"results": [r.to_api() for r in results]}
+    return {"results": [r.to_api() for r in results], "inference": state}
 
 
 @router.post("/v3/memories/add/", responses=doc(AddOut), summary="Add memories")
 async def add_v3(
     ms: MsDep, caller: CallerDep, body: AddRequest, idempotency: IdempotencyDep, queue: PendingDep
 ) -> Any:
-    """Each non-system message becomes one memory. `async_mode: true` answers PENDING once the
-    events are durable in the log, before they are projected (poll GET /v1/event/{event_id}/)."""
+    """With an LLM configured (and `infer` not false) the LLM extracts facts and decides
+    ADD/UPDATE/DELETE/NONE against the scope's memories (docs/inference.md); otherwise each
+    non-system message becomes one memory and the answer says `"inference": "off"`.
+    `async_mode: true` answers PENDING at once (poll GET /v1/event/{event_id}/)."""
     return await _add(ms, caller, body, idempotency, queue)
 
 
@@ -128,21 +144,46 @@ async def get_event(ms: MsDep, caller: CallerDep, event_id: str, queue: PendingD
     Any event id of the caller's project works (e.g. one from a memory's history)."""
     eid = normalise_id("event_id", event_id)
     assert eid is not None
-    ids = queue.lookup(caller.tenant, eid) or (eid,)
+    task = queue.task(caller.tenant, eid)
+    inferred = task is not None
+    if task is not None:
+        if not task.done():
+            return {"id": eid, "event_type": "ADD", "status": "PENDING", "results": []}
+        failure = task.exception()
+        if failure is not None:
+            return {
+                "id": eid, "event_type": "ADD", "status": "FAILED", "results": [],
+                "error": getattr(failure, "message", None) or str(failure),
+            }  # fmt: skip
+        finished: list[WriteResult] = task.result()
+        if not finished:  # the LLM decided that nothing changes
+            return {"id": eid, "event_type": "ADD", "status": "SUCCEEDED", "results": []}
+        ids: tuple[str, ...] = tuple(r.event_id for r in finished if r.event_id)
+    else:
+        ids = queue.lookup(caller.tenant, eid) or (eid,)
     rows = [
         r
         for r in (await asyncio.to_thread(ms.reader.outcomes, list(ids))).values()
         if (r["org_id"], r["project_id"]) == (caller.tenant.org_id, caller.tenant.project_id)
     ]
-    if not rows and queue.lookup(caller.tenant, eid) is None:
+    if len(rows) == 1 and rows[0]["event_type"] == "MessagesRecorded":
+        # an inferred add's conversation, asked after its task is gone: what it caused
+        # (its decision is projected in the same batch; None = erased since)
+        caused = await asyncio.to_thread(ms.inferred_outcomes, eid, tenant=caller.tenant)
+        inferred, rows = True, caused or []
+        ids = tuple(r["event_id"] for r in rows)
+        if not rows:
+            return {"id": eid, "event_type": "ADD", "status": "SUCCEEDED", "results": []}
+    if not rows and not inferred and queue.lookup(caller.tenant, eid) is None:
         raise NotFoundError("Event not found or you don't have permission to access it.")
     rows.sort(key=lambda r: (r["partition"], r["offset"]))
     done = len(rows) == len(ids)
     first = min((r["occurred_at"] for r in rows), default=None)
+    adds = ("MemoryAdded", "MemoryUpdated", "MemoryDeleted") if inferred else ("MemoryAdded",)
     return {
         "id": eid,
         "event_type": "ADD"
-        if all(r["event_type"] == "MemoryAdded" for r in rows)
+        if all(r["event_type"] in adds for r in rows)
         else rows[0]["event_type"],
         "status": "SUCCEEDED" if done else "PENDING",
         "results": [
@@ -150,6 +191,11 @@ async def get_event(ms: MsDep, caller: CallerDep, event_id: str, queue: PendingD
                 "id": r["resolved_memory_id"] if r["outcome"] == "NONE" else r["memory_id"],
                 "event": r["outcome"],
                 "data": {"memory": r["text"] or r["old_text"]},
+                **(
+                    {"previous_memory": r["old_text"]}
+                    if r["outcome"] == "UPDATE" and r["old_text"]
+                    else {}
+                ),
             }
             for r in rows
         ],

@@ -6,12 +6,13 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
 
-from memstream.errors import NotFoundError, UnsupportedError
+from memstream.errors import NotFoundError, UnsupportedError, ValidationError
 from memstream.keys import KeyRegistry
 from memstream.models import iso_ms
 from memstream.server.auth import Caller, CallerDep
 from memstream.server.deps import IdempotencyDep, MsDep, memory_id_param
-from memstream.server.schemas import FeedbackRequest, Out, PingOut, doc
+from memstream.server.schemas import FeedbackRequest, Out, PingOut, ProjectUpdateRequest, doc
+from memstream.service import Memstream
 
 router = APIRouter(tags=["platform"])
 
@@ -31,8 +32,10 @@ async def ping(caller: CallerDep) -> Any:
     }
 
 
-def _project(request: Request, caller: Caller) -> dict[str, Any]:
+async def _project(request: Request, caller: Caller) -> dict[str, Any]:
     keys: KeyRegistry = request.app.state.keys
+    ms: Memstream = request.app.state.ms
+    settings = await ms.project(tenant=caller.tenant)
     mine = [k for k in keys.list() if k.tenant == caller.tenant]
     created = min((k.created_at for k in mine), default=caller.key.created_at)
     updated = max((k.revoked_at or k.created_at for k in mine), default=created)
@@ -50,8 +53,8 @@ def _project(request: Request, caller: Caller) -> dict[str, Any]:
                 "email": caller.user_email,
             }
         ],
-        "custom_instructions": None,
-        "custom_categories": [],
+        "custom_instructions": settings.custom_instructions,
+        "custom_categories": settings.custom_categories or [],
         "memory_depth": None,
         "usecase": None,
         "multilingual": False,
@@ -68,7 +71,7 @@ async def get_project(
     """Only the project the key belongs to exists for it: any other org/project is 404."""
     if (org_id, project_id) != (caller.tenant.org_id, caller.tenant.project_id):
         raise NotFoundError(PROJECT_NOT_FOUND)
-    doc = _project(request, caller)
+    doc = await _project(request, caller)
     if fields:
         keep = {"org_id", "project_id", *fields}
         doc = {k: v for k, v in doc.items() if k in keep}
@@ -79,7 +82,30 @@ async def get_project(
 async def list_projects(request: Request, caller: CallerDep, org_id: str) -> Any:
     if org_id != caller.tenant.org_id:
         raise NotFoundError(PROJECT_NOT_FOUND)
-    return [_project(request, caller)]
+    return [await _project(request, caller)]
+
+
+@router.patch(
+    "/api/v1/orgs/organizations/{org_id}/projects/{project_id}/",
+    summary="Update the key's project (custom instructions and categories)",
+)
+async def update_project(
+    ms: MsDep, caller: CallerDep, org_id: str, project_id: str, body: ProjectUpdateRequest
+) -> Any:
+    """What the SDKs' `update_project` / `project.update` send. `custom_instructions` steer
+    fact extraction and `custom_categories` are what the LLM may assign (docs/inference.md);
+    stored as a ProjectSettingsUpdated event. Other settings are accepted and ignored."""
+    if (org_id, project_id) != (caller.tenant.org_id, caller.tenant.project_id):
+        raise NotFoundError(PROJECT_NOT_FOUND)
+    if body.custom_instructions is None and body.custom_categories is None:
+        raise ValidationError(
+            "give custom_instructions and/or custom_categories (the settings memstream keeps)"
+        )
+    await ms.update_project(
+        tenant=caller.tenant, actor=caller.actor,
+        custom_instructions=body.custom_instructions, custom_categories=body.custom_categories,
+    )  # fmt: skip
+    return {"message": "Updated custom instructions"}
 
 
 PROJECTS_ARE_KEYS = (
@@ -89,10 +115,6 @@ PROJECTS_ARE_KEYS = (
 MEMBERS_ARE_KEYS = (
     "Project members are not managed on a self-hosted memstream: give each person or app its "
     "own API key (memstream keys create) and revoke it to remove them."
-)
-SETTINGS_UNSUPPORTED = (
-    "Project settings (custom instructions, categories, memory depth) are not supported by "
-    "memstream, which stores messages as given without an LLM."
 )
 
 
@@ -113,14 +135,6 @@ async def delete_project(caller: CallerDep, org_id: str, project_id: str) -> Any
         "Projects are not deleted over the API on a self-hosted memstream: revoke the "
         "project's keys (memstream keys revoke) and erase its subjects (memstream erase)."
     )
-
-
-@router.patch(
-    "/api/v1/orgs/organizations/{org_id}/projects/{project_id}/", status_code=501,
-    summary="Update project settings (501)",
-)  # fmt: skip
-async def update_project(caller: CallerDep, org_id: str, project_id: str) -> Any:
-    raise UnsupportedError(SETTINGS_UNSUPPORTED)
 
 
 async def project_members(caller: CallerDep, org_id: str, project_id: str) -> Any:

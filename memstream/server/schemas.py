@@ -85,7 +85,10 @@ class AddRequest(EntityIds):
     """POST /v3/memories/add/ (and the legacy POST /v1/memories/)."""
 
     messages: list[Message] | Message | str = Field(
-        ..., description="Each non-system message becomes one memory (no LLM inference)."
+        ...,
+        description="With inference (an LLM configured, infer not false): the conversation "
+        "the LLM extracts and reconciles memories from. Without: each non-system message "
+        "becomes one memory, verbatim.",
     )
     filters: Filters | None = Field(
         default=None, description='Entity ids may also be given here, e.g. {"user_id": "alice"}.'
@@ -97,11 +100,15 @@ class AddRequest(EntityIds):
     )
     immutable: bool = False
     infer: bool | None = Field(
-        default=None, description="Accepted and ignored: memstream never calls an LLM."
+        default=None,
+        description="Default true: the configured LLM decides ADD/UPDATE/DELETE/NONE "
+        "(docs/inference.md). With no LLM configured the messages are stored verbatim and the "
+        'answer says `"inference": "off"`. false: always verbatim.',
     )
     async_mode: bool | None = Field(
         default=None,
-        description="true: answer PENDING once the events are durable, before projection.",
+        description="true: answer PENDING at once (with inference: before the LLM is asked; "
+        "else once the events are durable); poll GET /v1/event/{event_id}/.",
     )
     request_id: str | None = Field(
         default=None,
@@ -281,8 +288,13 @@ class ResultsOut(Out):
 
 class WriteResultOut(Out):
     id: str
-    event: str = Field(..., description="ADD | UPDATE | DELETE | NONE (exact duplicate)")
+    event: str = Field(
+        ...,
+        description="ADD | UPDATE | DELETE | NONE (exact duplicate) | CONFLICT (inference: "
+        "the memory changed after the LLM read it, nothing applied)",
+    )
     memory: str | None = None
+    previous_memory: str | None = Field(default=None, description="an UPDATE's former text")
     data: dict[str, Any] | None = None
     status: str | None = None
 
@@ -292,13 +304,31 @@ class AddOut(Out):
     status: str | None = Field(default=None, description="PENDING with async_mode")
     event_id: str | None = None
     message: str | None = None
+    inference: str | None = Field(
+        default=None,
+        description='"on": the LLM decided; "off": no LLM is configured, messages stored '
+        'verbatim; "not_requested": infer was false',
+    )
 
 
 class EventOut(Out):
     id: str
     event_type: str
-    status: Literal["PENDING", "SUCCEEDED"]
+    status: Literal["PENDING", "SUCCEEDED", "FAILED"]
     results: list[WriteResultOut]
+    error: str | None = Field(default=None, description="why a FAILED inference failed")
+
+
+class ProjectUpdateRequest(Body):
+    """PATCH /api/v1/orgs/organizations/{org}/projects/{project}/ (the SDKs' update_project)."""
+
+    custom_instructions: str | None = Field(
+        default=None, description="Steers fact extraction in every inferred add of the project"
+    )
+    custom_categories: list[str | dict[str, str | None]] | None = Field(
+        default=None,
+        description="The categories the LLM may assign: names or {name: description} objects",
+    )
 
 
 class ErasureOut(Out):
