@@ -11,12 +11,15 @@ import contextlib
 import dataclasses
 import datetime as dt
 import logging
-from collections.abc import Callable, Mapping, Sequence
+import time
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from memstream import metrics
 from memstream.embedders import get_embedder
 from memstream.embedders.base import Embedder
+from memstream.embedders.timed import timed
 from memstream.events import Actor, FeedbackGiven, new_id
 from memstream.keystore.base import KeyStore
 from memstream.llm import LLM, get_llm
@@ -36,6 +39,7 @@ from memstream.projector.store import Generation, live_embedder
 from memstream.query.explain import caused_by_messages
 from memstream.query.reader import MemoryReader
 from memstream.settings import Settings
+from memstream.webhooks import Webhooks
 
 logger = logging.getLogger("memstream")
 DEFAULT_EMBEDDER = "minilm"
@@ -68,7 +72,7 @@ class Memstream:
         self.data_dir = Path(self.settings.data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         spec = self.settings.embedder or live_embedder(self.data_dir) or DEFAULT_EMBEDDER
-        self.embedder = embedder or get_embedder(spec)
+        self.embedder = timed(embedder or get_embedder(spec))
         self.log = log or open_log(self.settings)
         self.projector = Projector(
             self.data_dir,
@@ -93,6 +97,9 @@ class Memstream:
         )
         self._settings_cache = settings_cache
         self.tenant = Tenant(self.settings.org_id, self.settings.project_id)
+        self.webhooks = Webhooks(self.settings, self.log, self.projector.keys)
+        self._dispatcher: asyncio.Task[None] | None = None
+        self._dispatcher_stop = asyncio.Event()
         self._stop = asyncio.Event()
         self._background: asyncio.Task[None] | None = None
         self._sweeper: asyncio.Task[None] | None = None
@@ -104,6 +111,7 @@ class Memstream:
         background_projector: bool = False,
         for_replay: bool = False,
         read_your_writes: bool = True,
+        dispatch_webhooks: bool = False,
     ) -> Memstream:
         """Open the log and the projection; a server passes background_projector=True to
         project continuously and sweep expiries. An outdated projection is rebuilt from the
@@ -114,7 +122,8 @@ class Memstream:
         until what this instance appended is applied (`add(wait=False)` then `search`
         finds it). `read_your_writes=False` makes them not wait at all: a server shared by
         many clients, where a read must not queue behind other clients' in-flight writes
-        (each client's synchronous write is applied before it is answered)."""
+        (each client's synchronous write is applied before it is answered).
+        `dispatch_webhooks`: run the webhook dispatcher too (docs/webhooks.md)."""
         self._read_your_writes = read_your_writes
         await self.log.start()
         await self.projector.keys.start()
@@ -127,6 +136,9 @@ class Memstream:
             self._stop.clear()
             self._background = asyncio.create_task(self.projector.run_forever(self._stop))
             self._sweeper = asyncio.create_task(self._sweep_forever())
+        if dispatch_webhooks:
+            self._dispatcher_stop.clear()
+            self._dispatcher = asyncio.create_task(self.webhooks.dispatch(self._dispatcher_stop))
         return self
 
     async def _sweep_forever(self) -> None:
@@ -144,6 +156,12 @@ class Memstream:
                 logger.exception("expiry sweep failed")
 
     async def close(self) -> None:
+        if self._dispatcher is not None:
+            self._dispatcher_stop.set()
+            with contextlib.suppress(Exception):  # it logged what went wrong
+                await self._dispatcher
+            self._dispatcher = None
+        await self.webhooks.close()
         if self._background is not None:
             self._stop.set()
             await self._background
@@ -320,9 +338,13 @@ class Memstream:
         **kwargs: Any,
     ) -> list[MemoryView]:
         await self._fresh(consistent)
-        return await asyncio.to_thread(
-            self.reader.search, tenant or self.tenant, query, filters, **kwargs
-        )
+        started = time.perf_counter()
+        try:
+            return await asyncio.to_thread(
+                self.reader.search, tenant or self.tenant, query, filters, **kwargs
+            )
+        finally:
+            metrics.SEARCH_SECONDS.observe(time.perf_counter() - started)
 
     async def history(
         self, memory_id: str, *, tenant: Tenant | None = None, consistent: bool = True
@@ -503,5 +525,31 @@ class Memstream:
             await self.projector.run_forever(stop)
         return self.projected_events()
 
+    # -- metrics -------------------------------------------------------------------------
+    async def prometheus(self) -> tuple[bytes, str]:
+        """The Prometheus text exposition (body, content type), with the projector's lag
+        behind the log's end measured now."""
+        end = await self.log.end_offsets()
+        metrics.set_projector_lag(end, self.projector.generation().checkpoint())
+        return metrics.exposition()
 
-__all__ = ["Actor", "Memstream", "Settings", "open_log"]
+
+@contextlib.asynccontextmanager
+async def open_webhooks(settings: Settings) -> AsyncIterator[Webhooks]:
+    """Webhooks without the projection (no model, no LanceDB): `memstream webhooks ...`."""
+    log = open_log(settings)
+    await log.start()
+    keys = log.subject_keys()
+    try:
+        await keys.start()
+        hooks = Webhooks(settings, log, keys)
+        try:
+            yield await hooks.start()
+        finally:
+            await hooks.close()
+    finally:
+        await keys.close()
+        await log.close()
+
+
+__all__ = ["Actor", "Memstream", "Settings", "Webhooks", "open_log", "open_webhooks"]

@@ -26,6 +26,10 @@ class Settings:
     llm_timeout_s: float = 60.0  # per attempt
     llm_max_retries: int = 2  # on 429, 5xx, timeouts and refused connections, with backoff
     llm_temperature: float = 0.0
+    webhooks: bool = True  # `serve` runs the webhook dispatcher (docs/webhooks.md)
+    webhook_max_attempts: int = 8  # tries per event before it is recorded as failed
+    webhook_backoff_s: float = 1.0  # wait after the first failed try; doubles per try
+    webhook_timeout_s: float = 10.0  # per HTTP request to a receiver
 
     @classmethod
     def from_env(cls, **overrides: Any) -> Settings:
@@ -46,6 +50,10 @@ class Settings:
             llm_timeout_s=float(env.get("MEMSTREAM_LLM_TIMEOUT_S", "60")),
             llm_max_retries=int(env.get("MEMSTREAM_LLM_MAX_RETRIES", "2")),
             llm_temperature=float(env.get("MEMSTREAM_LLM_TEMPERATURE", "0")),
+            webhooks=env.get("MEMSTREAM_WEBHOOKS", "1").lower() not in ("0", "false", "no", "off"),
+            webhook_max_attempts=int(env.get("MEMSTREAM_WEBHOOK_MAX_ATTEMPTS", "8")),
+            webhook_backoff_s=float(env.get("MEMSTREAM_WEBHOOK_BACKOFF_S", "1")),
+            webhook_timeout_s=float(env.get("MEMSTREAM_WEBHOOK_TIMEOUT_S", "10")),
         )
         return replace(base, **{k: v for k, v in overrides.items() if v is not None})
 

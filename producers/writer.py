@@ -13,6 +13,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from memstream import metrics
 from memstream.crypto import keyed_hash
 from memstream.errors import ConflictError, NotFoundError, ValidationError
 from memstream.events import (
@@ -60,6 +61,7 @@ class _Producer:
         self.projector.check_writable()  # a pinned projection (replay --to-position): 409
         messages = [message_of(e, await self._key(e.scope) if e.SEALED else None) for e in events]
         positions = await self.log.append(messages)
+        metrics.count_appended(e.event_type for e in events)
         self.projector.note_appended(positions)
         if wait:
             await self.projector.wait_for(positions)

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from memstream import metrics
 from memstream.embedders.base import Embedder
 from memstream.errors import ConflictError, MemstreamError, ValidationError
 from memstream.events import MemoryAdded, decode_event, text_hash
@@ -504,6 +505,7 @@ class Projector:
         events = [(decode_event(r.value, self.keys.lookup), r.position) for r in records]
         if not keys_fresh and any(e.erased for e, _ in events):
             raise _KeysUnseen
+        metrics.count_projected((e.event_type for e, _ in events), len(events))
         ids = [e.memory_id for e, _ in events if e.memory_id]
         adds = [e for e, _ in events if isinstance(e, MemoryAdded)]
         eids = [e.event_id for e, _ in events]

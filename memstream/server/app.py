@@ -28,8 +28,10 @@ from memstream.server import (
     routes_erasure,
     routes_exports,
     routes_memories,
+    routes_metrics,
     routes_platform,
     routes_stats,
+    routes_webhooks,
 )
 from memstream.server.deps import PendingAdds
 from memstream.server.docs_pages import install_docs
@@ -119,7 +121,11 @@ def create_app(settings: Settings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         ms = Memstream(settings)
         # reads never wait for other clients' in-flight writes (see Memstream.start)
-        await ms.start(background_projector=True, read_your_writes=False)
+        await ms.start(
+            background_projector=True,
+            read_your_writes=False,
+            dispatch_webhooks=settings.webhooks,
+        )
         keys = KeyRegistry.from_settings(settings)
         stop = asyncio.Event()
         follower: asyncio.Task[None] | None = None
@@ -157,6 +163,7 @@ def create_app(settings: Settings) -> FastAPI:
     for module in (
         routes_platform, routes_memories, routes_entities, routes_exports, routes_erasure,
         routes_stats,
+        routes_webhooks, routes_metrics,
     ):  # fmt: skip
         app.include_router(module.router)
     install_docs(app)
