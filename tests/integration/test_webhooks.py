@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
+from memstream.metrics import REGISTRY
 from memstream.models import Tenant
 from memstream.service import Memstream
 from memstream.settings import Settings
@@ -65,8 +66,20 @@ async def _in_order_despite_failures(settings: Settings) -> None:
             await ms.add("not for this hook", tenant=OTHER, user_id="alice")
 
             expected = sum(len(v) for v in written.values())
+            counts = {
+                outcome: REGISTRY.get_sample_value(
+                    "memstream_webhook_deliveries_total", {"outcome": outcome}
+                )
+                or 0.0
+                for outcome in ("succeeded", "retried")
+            }
             async with dispatching(ms):
                 await receiver.until(lambda got: len(got) >= expected)
+            for outcome, n in (("succeeded", expected), ("retried", 3)):
+                now = REGISTRY.get_sample_value(
+                    "memstream_webhook_deliveries_total", {"outcome": outcome}
+                )
+                assert now == counts[outcome] + n
 
             got = receiver.accepted()
             assert len(receiver.requests) == expected + 3  # three 500s, each retried
