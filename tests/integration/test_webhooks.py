@@ -178,3 +178,37 @@ async def _erased(settings: Settings) -> None:
             assert all(b"carol's secret" not in r.body for r in receiver.requests)
             [erasure] = [d for d in by_id.values() if d["event_type"] == "subject_erase"]
             assert erasure["event_details"]["data"]["subject"] == {"user_id": "carol"}
+
+
+def test_retries_are_bounded_and_a_given_up_event_is_recorded_as_failed(
+    settings: Settings,
+) -> None:
+    asyncio.run(_bounded(settings))
+
+
+async def _bounded(settings: Settings) -> None:
+    policy = DeliveryPolicy(max_attempts=3, backoff_s=0.01, max_backoff_s=0.02, timeout_s=5.0)
+    with receiving(fail_first=3) as receiver:
+        async with Memstream(settings) as ms:
+            hook = await ms.webhooks.create(
+                ACME, name="flaky", url=receiver.url, event_types=["memory_add"]
+            )
+            [lost] = await ms.add("first", tenant=ACME, user_id="fay")
+            [kept] = await ms.add("second", tenant=ACME, user_id="fay")
+            async with dispatching(ms, policy):
+                await receiver.until(lambda got: len(got) >= 1)
+            assert [r.json["event_id"] for r in receiver.requests] == [lost.event_id] * 3 + [
+                kept.event_id
+            ]
+            assert [r.headers["x-memstream-delivery-attempt"] for r in receiver.requests] == [
+                "1", "2", "3", "1",
+            ]  # fmt: skip
+            records = {
+                d.event_id: d for d in await ms.webhooks.delivery_log(ACME, hook["webhook_id"])
+            }
+            failed = records[lost.event_id]
+            assert (failed.status, failed.attempts, failed.response_status) == ("failed", 3, 500)
+            assert failed.last_error == "HTTP 500: nope"
+            assert records[kept.event_id].status == "succeeded"
+            only_failed = await ms.webhooks.delivery_log(ACME, hook["webhook_id"], status="failed")
+            assert [d.event_id for d in only_failed] == [lost.event_id]
