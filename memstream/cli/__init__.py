@@ -16,7 +16,7 @@ __all__ = ["app", "main"]
 # Each command module registers its commands on `app`; the order of these imports is the order
 # `--help` lists them in, so they are not sorted.
 from memstream.cli import memories, projection, serving, dashboard  # noqa: E402, F401, I001
-from memstream.cli import audit, erase, log, retention, inference  # noqa: E402, F401
+from memstream.cli import audit, erase, log, retention, inference, webhooks  # noqa: E402, F401
 from memstream.cli import mcp_server  # noqa: E402, F401
 
 

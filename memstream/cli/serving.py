@@ -28,13 +28,23 @@ def serve(
     log_level: str = typer.Option(
         "info", "--log-level", help="critical | error | warning | info | debug"
     ),
+    webhooks: bool = typer.Option(
+        None,
+        "--webhooks/--no-webhooks",
+        help="run the webhook dispatcher in this server (default: on; MEMSTREAM_WEBHOOKS=0 "
+        "turns it off); with Kafka and several servers, let one of them dispatch",
+    ),
 ) -> None:
-    """Run the Mem0-compatible REST server with its projector (file log, or Kafka with --kafka)."""
+    """Run the Mem0-compatible REST server with its projector (file log, or Kafka with --kafka),
+    the webhook dispatcher, and Prometheus metrics at /metrics."""
+    from dataclasses import replace
+
     from memstream.server import serve as run_server
 
-    err.print(f"memstream: serving on http://{host}:{port} ({state.settings.log_description})")
-    err.print(f"memstream: {state.settings.llm_description}", highlight=False)
-    run_server(state.settings, host=host, port=port, log_level=log_level)
+    settings = state.settings if webhooks is None else replace(state.settings, webhooks=webhooks)
+    err.print(f"memstream: serving on http://{host}:{port} ({settings.log_description})")
+    err.print(f"memstream: {settings.llm_description}", highlight=False)
+    run_server(settings, host=host, port=port, log_level=log_level)
 
 
 def run_keys(body: Callable[[Any], Awaitable[T]]) -> T:

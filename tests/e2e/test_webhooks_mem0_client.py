@@ -4,6 +4,7 @@ whose dispatcher delivers to a real receiver on loopback (file log and real Kafk
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Callable
 
 import httpx
@@ -65,6 +66,14 @@ def test_the_sdk_manages_webhooks_and_the_server_delivers_signed_events(
             assert [d["event_type"] for d in records] == ["memory_delete", "memory_add"]
             assert records[1]["attempts"] == 2  # the receiver's one 500, then success
             assert all(d["status"] == "succeeded" for d in records)
+
+            # the CLI reads the same records (and lists the webhook under the key's project)
+            tenant = ["--org-id", "org_a", "--project-id", "proj_a"]
+            cli = server.cli("--json", *tenant, "webhooks", "deliveries", hook_id)
+            assert json.loads(cli.stdout) == records
+            listed_cli = json.loads(server.cli("--json", *tenant, "webhooks", "list").stdout)
+            [row] = [h for h in listed_cli if h["webhook_id"] == hook_id]
+            assert row["deliveries"] == {"pending": 0, "succeeded": 2, "failed": 0}
 
             assert client.delete_webhook(hook_id) == {"message": "Webhook deleted successfully"}
             assert hook_id not in [h["webhook_id"] for h in client.get_webhooks("proj_a")]
