@@ -139,6 +139,7 @@ class Memstream:
         if dispatch_webhooks:
             self._dispatcher_stop.clear()
             self._dispatcher = asyncio.create_task(self.webhooks.dispatch(self._dispatcher_stop))
+            self._dispatcher.add_done_callback(_report_dispatcher_end)
         return self
 
     async def _sweep_forever(self) -> None:
@@ -532,6 +533,11 @@ class Memstream:
         end = await self.log.end_offsets()
         metrics.set_projector_lag(end, self.projector.generation().checkpoint())
         return metrics.exposition()
+
+
+def _report_dispatcher_end(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        logger.error("the webhook dispatcher stopped: %r", task.exception())
 
 
 @contextlib.asynccontextmanager
