@@ -54,6 +54,7 @@ from memstream.webhooks.registry import Webhook, WebhookRegistry
 log = logging.getLogger("memstream.webhooks")
 
 USER_AGENT = "memstream-webhooks/1"
+RESTART_S = 2.0  # pause before a failed worker starts again
 KEYS_REFRESH_S = 1.0  # at most this stale, an erasure stops texts from being sent
 MAX_ERROR = 500
 
@@ -105,6 +106,7 @@ class Dispatcher:
         await self.registry.start()
         follower = asyncio.create_task(self.registry.follow(stop))
         workers: dict[str, asyncio.Task[None]] = {}
+        failed_at: dict[str, float] = {}  # a worker that failed is restarted after a pause
         last_lag = 0.0
         async with httpx.AsyncClient(
             timeout=self.policy.timeout_s,
@@ -120,12 +122,16 @@ class Dispatcher:
                         if task is not None and task.done():
                             if not task.cancelled() and task.exception() is not None:
                                 log.warning(
-                                    "webhook %s: worker stopped (%s); restarting",
+                                    "webhook %s: worker stopped (%r); restarting in %.0fs",
                                     hook.webhook_id,
                                     task.exception(),
+                                    RESTART_S,
                                 )
+                                failed_at[hook.webhook_id] = time.monotonic()
+                            workers.pop(hook.webhook_id)
                             task = None
-                        if task is None:
+                        waited = time.monotonic() - failed_at.get(hook.webhook_id, -RESTART_S)
+                        if task is None and waited >= RESTART_S:
                             workers[hook.webhook_id] = asyncio.create_task(
                                 self._worker(hook.webhook_id, client, stop)
                             )
@@ -160,8 +166,8 @@ class Dispatcher:
         hook = self.registry.current(hook_id)
         if hook is None:
             return
-        committed = await self.log.committed(hook.group_id)
-        start = committed or dict(hook.start_offsets)
+        # where it stopped last; partitions it never committed start where the webhook does
+        start = {**hook.start_offsets, **await self.log.committed(hook.group_id)}
         done: Offsets = dict(start)  # next offset per partition: everything before is passed
         saved: Offsets = dict(start)
         self.progress[hook_id] = done

@@ -212,3 +212,29 @@ async def _bounded(settings: Settings) -> None:
             assert records[kept.event_id].status == "succeeded"
             only_failed = await ms.webhooks.delivery_log(ACME, hook["webhook_id"], status="failed")
             assert [d.event_id for d in only_failed] == [lost.event_id]
+
+
+def test_a_paused_webhook_keeps_its_position_and_gets_the_backlog_when_resumed(
+    settings: Settings,
+) -> None:
+    asyncio.run(_paused(settings))
+
+
+async def _paused(settings: Settings) -> None:
+    with receiving() as receiver, receiving() as moved:
+        async with Memstream(settings) as ms:
+            hook = await ms.webhooks.create(
+                ACME, name="p", url=receiver.url, event_types=["memory_add"]
+            )
+            await ms.webhooks.update(ACME, hook["webhook_id"], is_active=False)
+            backlog = [
+                (await ms.add(f"gil {i}", tenant=ACME, user_id="gil"))[0].event_id for i in range(3)
+            ]
+            async with dispatching(ms):
+                await asyncio.sleep(1.0)  # a paused webhook's worker is running, and sends nothing
+                assert receiver.requests == []
+                # resumed, at a new url: the backlog goes there, in order
+                await ms.webhooks.update(ACME, hook["webhook_id"], is_active=True, url=moved.url)
+                await moved.until(lambda got: len(got) >= 3)
+            assert ids(moved.accepted()) == backlog
+            assert receiver.requests == []
