@@ -1,15 +1,18 @@
 """`memstream webhooks run`, the standalone dispatcher, as a real process on the file log:
-it delivers what the CLI writes, stops on SIGTERM with its position committed, and a new
+it delivers what another process writes, stops on SIGTERM with its position committed, and a new
 run sends only what was written while it was down."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
 import subprocess
 from pathlib import Path
 
+from memstream.service import Memstream
+from memstream.settings import Settings
 from memstream.webhooks import verify
 from tests.e2e.conftest import MEMSTREAM
 from tests.webhook_receiver import receiving
@@ -25,8 +28,15 @@ def test_the_standalone_dispatcher_delivers_and_resumes_where_it_stopped(tmp_pat
         assert proc.returncode == 0, proc.stderr
         return proc.stdout
 
-    def add(text: str) -> str:
-        return str(json.loads(cli("--json", "add", text, "--user-id", "zoe"))["results"][0]["id"])
+    def add(*texts: str) -> list[str]:
+        """Written in this process: the file log takes appends from any process at once."""
+
+        async def go() -> list[str]:
+            settings = Settings(data_dir=tmp_path / "data", embedder="hashing")
+            async with Memstream(settings) as ms:
+                return [(await ms.add(t, user_id="zoe"))[0].id for t in texts]
+
+        return asyncio.run(go())
 
     def start() -> subprocess.Popen[bytes]:
         return subprocess.Popen([*MEMSTREAM, *data, "webhooks", "run"], env=env,
@@ -42,13 +52,13 @@ def test_the_standalone_dispatcher_delivers_and_resumes_where_it_stopped(tmp_pat
     with receiving(fail_first=2) as receiver:
         secret = cli("webhooks", "create", "--url", receiver.url, "--name", "cli",
                      "--event-types", "memory_add").strip().splitlines()[-1]  # fmt: skip
-        first = [add(f"zoe fact {i}") for i in range(3)]
+        first = add(*(f"zoe fact {i}" for i in range(3)))
         proc = start()
         try:
             receiver.wait_for(lambda got: len(got) >= 3)
         finally:
             assert "positions committed" in stop(proc)
-        later = [add(f"zoe later {i}") for i in range(2)]
+        later = add("zoe later 0", "zoe later 1")
         proc = start()
         try:
             receiver.wait_for(lambda got: len(got) >= 5)
