@@ -55,7 +55,7 @@ def operations(server: Server) -> set[tuple[str, str]]:
 # -- tenancy: nothing in a request reaches another project ------------------------------------
 @dataclass
 class Victim:
-    """Project A's data: one memory (with a history) and one export."""
+    """Project A's data: one memory (with a history), one export and one webhook."""
 
     memory_id: str
     user: str
@@ -64,6 +64,7 @@ class Victim:
     export_id: str
     snapshot: dict[str, Any]
     history: list[dict[str, Any]]
+    webhook: dict[str, Any]
 
 
 @pytest.fixture
@@ -77,8 +78,12 @@ def victim(server: Server, api: httpx.Client, uid: Callable[[str], str]) -> Vict
     ok(api.put(f"/v1/memories/{mid}/", json={"text": "the victim's secret, v2"}))
     scope = {"user_id": user, "agent_id": agent, "run_id": run}
     export = ok(api.post("/v1/exports/", json={"schema": {}, "filters": scope}), 201)
+    hook = ok(api.post("/api/v1/webhooks/projects/proj_a/", json={  # a type that never fires
+        "name": "victim hook", "url": "http://127.0.0.1:9/", "event_types": ["memory_categorize"],
+    }), 201)  # fmt: skip
     return Victim(mid, user, agent, run, export["id"], ok(api.get(f"/v1/memories/{mid}/")),
-                  ok(api.get(f"/v1/memories/{mid}/history/")))  # fmt: skip
+                  ok(api.get(f"/v1/memories/{mid}/history/")),
+                  ok(api.get(f"/api/v1/webhooks/{hook['webhook_id']}/")))  # fmt: skip
 
 
 def _scope(v: Victim) -> dict[str, str]:
@@ -291,6 +296,36 @@ PROJECTS = "/api/v1/orgs/organizations/{org_id}/projects/"
 PROJECT = PROJECTS + "{project_id}/"
 MEMBERS = PROJECT + "members/"
 
+
+def t_webhooks_list(c: httpx.Client, v: Victim, server: Server) -> None:
+    assert "belongs to project" in err(c.get("/api/v1/webhooks/projects/proj_a/"), 404)
+    own = ok(c.get("/v1/ping/"))["project_id"]
+    body = ok(c.get(f"/api/v1/webhooks/projects/{own}/"))
+    assert v.webhook["webhook_id"] not in json.dumps(body)
+
+
+def t_webhook_create(c: httpx.Client, v: Victim, server: Server) -> None:
+    body = {"name": "intruder", "url": "http://127.0.0.1:9/", "event_types": ["memory_add"]}
+    assert "belongs to project" in err(c.post("/api/v1/webhooks/projects/proj_a/", json=body), 404)
+
+
+def t_webhook_get(c: httpx.Client, v: Victim, server: Server) -> None:
+    err(c.get(f"/api/v1/webhooks/{v.webhook['webhook_id']}/"), 404)
+
+
+def t_webhook_update(c: httpx.Client, v: Victim, server: Server) -> None:
+    body = {"url": "http://127.0.0.1:9/stolen", "event_types": ["memory_add"]}
+    err(c.put(f"/api/v1/webhooks/{v.webhook['webhook_id']}/", json=body), 404)
+
+
+def t_webhook_delete(c: httpx.Client, v: Victim, server: Server) -> None:
+    err(c.delete(f"/api/v1/webhooks/{v.webhook['webhook_id']}/"), 404)
+
+
+def t_webhook_deliveries(c: httpx.Client, v: Victim, server: Server) -> None:
+    err(c.get(f"/api/v1/webhooks/{v.webhook['webhook_id']}/deliveries/"), 404)
+
+
 TENANCY_CASES: dict[tuple[str, str], Callable[[httpx.Client, Victim, Server], None]] = {
     **{
         (m, p): _project_admin(m, p)
@@ -331,6 +366,12 @@ TENANCY_CASES: dict[tuple[str, str], Callable[[httpx.Client, Victim, Server], No
     ("POST", "/v1/stats/"): t_stats,
     ("GET", "/v1/projector/"): t_projector,
     ("POST", "/v1/exports/download/"): t_export_download,
+    ("GET", "/api/v1/webhooks/projects/{project_id}/"): t_webhooks_list,
+    ("POST", "/api/v1/webhooks/projects/{project_id}/"): t_webhook_create,
+    ("GET", "/api/v1/webhooks/{webhook_id}/"): t_webhook_get,
+    ("PUT", "/api/v1/webhooks/{webhook_id}/"): t_webhook_update,
+    ("DELETE", "/api/v1/webhooks/{webhook_id}/"): t_webhook_delete,
+    ("GET", "/api/v1/webhooks/{webhook_id}/deliveries/"): t_webhook_deliveries,
 }
 
 
@@ -355,13 +396,14 @@ def test_no_request_reaches_another_project(
     assert (
         ok(api.post("/v1/exports/get/", json={"memory_export_id": victim.export_id}))["count"] == 1
     )
+    assert ok(api.get(f"/api/v1/webhooks/{victim.webhook['webhook_id']}/")) == victim.webhook
 
 
 # -- auth on every operation --------------------------------------------------------------------
 def _fill(path: str) -> str:
     return (path.replace("{memory_id}", str(uuid.uuid4())).replace("{org_id}", "org_a")
             .replace("{project_id}", "proj_a").replace("{entity_type}", "user")
-            .replace("{event_id}", str(uuid.uuid4()))
+            .replace("{event_id}", str(uuid.uuid4())).replace("{webhook_id}", "wh_0")
             .replace("{entity_name}", "nobody"))  # fmt: skip
 
 
