@@ -505,7 +505,6 @@ class Projector:
         events = [(decode_event(r.value, self.keys.lookup), r.position) for r in records]
         if not keys_fresh and any(e.erased for e, _ in events):
             raise _KeysUnseen
-        metrics.count_projected((e.event_type for e, _ in events), len(events))
         ids = [e.memory_id for e, _ in events if e.memory_id]
         adds = [e for e, _ in events if isinstance(e, MemoryAdded)]
         eids = [e.event_id for e, _ in events]
@@ -543,6 +542,8 @@ class Projector:
             p = r.position.partition
             new_cp[p] = max(new_cp.get(p, 0), r.position.offset + 1)
         gen.write_checkpoint(new_cp)
+        # counted once the batch is written: a batch retried after a failure counts once
+        metrics.count_projected((e.event_type for e, _ in events), len(events))
         return new_cp
 
     def maintain(self, gen: Generation, *, force: bool = False, unread: bool = False) -> None:
