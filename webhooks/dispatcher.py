@@ -29,8 +29,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass
-
-import httpx
+from typing import TYPE_CHECKING
 
 from memstream import metrics
 from memstream.errors import MemstreamError
@@ -50,6 +49,9 @@ from memstream.webhooks.payload import (
     sign,
 )
 from memstream.webhooks.registry import Webhook, WebhookRegistry
+
+if TYPE_CHECKING:  # httpx loads when the dispatcher runs: importing the service stays light
+    import httpx
 
 log = logging.getLogger("memstream.webhooks")
 
@@ -103,6 +105,8 @@ class Dispatcher:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Follow the registry; keep one worker per webhook; return once `stop` is set."""
+        import httpx
+
         await self.registry.start()
         follower = asyncio.create_task(self.registry.follow(stop))
         workers: dict[str, asyncio.Task[None]] = {}
@@ -240,6 +244,8 @@ class Dispatcher:
         client: httpx.AsyncClient,
         stop: asyncio.Event,
     ) -> bool:
+        import httpx
+
         body = body_of(payload(event, position, hook.webhook_id))
         attempt = 0
         while True:
