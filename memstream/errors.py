@@ -66,3 +66,14 @@ class SchemaError(MemstreamError):
     """A log message cannot be decoded: unknown writer schema or corrupt body."""
 
     status_code = 500
+
+
+class LogCorruptError(LogUnavailableError):
+    """The event log holds bytes that are not a valid record where a record should be.
+
+    Readers stop there (never treating corruption as the end of the log) and writers refuse
+    to append until `memstream log repair` has quarantined the bad bytes. The message names the
+    segment file, the byte offset and the log offset of the damage.
+    """
+
+    status_code = 503

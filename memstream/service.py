@@ -493,7 +493,12 @@ class Memstream:
             "generation": gen.path.name,
             "checkpoint": {str(p): o for p, o in sorted(gen.checkpoint().items())},
             "pinned": describe_pin(pinned) if pinned is not None else None,
+            "log_health": self.log.health(),
         }
+
+    def repair_log(self) -> dict[str, Any]:
+        """`memstream log repair`: quarantine the log's bad bytes (memstream.log.file)."""
+        return self.log.repair()
 
     async def catch_up(self) -> None:
         await self.projector.catch_up()

@@ -11,9 +11,16 @@ from rich.table import Table
 from memstream.cli.common import app, emit, fail, out, run
 from memstream.errors import ValidationError
 
+log_app = typer.Typer(
+    help="The raw event log: `memstream log` prints it; `memstream log repair` mends damage.",
+    invoke_without_command=True,
+)
+app.add_typer(log_app, name="log")
 
-@app.command("log")
+
+@log_app.callback()
 def log_command(
+    ctx: typer.Context,
     start: str = typer.Option(
         None, "--from", help="first position to show: an offset, 0:120, or 0:12,1:40 on Kafka"
     ),
@@ -21,6 +28,8 @@ def log_command(
 ) -> None:
     """The raw event log, decoded: who did what, when, under which key. Events of an erased
     subject show that they exist and that they were erased, never their content."""
+    if ctx.invoked_subcommand is not None:
+        return
     from memstream.cli.logdump import dump
     from memstream.query.timetravel import parse_as_of
 
@@ -52,3 +61,37 @@ def log_command(
         out.print(table)
 
     emit({"count": len(events), "events": events}, human)
+
+
+@log_app.command("repair")
+def log_repair() -> None:
+    """Quarantine damaged bytes of the file log into <log>/quarantine/ and make it writable
+    again; every valid record after the damage is kept (docs/guarantees.md)."""
+
+    async def body(ms: Any) -> dict[str, Any]:
+        return dict(ms.repair_log())
+
+    result: dict[str, Any] = run(body, for_replay=True)
+
+    def human() -> None:
+        regions = result["quarantined"]
+        if not regions and not result["torn_tail_cut"]:
+            out.print("the log is sound: nothing to repair", highlight=False)
+        for r in regions:
+            out.print(
+                f"quarantined {r['bytes']} bytes at {r['segment']} byte {r['byte_offset']} "
+                f"({r['reason']}) into {r['side_file']}; a marker holds offset {r['offset']}",
+                highlight=False,
+            )
+        if result["torn_tail_cut"]:
+            t = result["torn_tail_cut"]
+            out.print(f"cut a torn tail of {t['bytes']} bytes at {t['segment']} byte "
+                      f"{t['byte_offset']}", highlight=False)  # fmt: skip
+        if result["offsets_may_have_shifted"]:
+            out.print(
+                "a quarantined region was not exactly one record: offsets after it may have "
+                "moved; rebuild the projection with `memstream replay`",
+                highlight=False,
+            )
+
+    emit(result, human)

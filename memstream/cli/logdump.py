@@ -8,10 +8,11 @@ its who/when/what-kind and `"erased": true`, never its content.
 from __future__ import annotations
 
 import datetime as dt
+import json
 from typing import Any
 
 from memstream.events import Event, decode_event, to_record
-from memstream.log.base import EventLog, LogRecord, Offsets
+from memstream.log.base import QUARANTINE_HEADER, EventLog, LogRecord, Offsets
 from memstream.service import Memstream
 
 
@@ -54,7 +55,25 @@ async def read_log(log: EventLog, start: Offsets, limit: int | None) -> list[Log
     return records[:want]
 
 
+def describe_quarantined(record: LogRecord) -> dict[str, Any]:
+    """A marker that `memstream log repair` left where it removed damaged bytes."""
+    detail = json.loads(dict(record.headers)[QUARANTINE_HEADER])
+    return {
+        "position": f"{record.position.partition}:{record.position.offset}",
+        "event_type": "Quarantined",
+        "occurred_at": iso(record.timestamp_ms),
+        "reason": f"{detail.get('bytes')} damaged bytes ({detail.get('reason')}) moved to "
+        f"{detail.get('side_file')}",
+        "erased": False,
+    }
+
+
 async def dump(ms: Memstream, start: Offsets, limit: int | None) -> list[dict[str, Any]]:
     await ms.subject_keys.refresh()
     records = await read_log(ms.log, start, limit)
-    return [describe(decode_event(r.value, ms.subject_keys.lookup), r) for r in records]
+    return [
+        describe_quarantined(r)
+        if any(h == QUARANTINE_HEADER for h, _ in r.headers)
+        else describe(decode_event(r.value, ms.subject_keys.lookup), r)
+        for r in records
+    ]

@@ -82,6 +82,20 @@ def status() -> None:
             )
         else:
             out.print("pinned      no", highlight=False)
+        health = result.get("log_health") or {}
+        line = health.get("state", "ok")
+        if health.get("corruption"):
+            line += f": {health['corruption'].get('message', '')}"
+        elif health.get("torn_tail"):
+            t = health["torn_tail"]
+            line += (f": {t['bytes']} bytes of an interrupted append at {t['segment']} byte "
+                     f"{t['byte_offset']} (cut by the next append)")  # fmt: skip
+        out.print(f"log health  {line}", highlight=False)
+        for t in health.get("torn_tails_cut") or []:
+            out.print(f"            torn tail of {t['bytes']} bytes cut at {t['segment']} byte "
+                      f"{t['byte_offset']} on {t.get('cut_at', '?')}", highlight=False)  # fmt: skip
+        for q in health.get("quarantined") or []:
+            out.print(f"            quarantined bytes kept in {q}", highlight=False)
 
     emit(result, human)
 

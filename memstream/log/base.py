@@ -11,7 +11,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from memstream.errors import ValidationError
 
@@ -21,6 +21,11 @@ if TYPE_CHECKING:
 MAX_MESSAGE_BYTES = 1_048_000
 """Largest key + value of one message, on every log: it fits Kafka's default broker limit
 (1,048,588 bytes with record overhead), so the file log cannot accept what Kafka would refuse."""
+
+QUARANTINE_HEADER = "ms-quarantined"
+"""LogRecord header of a file-log quarantine marker: the place of bytes that `memstream log
+repair` removed (its value is the JSON description of the region). Not an event: every
+consumer skips it (and counts it)."""
 
 Offsets = dict[int, int]
 """partition -> next offset to read (Kafka's meaning of a committed offset)."""
@@ -38,6 +43,9 @@ class LogRecord:
     key: bytes
     value: bytes
     timestamp_ms: int
+    headers: tuple[tuple[str, bytes], ...] = ()
+    """Log-level metadata beside the message: the hash chain (memstream.log.chain) and the
+    file log's quarantine markers. Never part of the event itself."""
 
 
 class LogReader(ABC):
@@ -121,6 +129,17 @@ class EventLog(ABC):
     async def committed(self, group_id: str) -> Offsets:
         """The progress last committed by `group_id` (empty if none)."""
         return {}
+
+    def health(self) -> dict[str, Any]:
+        """The log's own integrity, for `memstream status`: `state` is ok, torn-tail or
+        corrupt (see memstream.log.file). A log kept by a broker reports ok."""
+        return {"state": "ok"}
+
+    def repair(self) -> dict[str, Any]:
+        """Quarantine damaged bytes so the log is readable and writable again."""
+        raise ValidationError(
+            f"the {self.name} log keeps no local files: there is nothing to repair here"
+        )
 
     def subject_keys(self) -> KeyStore:
         """A new, not yet started store of the per-subject keys that live beside this log

@@ -1,69 +1,144 @@
 """The embedded event log: append-only segment files in the data directory.
 
-Frame = u32 length | u32 crc32(payload) | payload, payload = i64 timestamp_ms | u32 key length |
-key | value. Appends from any process are serialised by an flock on `log.lock` and fsynced per
-batch before `append` returns. A crash mid-write leaves a torn tail: readers stop at the first
-frame that is short or fails its CRC, and the next writer truncates it, so a torn record is
-never read as data. Offsets are record numbers; a segment file is named by its first offset.
+Frames are described in memstream.log.frames: each carries a CRC32 and (since the hash
+chain) the sha256 chain link to the log's previous event. Appends from any process are
+serialised by an flock on `log.lock` and fsynced per batch before `append` returns; that
+return is what "acknowledged" means. Offsets are record numbers; a segment file is named by
+its first offset.
+
+What damage does (docs/guarantees.md, "Durability and corruption"):
+
+- A torn tail (a crash in the middle of an unacknowledged append; see frames.classify for the
+  exact rule) at the end of the last segment is invisible to readers, and the next writer cuts
+  it off, logging a warning and recording it in `torn-tails.jsonl` (`memstream status`).
+- Anything else that is not a valid frame is corruption. A reader that meets it raises
+  `LogCorruptError` naming the segment, byte and log offset (never "end of the log"), and
+  writes the `CORRUPT` marker; while the marker exists, or when a writer's own scan finds the
+  damage, every append is refused with `LogCorruptError` (HTTP 503, CLI exit 1).
+- `repair()` (`memstream log repair`) moves exactly the bad bytes into `quarantine/` and puts
+  one quarantine marker frame in their place, so every valid record after them keeps its
+  offset when the damage was one record (a flipped bit, a bad length), and is kept in any case.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import datetime as dt
 import fcntl
+import hashlib
 import json
+import logging
 import os
-import struct
 import threading
 import time
 import zlib
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from memstream.errors import LogUnavailableError
+from memstream.errors import LogCorruptError, LogUnavailableError
 from memstream.fsutil import fsync_dir
 from memstream.keystore.file import FileKeyStore
-from memstream.log.base import EventLog, LogReader, LogRecord, Offsets, Position
+from memstream.log.base import (
+    QUARANTINE_HEADER,
+    EventLog,
+    LogReader,
+    LogRecord,
+    Offsets,
+    Position,
+)
+from memstream.log.frames import (
+    HEADER,
+    KIND_QUARANTINE,
+    LENGTH_MASK,
+    ZERO_HASH,
+    Frame,
+    Stop,
+    classify,
+    encode,
+    parse_one,
+)
 
-HEADER = struct.Struct("<II")
-PAYLOAD_HEAD = struct.Struct("<qI")
+log = logging.getLogger(__name__)
+
 SEGMENT_BYTES = 64 * 1024 * 1024
 READ_CHUNK = 4 * 1024 * 1024
 POLL_S = 0.02
+CORRUPT_MARKER = "CORRUPT"
+TORN_REPORT = "torn-tails.jsonl"
+QUARANTINE_DIR = "quarantine"
+CHAIN_HEADER = "ms-file-chain"
+"""LogRecord header of a chained frame: kind (1 byte) | prev (32) | hash (32)."""
 
 
 def _segment_name(base: int) -> str:
     return f"{base:020d}.seg"
 
 
-def _parse_frames(
-    buf: bytes, limit: int | None = None
-) -> tuple[list[tuple[int, bytes, bytes]], int]:
-    """Parse up to `limit` whole, valid frames; return (records, end of the last one parsed)."""
-    out: list[tuple[int, bytes, bytes]] = []
+def _now_iso() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
+
+
+def parse_frames(
+    buf: bytes | memoryview, limit: int | None = None, *, at_eof: bool = True
+) -> tuple[list[Frame], int, Stop | None]:
+    """Whole valid frames from the start of `buf` (at most `limit`), where they end, and why
+    parsing stopped early (None: the buffer or the limit was reached, or more must be read)."""
+    frames: list[Frame] = []
     pos = 0
-    n = len(buf)
-    while pos + HEADER.size <= n and (limit is None or len(out) < limit):
-        length, crc = HEADER.unpack_from(buf, pos)
-        end = pos + HEADER.size + length
-        if length < PAYLOAD_HEAD.size or end > n:
-            break
-        payload = bytes(buf[pos + HEADER.size : end])
-        if zlib.crc32(payload) != crc:
-            break
-        ts, klen = PAYLOAD_HEAD.unpack_from(payload, 0)
-        if PAYLOAD_HEAD.size + klen > length:
-            break
-        key = payload[PAYLOAD_HEAD.size : PAYLOAD_HEAD.size + klen]
-        value = payload[PAYLOAD_HEAD.size + klen :]
-        out.append((ts, key, value))
-        pos = end
-    return out, pos
+    while limit is None or len(frames) < limit:
+        found = parse_one(buf, pos)
+        if not isinstance(found, Frame):
+            return frames, pos, classify(buf, pos, at_eof)
+        frames.append(found)
+        pos = found.end
+    return frames, pos, None
 
 
-def _frame(ts: int, key: bytes, value: bytes) -> bytes:
-    payload = PAYLOAD_HEAD.pack(ts, len(key)) + key + value
-    return HEADER.pack(len(payload), zlib.crc32(payload)) + payload
+def to_record(frame: Frame, offset: int) -> LogRecord:
+    headers: tuple[tuple[str, bytes], ...] = ()
+    if frame.hash is not None and frame.prev is not None:
+        headers = ((CHAIN_HEADER, bytes([frame.kind]) + frame.prev + frame.hash),)
+        if frame.kind == KIND_QUARANTINE:
+            headers += ((QUARANTINE_HEADER, frame.value),)
+    return LogRecord(Position(0, offset), frame.key, frame.value, frame.timestamp_ms, headers)
+
+
+@dataclass(frozen=True, slots=True)
+class Tail:
+    base: int  # first offset of the last segment
+    size: int  # bytes of whole valid frames in it
+    count: int  # records in it
+    head: bytes  # hash of the last chained frame of the log (ZERO_HASH if none)
+    torn: int = 0  # bytes of a torn tail after `size` (cut by the next append)
+
+
+@dataclass(frozen=True, slots=True)
+class QuarantinedRegion:
+    """One run of bad bytes that `repair` moved out of a segment."""
+
+    segment: str
+    byte_offset: int
+    length: int
+    offset: int  # log offset of the marker that took its place
+    reason: str
+    side_file: str
+    sha256: str
+    one_record: bool  # the region was exactly one frame: later offsets are unchanged
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "segment": self.segment,
+            "byte_offset": self.byte_offset,
+            "bytes": self.length,
+            "offset": f"0:{self.offset}",
+            "reason": self.reason,
+            "side_file": self.side_file,
+            "sha256": self.sha256,
+            "one_record": self.one_record,
+        }
 
 
 class FileEventLog(EventLog):
@@ -76,8 +151,7 @@ class FileEventLog(EventLog):
         self.segment_bytes = segment_bytes
         self._thread_lock = threading.Lock()
         self._lock_fd: int | None = None
-        # cached tail: (segment base, valid byte size, record count in that segment)
-        self._tail: tuple[int, int, int] | None = None
+        self._tail: Tail | None = None
 
     # -- lifecycle -----------------------------------------------------------------------
     async def start(self) -> None:
@@ -101,21 +175,111 @@ class FileEventLog(EventLog):
     def segments(self) -> list[int]:
         return sorted(int(p.name[:-4]) for p in self.directory.glob("*.seg"))
 
-    def _scan_tail(self) -> tuple[int, int, int]:
-        """Find the last segment's valid size and record count (called under the lock)."""
+    def segment_path(self, base: int) -> Path:
+        return self.directory / _segment_name(base)
+
+    # -- corruption ----------------------------------------------------------------------
+    @property
+    def corrupt_marker(self) -> Path:
+        return self.directory / CORRUPT_MARKER
+
+    def corruption(
+        self, base: int, byte_offset: int, offset: int | None, reason: str
+    ) -> LogCorruptError:
+        """Record damage found at (segment, byte) in the CORRUPT marker (so every process
+        refuses to append) and return the error to raise."""
+        where = f"segment {_segment_name(base)}, byte {byte_offset}"
+        if offset is not None:
+            where += f" (log offset 0:{offset})"
+        detail = {
+            "segment": _segment_name(base), "byte_offset": byte_offset,
+            "offset": None if offset is None else f"0:{offset}", "reason": reason,
+            "detected_at": _now_iso(),
+        }  # fmt: skip
+        try:
+            if not self.corrupt_marker.exists():
+                tmp = self.corrupt_marker.with_suffix(".tmp")
+                tmp.write_text(json.dumps(detail))
+                os.replace(tmp, self.corrupt_marker)
+                log.error("event log %s corrupt at %s: %s", self.directory, where, reason)
+        except OSError:  # a read-only directory: the error itself still reaches the caller
+            log.exception("could not write %s", self.corrupt_marker)
+        return LogCorruptError(self._corrupt_message(where, reason))
+
+    def _corrupt_message(self, where: str, reason: str) -> str:
+        return (
+            f"the event log in {self.directory} is corrupt at {where}: {reason}. Reading stops "
+            "there and the log is read-only; `memstream log repair` quarantines the bad bytes "
+            "and keeps every valid record after them"
+        )
+
+    def _check_marker(self) -> None:
+        try:
+            detail = json.loads(self.corrupt_marker.read_text())
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError):
+            detail = {}
+        where = f"segment {detail.get('segment', '?')}, byte {detail.get('byte_offset', '?')}"
+        if detail.get("offset"):
+            where += f" (log offset {detail['offset']})"
+        raise LogCorruptError(self._corrupt_message(where, str(detail.get("reason", "unknown"))))
+
+    # -- the tail ------------------------------------------------------------------------
+    def _read_from(self, path: Path, start: int) -> bytes:
+        with open(path, "rb") as f:
+            f.seek(start)
+            return f.read()
+
+    def _head_before(self, base: int) -> bytes:
+        """The chain head at the end of the segments before `base`."""
+        for b in reversed([b for b in self.segments() if b < base]):
+            frames, _, _ = parse_frames(self._read_from(self.segment_path(b), 0))
+            for frame in reversed(frames):
+                if frame.hash is not None:
+                    return frame.hash
+        return ZERO_HASH
+
+    def _scan_tail(self) -> Tail:
+        """The last segment's valid size, record count and chain head (called under the
+        lock). Raises LogCorruptError on damage that is not a torn tail."""
         bases = self.segments()
         if not bases:
-            return (0, 0, 0)
+            return Tail(0, 0, 0, ZERO_HASH)
         base = bases[-1]
-        path = self.directory / _segment_name(base)
-        start_size, start_count = 0, 0
-        if self._tail is not None and self._tail[0] == base:
-            _, start_size, start_count = self._tail
-        with open(path, "rb") as f:
-            f.seek(start_size)
-            data = f.read()
-        records, end = _parse_frames(data)
-        return (base, start_size + end, start_count + len(records))
+        cached = self._tail if self._tail is not None and self._tail.base == base else None
+        start = cached.size if cached else 0
+        data = self._read_from(self.segment_path(base), start)
+        frames, end, stop = parse_frames(data)
+        count = (cached.count if cached else 0) + len(frames)
+        if stop is not None and not stop.torn:
+            raise self.corruption(base, start + stop.position, base + count, stop.reason)
+        head = next((f.hash for f in reversed(frames) if f.hash is not None), None)
+        if head is None:
+            head = cached.head if cached else None
+        if head is None:
+            prior = [f for f in frames if f.hash is None]
+            head = ZERO_HASH if prior or start else self._head_before(base)
+        torn = len(data) - end if stop is not None else 0
+        return Tail(base, start + end, count, head, torn)
+
+    def _cut_torn(self, tail: Tail) -> None:
+        """Cut a torn tail off the last segment and say so (a warning and torn-tails.jsonl)."""
+        path = self.segment_path(tail.base)
+        with open(path, "r+b") as f:
+            f.truncate(tail.size)
+            os.fsync(f.fileno())
+        entry = {"segment": _segment_name(tail.base), "byte_offset": tail.size,
+                 "bytes": tail.torn, "offset": f"0:{tail.base + tail.count}", "cut_at": _now_iso()}  # fmt: skip
+        log.warning(
+            "event log %s: cut a torn tail of %d bytes at %s byte %d (an append that a crash "
+            "interrupted before it was acknowledged)",
+            self.directory, tail.torn, _segment_name(tail.base), tail.size,
+        )  # fmt: skip
+        with open(self.directory / TORN_REPORT, "a") as f:
+            f.write(json.dumps(entry) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
 
     # -- writing -------------------------------------------------------------------------
     async def append(self, messages: Sequence[tuple[bytes, bytes]]) -> list[Position]:
@@ -129,19 +293,27 @@ class FileEventLog(EventLog):
     def _append_sync(self, messages: list[tuple[bytes, bytes]]) -> list[Position]:
         assert self._lock_fd is not None
         ts = int(time.time() * 1000)
-        blob = b"".join(_frame(ts, k, v) for k, v in messages)
         with self._thread_lock:
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
             try:
-                base, size, count = self._scan_tail()
-                path = self.directory / _segment_name(base)
+                self._check_marker()
+                tail = self._scan_tail()
+                if tail.torn:
+                    self._cut_torn(tail)
+                base, size, count = tail.base, tail.size, tail.count
+                path = self.segment_path(base)
                 new_file = not path.exists()
                 if size >= self.segment_bytes:
                     base, size, count = base + count, 0, 0
-                    path = self.directory / _segment_name(base)
+                    path = self.segment_path(base)
                     new_file = True
+                head = tail.head
+                parts: list[bytes] = []
+                for k, v in messages:
+                    frame, head = encode(head, ts, bytes(k), bytes(v))
+                    parts.append(frame)
+                blob = b"".join(parts)
                 with open(path, "r+b" if not new_file else "w+b") as f:
-                    f.truncate(size)  # drop a torn tail left by a crashed writer
                     f.seek(size)
                     f.write(blob)
                     f.flush()
@@ -149,7 +321,10 @@ class FileEventLog(EventLog):
                 if new_file:
                     fsync_dir(self.directory)
                 first = base + count
-                self._tail = (base, size + len(blob), count + len(messages))
+                self._tail = Tail(base, size + len(blob), count + len(messages), head)
+            except LogCorruptError:
+                self._tail = None
+                raise
             except OSError as exc:
                 self._tail = None
                 raise LogUnavailableError(
@@ -161,10 +336,10 @@ class FileEventLog(EventLog):
 
     # -- reading -------------------------------------------------------------------------
     async def end_offsets(self) -> Offsets:
-        base, _, count = await asyncio.to_thread(self._read_tail_unlocked)
-        return {0: base + count}
+        tail = await asyncio.to_thread(self._read_tail_unlocked)
+        return {0: tail.base + tail.count}
 
-    def _read_tail_unlocked(self) -> tuple[int, int, int]:
+    def _read_tail_unlocked(self) -> Tail:
         with self._thread_lock:
             tail = self._scan_tail()
             self._tail = tail
@@ -192,6 +367,132 @@ class FileEventLog(EventLog):
         safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in group_id)
         return self.directory / "groups" / f"{safe}.json"
 
+    # -- health and repair ---------------------------------------------------------------
+    def health(self) -> dict[str, Any]:
+        """What `memstream status` shows of the log itself: corrupt or not (and where), a torn
+        tail waiting to be cut, the torn tails cut so far, the regions quarantined so far."""
+        problem: dict[str, Any] | None = None
+        torn: dict[str, Any] | None = None
+        try:
+            self._check_marker()
+            with self._thread_lock:
+                tail = self._scan_tail()
+            if tail.torn:
+                torn = {"segment": _segment_name(tail.base), "byte_offset": tail.size,
+                        "bytes": tail.torn, "offset": f"0:{tail.base + tail.count}"}  # fmt: skip
+        except LogCorruptError as exc:
+            problem = {"message": exc.message}
+            with contextlib.suppress(OSError, ValueError):
+                problem.update(json.loads(self.corrupt_marker.read_text()))
+        cut: list[dict[str, Any]] = []
+        report = self.directory / TORN_REPORT
+        if report.exists():
+            cut = [json.loads(line) for line in report.read_text().splitlines() if line.strip()]
+        quarantined = sorted(p.name for p in (self.directory / QUARANTINE_DIR).glob("*.bad"))
+        state = "corrupt" if problem else ("torn-tail" if torn else "ok")
+        return {"state": state, "corruption": problem, "torn_tail": torn,
+                "torn_tails_cut": cut[-10:], "quarantined": quarantined}  # fmt: skip
+
+    def repair(self) -> dict[str, Any]:
+        """Quarantine every run of bad bytes into `quarantine/`, keep every valid record, and
+        make the log writable again. Idempotent; a clean log is left untouched."""
+        if self._lock_fd is None:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            self._lock_fd = os.open(self.directory / "log.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        with self._thread_lock:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+            try:
+                return self._repair_locked()
+            finally:
+                self._tail = None
+                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+
+    def _repair_locked(self) -> dict[str, Any]:
+        regions: list[QuarantinedRegion] = []
+        torn_cut: dict[str, Any] | None = None
+        bases = self.segments()
+        head = ZERO_HASH
+        for i, base in enumerate(bases):
+            path = self.segment_path(base)
+            data = path.read_bytes()
+            last = i == len(bases) - 1
+            pieces: list[bytes] = []
+            pos, offset, changed = 0, base, False
+            while pos < len(data):
+                found = parse_one(data, pos)
+                if isinstance(found, Frame):
+                    pieces.append(data[pos : found.end])
+                    head = found.hash if found.hash is not None else head
+                    pos, offset = found.end, offset + 1
+                    continue
+                stop = classify(data, pos, at_eof=True)
+                assert stop is not None
+                changed = True
+                if stop.torn and last:
+                    torn_cut = {"segment": path.name, "byte_offset": pos,
+                                "bytes": len(data) - pos, "offset": f"0:{offset}"}  # fmt: skip
+                    break
+                end = stop.resync if stop.resync is not None else len(data)
+                region = self._quarantine(base, data, pos, end, offset, stop.reason, head)
+                frame, head = region[1], region[2]
+                pieces.append(frame)
+                regions.append(region[0])
+                pos, offset = end, offset + 1
+            if changed:
+                tmp = path.with_name(f".{path.name}.repair")
+                with open(tmp, "wb") as f:
+                    f.write(b"".join(pieces))
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, path)
+                fsync_dir(self.directory)
+        if torn_cut is not None:
+            torn_cut["cut_at"] = _now_iso()
+            with open(self.directory / TORN_REPORT, "a") as f:
+                f.write(json.dumps(torn_cut) + "\n")
+        was_corrupt = self.corrupt_marker.exists()
+        if was_corrupt:
+            self.corrupt_marker.unlink()
+            fsync_dir(self.directory)
+        for r in regions:
+            log.warning(
+                "event log %s: quarantined %d bad bytes at %s byte %d into %s (marker at %s)",
+                self.directory, r.length, r.segment, r.byte_offset, r.side_file, r.offset,
+            )  # fmt: skip
+        return {
+            "quarantined": [r.to_dict() for r in regions],
+            "torn_tail_cut": torn_cut,
+            "was_marked_corrupt": was_corrupt,
+            "offsets_may_have_shifted": any(not r.one_record for r in regions),
+        }
+
+    def _quarantine(
+        self, base: int, data: bytes, start: int, end: int, offset: int, reason: str, head: bytes
+    ) -> tuple[QuarantinedRegion, bytes, bytes]:
+        """Write data[start:end] to a side file; return the region, its marker frame and the
+        chain head after the marker."""
+        bad = data[start:end]
+        qdir = self.directory / QUARANTINE_DIR
+        qdir.mkdir(exist_ok=True)
+        side = qdir / f"{_segment_name(base)[:-4]}-{start:012d}.bad"
+        with open(side, "wb") as f:
+            f.write(bad)
+            f.flush()
+            os.fsync(f.fileno())
+        fsync_dir(qdir)
+        one = False
+        if len(bad) >= HEADER.size:  # one record: its header's length spans exactly the
+            word, crc = HEADER.unpack_from(bad, 0)  # region, or its CRC matches the region
+            one = HEADER.size + (word & LENGTH_MASK) == len(bad) or zlib.crc32(bad[8:]) == crc
+        region = QuarantinedRegion(
+            segment=_segment_name(base), byte_offset=start, length=len(bad), offset=offset,
+            reason=reason, side_file=str(side.relative_to(self.directory)),
+            sha256=hashlib.sha256(bad).hexdigest(), one_record=one,
+        )  # fmt: skip
+        marker = json.dumps({**region.to_dict(), "repaired_at": _now_iso()}).encode()
+        frame, new_head = encode(head, int(time.time() * 1000), b"", marker, KIND_QUARANTINE)
+        return region, frame, new_head
+
 
 class FileLogReader(LogReader):
     def __init__(self, log: FileEventLog, offset: int, group_id: str | None) -> None:
@@ -206,18 +507,23 @@ class FileLogReader(LogReader):
         bases = self.log.segments()
         candidates = [b for b in bases if b <= self.next_offset]
         if not candidates:
-            return False
+            later = [b for b in bases if b > self.next_offset]
+            if not later:
+                return False
+            candidates = [later[0]]
+            self.next_offset = later[0]
         base = candidates[-1]
-        path = self.log.directory / _segment_name(base)
-        with open(path, "rb") as f:
-            data = f.read()
+        data = self.log._read_from(self.log.segment_path(base), 0)
         pos, index = 0, base
         while index < self.next_offset:
-            if pos + HEADER.size > len(data):
-                return False
-            length, _ = HEADER.unpack_from(data, pos)
-            pos += HEADER.size + length
-            index += 1
+            found = parse_one(data, pos)
+            if isinstance(found, Frame):
+                pos, index = found.end, index + 1
+                continue
+            stop = classify(data, pos, at_eof=True)
+            if stop is None or stop.torn:
+                return False  # not written yet
+            raise self.log.corruption(base, pos, index, stop.reason)
         self._segment, self._pos = base, pos
         return True
 
@@ -226,30 +532,48 @@ class FileLogReader(LogReader):
             return []
         assert self._segment is not None
         out: list[LogRecord] = []
+        rechecked = False
         while len(out) < max_records:
-            path = self.log.directory / _segment_name(self._segment)
+            path = self.log.segment_path(self._segment)
             with open(path, "rb") as f:
+                size = os.fstat(f.fileno()).st_size
                 f.seek(self._pos)
                 data = f.read(READ_CHUNK)
-            take, end = _parse_frames(data, max_records - len(out))
-            if not take and len(data) >= READ_CHUNK:
-                with open(path, "rb") as f:  # a single frame larger than the chunk
-                    f.seek(self._pos)
+                at_eof = self._pos + len(data) >= size
+                frames, end, stop = parse_frames(data, max_records - len(out), at_eof=at_eof)
+                if not frames and stop is None and end < len(data) and not at_eof:
+                    f.seek(self._pos)  # a single frame larger than the chunk
                     data = f.read()
-                take, end = _parse_frames(data, max_records - len(out))
-            for ts, key, value in take:
-                out.append(LogRecord(Position(0, self.next_offset), key, value, ts))
+                    frames, end, stop = parse_frames(data, max_records - len(out))
+            for frame in frames:
+                out.append(to_record(frame, self.next_offset))
                 self.next_offset += 1
+            if stop is not None and not stop.torn:
+                raise self.log.corruption(
+                    self._segment, self._pos + end, self.next_offset, stop.reason
+                )
             self._pos += end
-            if take:
+            if frames:
                 continue
-            # nothing more here: move on if a later segment starts exactly at our offset
-            if (self.log.directory / _segment_name(self.next_offset)).exists() and (
-                self.next_offset != self._segment
-            ):
-                self._segment, self._pos = self.next_offset, 0
-                continue
-            break
+            # nothing more here: move on to the next segment if one exists
+            later = [b for b in self.log.segments() if b > self._segment]
+            if not later:
+                break
+            if stop is not None:  # a torn tail in a segment that is no longer the last:
+                if not rechecked:  # read it once more (a writer may have just finished it)
+                    rechecked = True
+                    continue
+                raise self.log.corruption(
+                    self._segment, self._pos, self.next_offset,
+                    f"{stop.reason}, in a segment that is not the last",
+                )  # fmt: skip
+            if later[0] < self.next_offset:
+                raise self.log.corruption(
+                    later[0], 0, self.next_offset,
+                    f"segment {_segment_name(later[0])} starts at offset {later[0]}, inside "
+                    f"the previous segment (which ends at {self.next_offset})",
+                )  # fmt: skip
+            self._segment, self._pos, self.next_offset = later[0], 0, later[0]
         return out
 
     async def next_batch(self, max_records: int = 1000, timeout_s: float = 0.5) -> list[LogRecord]:

@@ -13,7 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from memstream.log.file import FileEventLog, _frame
+from memstream.errors import LogCorruptError
+from memstream.log.file import FileEventLog
+from memstream.log.frames import ZERO_HASH, encode
+
+
+def _frame(ts: int, key: bytes, value: bytes) -> bytes:
+    return encode(ZERO_HASH, ts, key, value)[0]
 
 
 async def read_all(log: FileEventLog, start: int = 0) -> list[tuple[int, bytes, bytes]]:
@@ -46,7 +52,9 @@ def test_torn_tail_is_never_read_and_is_truncated_by_the_next_writer(tmp_path: P
     asyncio.run(go())
 
 
-def test_a_corrupted_byte_ends_the_readable_log_there(tmp_path: Path) -> None:
+def test_a_corrupted_final_record_is_an_error_not_the_end_of_the_log(tmp_path: Path) -> None:
+    """A complete last frame whose checksum fails cannot be a torn write: it is corruption."""
+
     async def go() -> None:
         log = FileEventLog(tmp_path)
         await log.append([(b"k", b"a" * 10), (b"k", b"b" * 10)])
@@ -54,7 +62,11 @@ def test_a_corrupted_byte_ends_the_readable_log_there(tmp_path: Path) -> None:
         data = bytearray(segment.read_bytes())
         data[-3] ^= 0xFF  # flip a bit inside the last record's payload
         segment.write_bytes(bytes(data))
-        assert [v for _, _, v in await read_all(FileEventLog(tmp_path))] == [b"a" * 10]
+        with pytest.raises(LogCorruptError, match="log offset 0:1"):
+            await read_all(FileEventLog(tmp_path))
+        with pytest.raises(LogCorruptError, match="memstream log repair"):
+            await FileEventLog(tmp_path).append([(b"k", b"c")])
+        assert segment.read_bytes() == bytes(data)  # nothing was cut
 
     asyncio.run(go())
 
