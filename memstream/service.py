@@ -24,6 +24,13 @@ from memstream.events import Actor, FeedbackGiven, new_id
 from memstream.keystore.base import KeyStore
 from memstream.llm import LLM, get_llm
 from memstream.log.base import EventLog
+from memstream.log.checkpoint import (
+    CheckpointStore,
+    VerifyReport,
+    advance_heads,
+    load_signing_key,
+)
+from memstream.log.checkpoint import verify as verify_log
 from memstream.models import UNSET, HistoryEntry, MemoryView, Page, Tenant, WriteResult
 from memstream.producers.inference import (
     InferenceWriter,
@@ -103,6 +110,7 @@ class Memstream:
         self._stop = asyncio.Event()
         self._background: asyncio.Task[None] | None = None
         self._sweeper: asyncio.Task[None] | None = None
+        self._checkpointer: asyncio.Task[None] | None = None
         self._read_your_writes = True
 
     async def start(
@@ -136,6 +144,8 @@ class Memstream:
             self._stop.clear()
             self._background = asyncio.create_task(self.projector.run_forever(self._stop))
             self._sweeper = asyncio.create_task(self._sweep_forever())
+            if self.settings.checkpoint_interval_s > 0:
+                self._checkpointer = asyncio.create_task(self._checkpoint_forever())
         if dispatch_webhooks:
             self._dispatcher_stop.clear()
             self._dispatcher = asyncio.create_task(self.webhooks.dispatch(self._dispatcher_stop))
@@ -170,6 +180,9 @@ class Memstream:
         if self._sweeper is not None:
             await self._sweeper
             self._sweeper = None
+        if self._checkpointer is not None:
+            await self._checkpointer
+            self._checkpointer = None
         await self.projector.close()
         if self.llm is not None and hasattr(self.llm, "close"):
             await self.llm.close()
@@ -495,6 +508,43 @@ class Memstream:
             "pinned": describe_pin(pinned) if pinned is not None else None,
             "log_health": self.log.health(),
         }
+
+    # -- integrity (memstream.log.chain / memstream.log.checkpoint) ----------------------
+    def checkpoints(self) -> CheckpointStore:
+        """Where this log's signed checkpoints live, with the configured signing key."""
+        key = load_signing_key(
+            self.data_dir, self.settings.checkpoint_key, self.settings.checkpoint_key_file
+        )
+        return CheckpointStore(self.data_dir / "checkpoints", key, self.log.identity)
+
+    async def verify(
+        self,
+        *,
+        write_checkpoint: bool = False,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> VerifyReport:
+        """Walk the whole log: every chain link, every signed checkpoint (`memstream verify`)."""
+        return await verify_log(
+            self.log, self.checkpoints(), write_checkpoint=write_checkpoint, progress=progress
+        )
+
+    async def write_checkpoint(self) -> dict[str, Any]:
+        """Sign the log's current heads (continuing from the latest trusted checkpoint)."""
+        store = self.checkpoints()
+        heads = await advance_heads(self.log, store)
+        return store.write(heads)
+
+    async def _checkpoint_forever(self) -> None:
+        interval = self.settings.checkpoint_interval_s
+        while not self._stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), interval)
+            if self._stop.is_set():
+                return
+            try:
+                await self.write_checkpoint()
+            except Exception:  # the next period tries again; the server keeps serving
+                logger.exception("writing a signed checkpoint of the log's heads failed")
 
     def repair_log(self) -> dict[str, Any]:
         """`memstream log repair`: quarantine the log's bad bytes (memstream.log.file)."""

@@ -30,6 +30,10 @@ class Settings:
     webhook_max_attempts: int = 8  # tries per event before it is recorded as failed
     webhook_backoff_s: float = 1.0  # wait after the first failed try; doubles per try
     webhook_timeout_s: float = 10.0  # per HTTP request to a receiver
+    # signed checkpoints of the log's chain heads (memstream.log.checkpoint)
+    checkpoint_key: str | None = None  # Ed25519 seed (64 hex) or a passphrase
+    checkpoint_key_file: Path | None = None  # else this file, else <data_dir>/checkpoint.key
+    checkpoint_interval_s: float = 300.0  # `serve` writes one this often (0 = never)
 
     @classmethod
     def from_env(cls, **overrides: Any) -> Settings:
@@ -54,6 +58,13 @@ class Settings:
             webhook_max_attempts=int(env.get("MEMSTREAM_WEBHOOK_MAX_ATTEMPTS", "8")),
             webhook_backoff_s=float(env.get("MEMSTREAM_WEBHOOK_BACKOFF_S", "1")),
             webhook_timeout_s=float(env.get("MEMSTREAM_WEBHOOK_TIMEOUT_S", "10")),
+            checkpoint_key=env.get("MEMSTREAM_CHECKPOINT_KEY") or None,
+            checkpoint_key_file=(
+                Path(env["MEMSTREAM_CHECKPOINT_KEY_FILE"])
+                if env.get("MEMSTREAM_CHECKPOINT_KEY_FILE")
+                else None
+            ),
+            checkpoint_interval_s=float(env.get("MEMSTREAM_CHECKPOINT_INTERVAL_S", "300")),
         )
         return replace(base, **{k: v for k, v in overrides.items() if v is not None})
 

@@ -95,3 +95,52 @@ def log_repair() -> None:
             )
 
     emit(result, human)
+
+
+@app.command("verify")
+def verify_command(
+    checkpoint: bool = typer.Option(
+        False, "--checkpoint", help="after a clean walk, sign a checkpoint of the heads"
+    ),
+) -> None:
+    """Walk the whole log and check its hash chain and signed checkpoints: names every
+    altered, reordered, inserted, missing or quarantined event and any truncation (exit 1)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    from memstream.cli import err, state
+
+    async def body(ms: Any) -> dict[str, Any]:
+        with Progress(
+            "[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+            TimeElapsedColumn(), console=err, disable=state.json,
+        ) as bar:  # fmt: skip
+            task = bar.add_task("verifying", total=None)
+            report = await ms.verify(
+                write_checkpoint=checkpoint,
+                progress=lambda done, total: bar.update(task, completed=done, total=total),
+            )
+        return dict(report.to_dict())
+
+    result: dict[str, Any] = run(body, for_replay=True)
+
+    def human() -> None:
+        out.print(
+            f"{result['events']} events: {result['chained']} chained, {result['unchained']} "
+            f"unchained, {result['quarantined']} quarantined; "
+            f"{result['checkpoints_checked']} checkpoint(s) checked",
+            highlight=False,
+        )
+        for f in result["findings"]:
+            out.print(f"[red]{f['kind']:<11}[/red] {f['position']:<10} {escape(f['detail'])}")
+        for note in result["notes"]:
+            out.print(f"note: {note}", highlight=False)
+        heads = ", ".join(f"{p}:{h['offset']} {h['hash'][:16]}" for p, h in result["heads"].items())
+        out.print(f"heads       {heads or '(empty log)'}", highlight=False)
+        out.print(f"public key  {result['public_key']}", highlight=False)
+        if result["checkpoint"]:
+            out.print(f"signed a checkpoint at {result['checkpoint']['created_at']}")
+        out.print("verified: no findings" if result["ok"] else "[red]NOT VERIFIED[/red]")
+
+    emit(result, human)
+    if not result["ok"]:
+        raise typer.Exit(1)

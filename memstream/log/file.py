@@ -49,6 +49,7 @@ from memstream.log.base import (
     Offsets,
     Position,
 )
+from memstream.log.chain import FILE_CHAIN_HEADER
 from memstream.log.frames import (
     HEADER,
     KIND_QUARANTINE,
@@ -69,8 +70,6 @@ POLL_S = 0.02
 CORRUPT_MARKER = "CORRUPT"
 TORN_REPORT = "torn-tails.jsonl"
 QUARANTINE_DIR = "quarantine"
-CHAIN_HEADER = "ms-file-chain"
-"""LogRecord header of a chained frame: kind (1 byte) | prev (32) | hash (32)."""
 
 
 def _segment_name(base: int) -> str:
@@ -100,7 +99,7 @@ def parse_frames(
 def to_record(frame: Frame, offset: int) -> LogRecord:
     headers: tuple[tuple[str, bytes], ...] = ()
     if frame.hash is not None and frame.prev is not None:
-        headers = ((CHAIN_HEADER, bytes([frame.kind]) + frame.prev + frame.hash),)
+        headers = ((FILE_CHAIN_HEADER, bytes([frame.kind]) + frame.prev + frame.hash),)
         if frame.kind == KIND_QUARANTINE:
             headers += ((QUARANTINE_HEADER, frame.value),)
     return LogRecord(Position(0, offset), frame.key, frame.value, frame.timestamp_ms, headers)

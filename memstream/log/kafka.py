@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import NewTopic
+from aiokafka.partitioner import DefaultPartitioner
 
 from memstream.errors import LogUnavailableError, ValidationError
 from memstream.kafkautil import (
@@ -39,6 +40,7 @@ from memstream.kafkautil import (
 from memstream.keystore.base import KeyStore
 from memstream.keystore.kafka import KafkaKeyStore
 from memstream.log.base import EventLog, LogReader, LogRecord, Offsets, Position
+from memstream.log.chain import KAFKA_CHAIN_HEADER, ProducerChain
 
 __all__ = ["KafkaEventLog", "KafkaLogReader"]
 
@@ -95,6 +97,9 @@ class KafkaEventLog(EventLog):
         self._partitions: list[int] = []
         self._readers: weakref.WeakSet[KafkaLogReader] = weakref.WeakSet()
         self._start_lock = asyncio.Lock()
+        self._chain = ProducerChain()  # memstream.log.chain: this producer's hash chains
+        self._chain_lock = asyncio.Lock()
+        self._partitioner = DefaultPartitioner()  # murmur2, as the client would pick
 
     def __repr__(self) -> str:
         return f"KafkaEventLog({self.bootstrap_servers!r}, topic={self.topic!r})"
@@ -209,8 +214,16 @@ class KafkaEventLog(EventLog):
 
         async def send_all() -> list[Any]:
             # send() only enqueues, in call order (so same-key order holds); then await all.
-            for key, value in messages:
-                futures.append(await producer.send(self.topic, value=bytes(value), key=bytes(key)))
+            # Under the chain lock, so each partition's chain links in the order it is sent.
+            async with self._chain_lock:
+                for key, value in messages:
+                    k, v = bytes(key), bytes(value)
+                    partition = self._partitioner(k, self._partitions, self._partitions)
+                    link = self._chain.link(partition, k, v)
+                    futures.append(await producer.send(
+                        self.topic, value=v, key=k, partition=partition,
+                        headers=[(KAFKA_CHAIN_HEADER, link)],
+                    ))  # fmt: skip
             return await asyncio.gather(*futures, return_exceptions=True)
 
         timeout_s = self.request_timeout_s * 2 + 0.01 * len(messages)
@@ -219,10 +232,12 @@ class KafkaEventLog(EventLog):
         except BaseException:
             for fut in futures:  # nobody will read these now: silence "never retrieved"
                 fut.add_done_callback(consume_exception)
+            self._chain.restart()  # which of them landed is unknown: chain nothing to them
             raise
         positions: list[Position] = []
         for res in results:
             if isinstance(res, BaseException):
+                self._chain.restart()
                 raise self._error(f"append {len(messages)} message(s)", res) from res
             positions.append(Position(res.partition, res.offset))
         return positions
@@ -318,6 +333,7 @@ class KafkaLogReader(LogReader):
                         key=r.key if r.key is not None else b"",
                         value=r.value if r.value is not None else b"",
                         timestamp_ms=int(r.timestamp),
+                        headers=tuple((h, bytes(v)) for h, v in (r.headers or ())),
                     )
                 )
         return out
