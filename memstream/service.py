@@ -10,7 +10,10 @@ import asyncio
 import contextlib
 import dataclasses
 import datetime as dt
+import hashlib
+import json
 import logging
+import os
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
@@ -533,6 +536,21 @@ class Memstream:
         store = self.checkpoints()
         heads = await advance_heads(self.log, store)
         return store.write(heads)
+
+    async def attest_export(self, path: Path, count: int) -> Path:
+        """`<export>.chain.json` beside an export: the log's chain heads in a signed checkpoint
+        and the export's sha256, signed together, so a third party can later check the file
+        and, with `memstream verify`, that the log still holds the history it came from."""
+        checkpoint = await self.write_checkpoint()
+        digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+        body = {"export": Path(path).name, "sha256": digest, "count": count,
+                "checkpoint": checkpoint}  # fmt: skip
+        document = {**body, "signature": self.checkpoints().sign(body)}
+        side = Path(path).with_name(Path(path).name + ".chain.json")
+        tmp = side.with_name(f".{side.name}.tmp")
+        tmp.write_text(json.dumps(document, indent=2, sort_keys=True))
+        os.replace(tmp, side)
+        return side
 
     async def _checkpoint_forever(self) -> None:
         interval = self.settings.checkpoint_interval_s

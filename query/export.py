@@ -19,7 +19,6 @@ export.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import uuid
@@ -157,22 +156,4 @@ async def export_memories(
         page += 1
     rows = export_rows(memories)
     write_export(rows, Path(path), fmt)
-    await write_attestation(ms, Path(path), len(rows))
     return len(rows), fmt
-
-
-async def write_attestation(ms: Memstream, path: Path, count: int) -> Path:
-    """`<export>.chain.json` beside an export: the log's chain heads in a signed checkpoint
-    (memstream.log.checkpoint) and the export's sha256, signed together, so a third party can
-    later check both the file and, with `memstream verify`, that the log still holds the
-    history it was exported from."""
-    checkpoint = await ms.write_checkpoint()
-    digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
-    body = {"export": Path(path).name, "sha256": digest, "count": count,
-            "checkpoint": checkpoint}  # fmt: skip
-    document = {**body, "signature": ms.checkpoints().sign(body)}
-    side = Path(path).with_name(Path(path).name + ".chain.json")
-    tmp = side.with_name(f".{side.name}.{uuid.uuid4().hex}.tmp")
-    tmp.write_text(json.dumps(document, indent=2, sort_keys=True))
-    os.replace(tmp, side)
-    return side

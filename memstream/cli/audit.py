@@ -125,9 +125,15 @@ def export(
         chosen = format_of(output, fmt)
     except ValidationError as exc:  # answer before loading the ledger stack
         fail(str(exc))
-    count, chosen = run(
-        lambda ms: export_memories(ms, output, chosen, f, as_of=as_of, show_expired=show_expired)
-    )
+
+    async def body(ms: Memstream) -> tuple[int, str]:
+        n, used = await export_memories(
+            ms, output, chosen, f, as_of=as_of, show_expired=show_expired
+        )
+        await ms.attest_export(output, n)  # the chain heads, signed (docs/guarantees.md)
+        return n, used
+
+    count, chosen = run(body)
     emit(
         {"message": "Export written", "count": count, "format": chosen, "path": str(output)},
         lambda: out.print(f"exported {count} memories to {output} ({chosen})", highlight=False),

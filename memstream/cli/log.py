@@ -107,7 +107,7 @@ def verify_command(
     altered, reordered, inserted, missing or quarantined event and any truncation (exit 1)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
-    from memstream.cli import err, state
+    from memstream.cli.common import err, state
 
     async def body(ms: Any) -> dict[str, Any]:
         with Progress(
