@@ -510,6 +510,10 @@ class Memstream:
             "checkpoint": {str(p): o for p, o in sorted(gen.checkpoint().items())},
             "pinned": describe_pin(pinned) if pinned is not None else None,
             "log_health": self.log.health(),
+            "poison": {
+                **self.projector.poison.to_dict(),
+                "dead_letter_total": self.log.dead_letter_count(),
+            },
         }
 
     # -- integrity (memstream.log.chain / memstream.log.checkpoint) ----------------------

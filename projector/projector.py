@@ -24,8 +24,8 @@ import numpy as np
 
 from memstream import metrics
 from memstream.embedders.base import Embedder
-from memstream.errors import ConflictError, MemstreamError, ValidationError
-from memstream.events import MemoryAdded, decode_event, text_hash
+from memstream.errors import ConflictError, LogCorruptError, MemstreamError, ValidationError
+from memstream.events import Event, MemoryAdded, text_hash
 from memstream.keystore.base import KeyStore
 from memstream.log.base import EventLog, LogReader, LogRecord, Offsets, Position
 from memstream.projector import compaction, erasure
@@ -34,6 +34,7 @@ from memstream.projector.apply import BatchState, apply_event
 from memstream.projector.compaction import first_index
 from memstream.projector.decisions import RecentDecisions
 from memstream.projector.index import DigestSet, TableIndex, event_key
+from memstream.projector.poison import PoisonCounts, open_record
 from memstream.projector.rows import table_versions, write_rows
 from memstream.projector.store import (
     FLUSH_ITEMS,
@@ -111,6 +112,8 @@ class Projector:
         self._progress = Progress()
         # decisions of recently applied events, so a waiting writer need not read them back
         self._recent = RecentDecisions()
+        self.poison = PoisonCounts()  # poison records set aside by this process
+        self._loop: asyncio.AbstractEventLoop | None = None
         # what the live generation's tables hold (see projector/index.py), and the
         # (generation, table versions) it describes
         self._index: TableIndex | None = None
@@ -395,10 +398,19 @@ class Projector:
 
     async def run_forever(self, stop: asyncio.Event) -> None:
         self._background = True
+        corrupt: str | None = None
         try:
             while not stop.is_set():
                 try:
                     await self.step(timeout_s=0.2)
+                    corrupt = None
+                except LogCorruptError as exc:  # wait for `memstream log repair`, then go on
+                    if exc.message != corrupt:
+                        log.error("projector stopped at damage in the log: %s", exc.message)
+                    corrupt = exc.message
+                    self._reset_reader()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), 1.0)
                 except MemstreamError:
                     raise
                 except Exception:  # keep serving reads; retry the batch after a pause
@@ -435,6 +447,7 @@ class Projector:
         after it must see them gone). An event opened with a destroyed key before the
         erasure is applied is scrubbed when it is, as if it had been applied earlier.
         """
+        self._loop = asyncio.get_running_loop()  # for dead letters sent from the worker
         fresh = self._keys_stale
         if fresh:
             await self.keys.refresh()
@@ -502,9 +515,22 @@ class Projector:
         Unless `keys_fresh`, an event whose key is not found raises _KeysUnseen (see
         `_applied`) instead of being applied as erased.
         """
-        events = [(decode_event(r.value, self.keys.lookup), r.position) for r in records]
+        events: list[tuple[Event, Position]] = []
+        poison: list[tuple[LogRecord, str]] = []
+        markers = 0
+        for r in records:
+            event, reason = open_record(r, self.keys.lookup)
+            if event is not None:
+                events.append((event, r.position))
+            elif reason is None:
+                markers += 1
+            else:
+                poison.append((r, reason))
         if not keys_fresh and any(e.erased for e, _ in events):
             raise _KeysUnseen
+        self.poison.quarantined += markers
+        if poison:
+            self._dead_letter(poison)
         ids = [e.memory_id for e, _ in events if e.memory_id]
         adds = [e for e, _ in events if isinstance(e, MemoryAdded)]
         eids = [e.event_id for e, _ in events]
@@ -545,6 +571,19 @@ class Projector:
         # counted once the batch is written: a batch retried after a failure counts once
         metrics.count_projected((e.event_type for e, _ in events), len(events))
         return new_cp
+
+    def _dead_letter(self, poison: list[tuple[LogRecord, str]]) -> None:
+        """Hand poison records to the log's dead-letter sink (projector/poison.py) before the
+        checkpoint moves past them; called from the apply's worker thread."""
+        for record, reason in poison:
+            log.warning(
+                "poison record at %d:%d set aside to the dead-letter sink: %s",
+                record.position.partition, record.position.offset, reason,
+            )  # fmt: skip
+        assert self._loop is not None
+        asyncio.run_coroutine_threadsafe(self.log.dead_letter(poison), self._loop).result(120)
+        for _, reason in poison:
+            self.poison.add(reason)
 
     def maintain(self, gen: Generation, *, force: bool = False, unread: bool = False) -> None:
         """Compact small fragments, fold new rows into the scalar indexes, and delete table

@@ -135,6 +135,15 @@ class EventLog(ABC):
         corrupt (see memstream.log.file). A log kept by a broker reports ok."""
         return {"state": "ok"}
 
+    async def dead_letter(self, items: Sequence[tuple[LogRecord, str]]) -> None:
+        """Set aside records a consumer cannot apply, each with the reason (see
+        projector/poison.py). Durable on return; at-least-once."""
+        raise NotImplementedError(f"{type(self).__name__} has no dead-letter sink")
+
+    def dead_letter_count(self) -> int | None:
+        """How many records were dead-lettered so far (None: not known without a scan)."""
+        return None
+
     def repair(self) -> dict[str, Any]:
         """Quarantine damaged bytes so the log is readable and writable again."""
         raise ValidationError(

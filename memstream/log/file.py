@@ -23,6 +23,7 @@ What damage does (docs/guarantees.md, "Durability and corruption"):
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import datetime as dt
 import fcntl
@@ -70,6 +71,7 @@ POLL_S = 0.02
 CORRUPT_MARKER = "CORRUPT"
 TORN_REPORT = "torn-tails.jsonl"
 QUARANTINE_DIR = "quarantine"
+DEAD_LETTER_FILE = "dead-letter.jsonl"
 
 
 def _segment_name(base: int) -> str:
@@ -365,6 +367,42 @@ class FileEventLog(EventLog):
     def _group_path(self, group_id: str) -> Path:
         safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in group_id)
         return self.directory / "groups" / f"{safe}.json"
+
+    # -- dead letters --------------------------------------------------------------------
+    @property
+    def dead_letter_path(self) -> Path:
+        return self.directory / DEAD_LETTER_FILE
+
+    async def dead_letter(self, items: Sequence[tuple[LogRecord, str]]) -> None:
+        """One JSON line per record in `dead-letter.jsonl`: position, reason, key and value
+        (base64), the record's headers; fsynced before returning."""
+        if not items:
+            return
+        lines = []
+        for record, reason in items:
+            lines.append(json.dumps({
+                "position": f"{record.position.partition}:{record.position.offset}",
+                "reason": reason, "timestamp_ms": record.timestamp_ms,
+                "key": base64.b64encode(record.key).decode(),
+                "value": base64.b64encode(record.value).decode(),
+                "headers": {h: base64.b64encode(v).decode() for h, v in record.headers},
+                "dead_lettered_at": _now_iso(),
+            }))  # fmt: skip
+
+        def write() -> None:
+            with open(self.dead_letter_path, "a") as f:
+                f.write("".join(line + "\n" for line in lines))
+                f.flush()
+                os.fsync(f.fileno())
+
+        await asyncio.to_thread(write)
+
+    def dead_letter_count(self) -> int | None:
+        try:
+            with open(self.dead_letter_path, "rb") as f:
+                return sum(1 for line in f if line.strip())
+        except FileNotFoundError:
+            return 0
 
     # -- health and repair ---------------------------------------------------------------
     def health(self) -> dict[str, Any]:

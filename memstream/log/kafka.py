@@ -99,6 +99,7 @@ class KafkaEventLog(EventLog):
         self._start_lock = asyncio.Lock()
         self._chain = ProducerChain()  # memstream.log.chain: this producer's hash chains
         self._chain_lock = asyncio.Lock()
+        self._dead_letter_ready = False
         self._partitioner = DefaultPartitioner()  # murmur2, as the client would pick
 
     def __repr__(self) -> str:
@@ -192,6 +193,45 @@ class KafkaEventLog(EventLog):
             request_timeout_s=self.request_timeout_s,
             error=self._error,
         )
+
+    @property
+    def dead_letter_topic(self) -> str:
+        return f"{self.topic}.dead-letter"
+
+    async def dead_letter(self, items: Sequence[tuple[LogRecord, str]]) -> None:
+        """Each record to `<topic>.dead-letter` (created on first use, kept forever), with
+        its key and value as they were and the reason and source position in headers."""
+        producer = self._require_started()
+        if not items:
+            return
+        if not self._dead_letter_ready:
+            await self._bounded("create the dead-letter topic", ensure_topic(
+                self.bootstrap_servers,
+                NewTopic(self.dead_letter_topic, num_partitions=1,
+                         replication_factor=self.replication_factor,
+                         topic_configs=dict(TOPIC_CONFIGS)),
+                client_id=self.client_id, connect_timeout_s=self.connect_timeout_s,
+                request_timeout_s=self.request_timeout_s, error=self._error,
+            ), self.connect_timeout_s + self.request_timeout_s)  # fmt: skip
+            self._dead_letter_ready = True
+
+        async def send_all() -> None:
+            futures = []
+            for record, reason in items:
+                headers = [
+                    ("dead-letter-reason", reason.encode()),
+                    ("dead-letter-topic", self.topic.encode()),
+                    ("dead-letter-partition", str(record.position.partition).encode()),
+                    ("dead-letter-offset", str(record.position.offset).encode()),
+                    *record.headers,
+                ]
+                futures.append(await producer.send(
+                    self.dead_letter_topic, value=record.value, key=record.key or None,
+                    headers=headers,
+                ))  # fmt: skip
+            await asyncio.gather(*futures)
+
+        await self._bounded("dead-letter records", send_all(), self.request_timeout_s * 2)
 
     async def close(self) -> None:
         for reader in list(self._readers):

@@ -162,8 +162,8 @@ def test_bit_flip_under_a_live_server_answers_503_and_destroys_nothing(tmp_path:
         assert json.loads(repaired.stdout)["quarantined"][0]["offset"] == f"0:{BAD}"
         r = httpx.post(f"{server.base_url}/v1/memories/", json=body, headers=headers, timeout=60)
         assert r.status_code == 200, r.text
-        r = httpx.get(f"{server.base_url}/v1/memories/", params={"user_id": "u", "page_size": 1},
-                      headers=headers, timeout=60)  # fmt: skip
+        r = httpx.post(f"{server.base_url}/v2/memories/", params={"page_size": 1},
+                       json={"filters": {"user_id": "u"}}, headers=headers, timeout=60)  # fmt: skip
         assert r.json()["count"] == N, r.text  # 1,023 survivors + the new one
     finally:
         stop_server(server)
