@@ -107,21 +107,27 @@ def project(
 ) -> None:
     """Run the projector standalone: consume the log into LanceDB until stopped."""
 
-    async def body(ms: Memstream) -> int:
+    async def body(ms: Memstream) -> tuple[int, dict[str, Any]]:
         if once:
-            return await ms.run_projector(None, batch_size=batch_size)
+            n = await ms.run_projector(None, batch_size=batch_size)
+            return n, ms.status()["poison"]
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         err.print(f"projecting {ms.settings.log_description} into {ms.data_dir} (Ctrl-C to stop)")
-        return await ms.run_projector(stop, batch_size=batch_size)
+        n = await ms.run_projector(stop, batch_size=batch_size)
+        return n, ms.status()["poison"]
 
-    n = run(body)
-    emit(
-        {"message": "Projector stopped", "position": n},
-        lambda: out.print(f"projected up to {n} events"),
-    )
+    n, poison = run(body)
+
+    def human() -> None:
+        out.print(f"projected up to {n} events")
+        if poison["dead_lettered"]:
+            out.print(f"set aside {poison['dead_lettered']} poison record(s) to the dead-letter "
+                      f"sink: {poison['by_kind']}", highlight=False)  # fmt: skip
+
+    emit({"message": "Projector stopped", "position": n, "poison": poison}, human)
 
 
 @app.command()
