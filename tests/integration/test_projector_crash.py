@@ -46,8 +46,8 @@ def checkpoint_total(data_dir: Path) -> int:
         return 0
 
 
-def kill_projector_after(settings: Settings, at_least: int) -> int:
-    proc = subprocess.Popen([*cli_args(settings), "project", "--batch-size", "50"],
+def kill_projector_after(settings: Settings, at_least: int, batch_size: int = 50) -> int:
+    proc = subprocess.Popen([*cli_args(settings), "project", "--batch-size", str(batch_size)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
     deadline = time.monotonic() + 240
     try:
