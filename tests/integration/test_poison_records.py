@@ -68,9 +68,7 @@ def test_poison_records_are_dead_lettered_counted_and_skipped(settings: Settings
         letters = asyncio.run(read_dead_letters(settings))
     else:
         lines = (settings.data_dir / "log" / "dead-letter.jsonl").read_text().splitlines()
-        letters = [
-            (base64.b64decode(d["value"]), d["reason"]) for d in map(json.loads, lines)
-        ]
+        letters = [(base64.b64decode(d["value"]), d["reason"]) for d in map(json.loads, lines)]
         status = json.loads(cli(settings, "--json", "status").stdout)
         assert status["poison"]["dead_letter_total"] == 3
     assert sorted(v for v, _ in letters) == sorted(POISON)
