@@ -146,9 +146,12 @@ def find_next_frame(buf: bytes | memoryview, start: int) -> int | None:
     mv = memoryview(buf)
     for q in range(start, n - HEADER.size + 1):
         b3 = mv[q + 3]
-        # cheap pre-check on the header's top byte: v1 lengths are < 2**24 in practice
-        # (top byte 0), v2 words have 0x8 in the top nibble
-        if b3 != 0 and (b3 & 0xF0) != 0x80:
+        # cheap pre-checks on the header word: v1 lengths are < 2**24 in practice (top byte
+        # 0, the rest not all zero), v2 words have 0x8 in the top nibble
+        if b3 == 0:
+            if not (mv[q] or mv[q + 1] or mv[q + 2]):
+                continue
+        elif (b3 & 0xF0) != 0x80:
             continue
         frame = parse_one(mv, q)
         if isinstance(frame, Frame):
