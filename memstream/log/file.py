@@ -114,6 +114,8 @@ class Tail:
     count: int  # records in it
     head: bytes  # hash of the last chained frame of the log (ZERO_HASH if none)
     torn: int = 0  # bytes of a torn tail after `size` (cut by the next append)
+    ino: int = 0  # the segment file's inode: `repair` replaces the file, and a cache of
+    # the old one must not be trusted (its byte positions moved)
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,7 +250,10 @@ class FileEventLog(EventLog):
         if not bases:
             return Tail(0, 0, 0, ZERO_HASH)
         base = bases[-1]
-        cached = self._tail if self._tail is not None and self._tail.base == base else None
+        ino = os.stat(self.segment_path(base)).st_ino
+        cached = self._tail
+        if cached is None or cached.base != base or cached.ino != ino:
+            cached = None
         start = cached.size if cached else 0
         data = self._read_from(self.segment_path(base), start)
         frames, end, stop = parse_frames(data)
@@ -262,7 +267,7 @@ class FileEventLog(EventLog):
             prior = [f for f in frames if f.hash is None]
             head = ZERO_HASH if prior or start else self._head_before(base)
         torn = len(data) - end if stop is not None else 0
-        return Tail(base, start + end, count, head, torn)
+        return Tail(base, start + end, count, head, torn, ino)
 
     def _cut_torn(self, tail: Tail) -> None:
         """Cut a torn tail off the last segment and say so (a warning and torn-tails.jsonl)."""
@@ -319,10 +324,11 @@ class FileEventLog(EventLog):
                     f.write(blob)
                     f.flush()
                     os.fsync(f.fileno())
+                    ino = os.fstat(f.fileno()).st_ino
                 if new_file:
                     fsync_dir(self.directory)
                 first = base + count
-                self._tail = Tail(base, size + len(blob), count + len(messages), head)
+                self._tail = Tail(base, size + len(blob), count + len(messages), head, 0, ino)
             except LogCorruptError:
                 self._tail = None
                 raise
@@ -538,6 +544,7 @@ class FileLogReader(LogReader):
         self.next_offset = offset
         self._segment: int | None = None  # base of the segment we are in
         self._pos = 0  # byte position in that segment of record `next_offset`
+        self._ino: int | None = None  # that segment file's inode (a repair replaces it)
 
     def _locate(self) -> bool:
         """Position (segment, byte offset) at self.next_offset; False if not written yet."""
@@ -573,7 +580,14 @@ class FileLogReader(LogReader):
         while len(out) < max_records:
             path = self.log.segment_path(self._segment)
             with open(path, "rb") as f:
-                size = os.fstat(f.fileno()).st_size
+                stat = os.fstat(f.fileno())
+                if self._ino is not None and stat.st_ino != self._ino:
+                    # rewritten by `memstream log repair`: find our offset again
+                    self._ino = self._segment = None
+                    if not self._locate():
+                        break
+                    continue
+                self._ino, size = stat.st_ino, stat.st_size
                 f.seek(self._pos)
                 data = f.read(READ_CHUNK)
                 at_eof = self._pos + len(data) >= size
@@ -611,6 +625,7 @@ class FileLogReader(LogReader):
                     f"the previous segment (which ends at {self.next_offset})",
                 )  # fmt: skip
             self._segment, self._pos, self.next_offset = later[0], 0, later[0]
+            self._ino = None
         return out
 
     async def next_batch(self, max_records: int = 1000, timeout_s: float = 0.5) -> list[LogRecord]:

@@ -157,3 +157,29 @@ def test_consumer_progress_is_durable(tmp_path: Path) -> None:
         assert await FileEventLog(tmp_path).committed("other") == {}
 
     asyncio.run(go())
+
+
+def test_a_repair_under_a_live_reader_and_writer_keeps_their_offsets(tmp_path: Path) -> None:
+    """Another process repairs damage behind a reader and a writer that had cached where the
+    segment ended: the rewritten file moved byte positions, never offsets."""
+
+    async def go() -> None:
+        live = FileEventLog(tmp_path)
+        await live.append([(b"k", f"v{i}".encode() * 20) for i in range(10)])
+        reader = await live.reader({0: 0})
+        assert len(await reader.next_batch(100, timeout_s=0.05)) == 10
+        segment = next(tmp_path.glob("*.seg"))
+        data = bytearray(segment.read_bytes())
+        data[len(data) // 3] ^= 0x04  # damage a record the reader has already read
+        segment.write_bytes(bytes(data))
+        report = FileEventLog(tmp_path).repair()
+        assert len(report["quarantined"]) == 1 and report["quarantined"][0]["one_record"]
+        assert (await live.append([(b"k", b"after repair")]))[0].offset == 10
+        [record] = await reader.next_batch(100, timeout_s=0.05)
+        assert (record.position.offset, record.value) == (10, b"after repair")
+        values = [v for _, _, v in await read_all(FileEventLog(tmp_path))]
+        # 9 intact records, the quarantine marker at the damaged one's offset, the new one
+        assert len(values) == 11 and values[-1] == b"after repair"
+        assert b"quarantine/" in values[3] and values[4] == b"v4" * 20
+
+    asyncio.run(go())
