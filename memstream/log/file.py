@@ -578,7 +578,9 @@ class FileLogReader(LogReader):
         out: list[LogRecord] = []
         rechecked = False
         while len(out) < max_records:
-            path = self.log.segment_path(self._segment)
+            assert self._segment is not None
+            segment = self._segment
+            path = self.log.segment_path(segment)
             with open(path, "rb") as f:
                 stat = os.fstat(f.fileno())
                 if self._ino is not None and stat.st_ino != self._ino:
@@ -600,14 +602,12 @@ class FileLogReader(LogReader):
                 out.append(to_record(frame, self.next_offset))
                 self.next_offset += 1
             if stop is not None and not stop.torn:
-                raise self.log.corruption(
-                    self._segment, self._pos + end, self.next_offset, stop.reason
-                )
+                raise self.log.corruption(segment, self._pos + end, self.next_offset, stop.reason)
             self._pos += end
             if frames:
                 continue
             # nothing more here: move on to the next segment if one exists
-            later = [b for b in self.log.segments() if b > self._segment]
+            later = [b for b in self.log.segments() if b > segment]
             if not later:
                 break
             if stop is not None:  # a torn tail in a segment that is no longer the last:
@@ -615,7 +615,7 @@ class FileLogReader(LogReader):
                     rechecked = True
                     continue
                 raise self.log.corruption(
-                    self._segment, self._pos, self.next_offset,
+                    segment, self._pos, self.next_offset,
                     f"{stop.reason}, in a segment that is not the last",
                 )  # fmt: skip
             if later[0] < self.next_offset:
