@@ -144,6 +144,7 @@ class Memstream:
                 await self.projector.replay()
             self.projector.generation()
         if background_projector:
+            self._report_log_health()
             self._stop.clear()
             self._background = asyncio.create_task(self.projector.run_forever(self._stop))
             self._sweeper = asyncio.create_task(self._sweep_forever())
@@ -567,6 +568,20 @@ class Memstream:
                 await self.write_checkpoint()
             except Exception:  # the next period tries again; the server keeps serving
                 logger.exception("writing a signed checkpoint of the log's heads failed")
+
+    def _report_log_health(self) -> None:
+        """Say at a server's start what the log's own state is (docs/guarantees.md)."""
+        health = self.log.health()
+        if health.get("corruption"):
+            logger.error("the event log is corrupt and read-only: %s",
+                         health["corruption"].get("message"))  # fmt: skip
+        elif health.get("torn_tail"):
+            t = health["torn_tail"]
+            logger.warning(
+                "the event log ends with a torn tail of %d bytes at %s byte %d (an append a "
+                "crash interrupted before it was acknowledged); the next append cuts it",
+                t["bytes"], t["segment"], t["byte_offset"],
+            )  # fmt: skip
 
     def repair_log(self) -> dict[str, Any]:
         """`memstream log repair`: quarantine the log's bad bytes (memstream.log.file)."""
