@@ -37,7 +37,8 @@ from memstream.log.base import QUARANTINE_HEADER, LogRecord
 from memstream.log.frames import KIND_QUARANTINE, ZERO_HASH, chain_hash
 
 FILE_CHAIN_HEADER = "ms-file-chain"
-"""kind (1 byte) | prev (32) | hash (32), on records of the file log's v2 frames."""
+"""The raw head of a file log v2 frame: kind (u8) | timestamp (i64) | key length (u32) |
+prev (32) | hash (32), on every record read from one (memstream.log.frames)."""
 KAFKA_CHAIN_HEADER = "ms-chain"
 """producer id (16) | seq (u64 LE) | prev (32) | hash (32), on records written to Kafka."""
 
@@ -169,7 +170,7 @@ class ChainVerifier:
     # -- the file log's single chain --------------------------------------------------
     def _feed_file(self, record: LogRecord, raw: bytes, headers: dict[str, bytes]) -> None:
         p, offset = record.position.partition, record.position.offset
-        kind, prev, digest = raw[0], raw[1:33], raw[33:65]
+        kind, prev, digest = raw[0], raw[13:45], raw[45:77]
         if kind == KIND_QUARANTINE:
             self.quarantined += 1
             self._find(record, "quarantined", "missing: damaged bytes were quarantined here by "

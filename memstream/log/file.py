@@ -100,8 +100,8 @@ def parse_frames(
 
 def to_record(frame: Frame, offset: int) -> LogRecord:
     headers: tuple[tuple[str, bytes], ...] = ()
-    if frame.hash is not None and frame.prev is not None:
-        headers = ((FILE_CHAIN_HEADER, bytes([frame.kind]) + frame.prev + frame.hash),)
+    if frame.head is not None:
+        headers = ((FILE_CHAIN_HEADER, frame.head),)
         if frame.kind == KIND_QUARANTINE:
             headers += ((QUARANTINE_HEADER, frame.value),)
     return LogRecord(Position(0, offset), frame.key, frame.value, frame.timestamp_ms, headers)

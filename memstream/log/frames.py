@@ -50,7 +50,8 @@ KIND_QUARANTINE = 1
 
 @dataclass(frozen=True, slots=True)
 class Frame:
-    """One parsed frame. `prev`/`hash` are None for a v1 (unchained) frame."""
+    """One parsed frame. `head` is the raw v2 head (kind, timestamp, key length, prev,
+    hash: 77 bytes), None for a v1 (unchained) frame."""
 
     start: int  # byte position in its segment
     end: int
@@ -58,12 +59,19 @@ class Frame:
     timestamp_ms: int
     key: bytes
     value: bytes
-    prev: bytes | None
-    hash: bytes | None
+    head: bytes | None
+
+    @property
+    def prev(self) -> bytes | None:
+        return None if self.head is None else self.head[13:45]
+
+    @property
+    def hash(self) -> bytes | None:
+        return None if self.head is None else self.head[45:77]
 
     @property
     def chained(self) -> bool:
-        return self.hash is not None
+        return self.head is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,34 +118,43 @@ def _length(word: int) -> int | None:
     return length
 
 
+_UNPACK_HEADER = HEADER.unpack_from
+_UNPACK_V1 = V1_HEAD.unpack_from
+_UNPACK_V2 = struct.Struct("<BqI").unpack_from
+
+
 def parse_one(buf: bytes | memoryview, pos: int) -> Frame | str | None:
-    """The frame at `pos`; None if the buffer ends inside it; a reason string if it is bad."""
+    """The frame at `pos`; None if the buffer ends inside it; a reason string if it is bad.
+
+    The reader's hot path (every record of a replay passes here): kept flat on purpose."""
     n = len(buf)
-    if pos + HEADER.size > n:
+    if pos + 8 > n:
         return None
-    word, crc = HEADER.unpack_from(buf, pos)
-    length = _length(word)
-    if length is None:
+    word, crc = _UNPACK_HEADER(buf, pos)
+    length = word & LENGTH_MASK
+    v2 = word & V2_FLAG
+    if word & RESERVED_BITS or length > MAX_PAYLOAD or length < (77 if v2 else 12):
         return f"impossible frame header 0x{word:08x}"
-    end = pos + HEADER.size + length
+    start = pos + 8
+    end = start + length
     if end > n:
         return None
-    payload = bytes(buf[pos + HEADER.size : end])
-    if zlib.crc32(payload) != crc:
+    if zlib.crc32(buf[start:end]) != crc:
         return "checksum mismatch"
-    if word & V2_FLAG:
-        kind, ts, klen, prev, digest = V2_HEAD.unpack_from(payload, 0)
-        head = V2_HEAD.size
-        if kind not in (KIND_EVENT, KIND_QUARANTINE):
+    if v2:
+        kind, ts, klen = _UNPACK_V2(buf, start)
+        if kind > KIND_QUARANTINE:
             return f"unknown frame kind {kind}"
+        body = start + 77
+        head: bytes | None = bytes(buf[start:body])
     else:
-        ts, klen = V1_HEAD.unpack_from(payload, 0)
-        kind, prev, digest, head = KIND_EVENT, None, None, V1_HEAD.size
-    if head + klen > length:
+        ts, klen = _UNPACK_V1(buf, start)
+        kind, body, head = KIND_EVENT, start + 12, None
+    if body + klen > end:
         return "key length runs past the frame"
-    key = payload[head : head + klen]
-    value = payload[head + klen :]
-    return Frame(pos, end, kind, ts, key, value, prev, digest)
+    return Frame(
+        pos, end, kind, ts, bytes(buf[body : body + klen]), bytes(buf[body + klen : end]), head
+    )
 
 
 def find_next_frame(buf: bytes | memoryview, start: int) -> int | None:
