@@ -11,7 +11,7 @@ import datetime as dt
 import json
 from typing import Any
 
-from memstream.events import Event, decode_event, to_record
+from memstream.events import Event, KeyLookup, decode_event, to_record
 from memstream.log.base import QUARANTINE_HEADER, EventLog, LogRecord, Offsets
 from memstream.service import Memstream
 
@@ -68,12 +68,24 @@ def describe_quarantined(record: LogRecord) -> dict[str, Any]:
     }
 
 
+def describe_one(record: LogRecord, lookup: KeyLookup) -> dict[str, Any]:
+    """One record as `memstream log` shows it; a record that does not decode (a poison
+    record, which the projector dead-letters) is shown as such, not as an error."""
+    if any(h == QUARANTINE_HEADER for h, _ in record.headers):
+        return describe_quarantined(record)
+    try:
+        return describe(decode_event(record.value, lookup), record)
+    except Exception as exc:  # SchemaError, a body fastavro rejects, a seal that fails
+        return {
+            "position": f"{record.position.partition}:{record.position.offset}",
+            "event_type": "Undecodable",
+            "occurred_at": iso(record.timestamp_ms),
+            "reason": str(exc) or type(exc).__name__,
+            "erased": False,
+        }
+
+
 async def dump(ms: Memstream, start: Offsets, limit: int | None) -> list[dict[str, Any]]:
     await ms.subject_keys.refresh()
     records = await read_log(ms.log, start, limit)
-    return [
-        describe_quarantined(r)
-        if any(h == QUARANTINE_HEADER for h, _ in r.headers)
-        else describe(decode_event(r.value, ms.subject_keys.lookup), r)
-        for r in records
-    ]
+    return [describe_one(r, ms.subject_keys.lookup) for r in records]

@@ -74,6 +74,11 @@ def test_poison_records_are_dead_lettered_counted_and_skipped(settings: Settings
     assert sorted(v for v, _ in letters) == sorted(POISON)
     for value, reason in letters:
         assert reason.startswith(POISON[value]), reason
+    # `memstream log` shows the undecodable ones for what they are instead of failing
+    dumped = cli(settings, "--json", "log", "--limit", "0")
+    assert dumped.returncode == 0, dumped.stderr
+    types = [e["event_type"] for e in json.loads(dumped.stdout)["events"]]
+    assert types.count("Undecodable") == 2 and types.count("MemoryAdded") == 7
     # a second run has nothing left to set aside: the checkpoint moved past the poison
     again = cli(settings, "--json", "project", "--once")
     assert json.loads(again.stdout)["poison"]["dead_lettered"] == 0
