@@ -123,6 +123,11 @@ def test_bit_flip_then_add_is_refused_and_repair_keeps_every_other_record(tmp_pa
     done = memstream(tmp_path, "replay")
     assert done.returncode == 0, done.stderr
     assert count(tmp_path) == N - 1
+    # the chain names the hole the repair left, and nothing else
+    done = memstream(tmp_path, "--json", "verify")
+    assert done.returncode == 1
+    findings = json.loads(done.stdout)["findings"]
+    assert [(f["position"], f["kind"]) for f in findings] == [(f"0:{BAD}", "quarantined")]
     done = memstream(tmp_path, "--json", "add", "one more", "--user-id", "u")
     assert done.returncode == 0, done.stderr
     assert count(tmp_path) == N
