@@ -20,7 +20,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from memstream.dashboard import mount_dashboard
-from memstream.errors import AuthError, LogUnavailableError, MemstreamError
+from memstream.errors import AuthError, LogCorruptError, LogUnavailableError, MemstreamError
 from memstream.keys import KeyRegistry
 from memstream.mcp.http import McpHttp
 from memstream.server import (
@@ -71,8 +71,8 @@ def install_error_handlers(app: FastAPI) -> None:
         headers: dict[str, str] = {}
         if isinstance(exc, AuthError):
             headers["WWW-Authenticate"] = "Token"
-        elif isinstance(exc, LogUnavailableError):
-            headers["Retry-After"] = "1"
+        elif isinstance(exc, LogUnavailableError) and not isinstance(exc, LogCorruptError):
+            headers["Retry-After"] = "1"  # a corrupt log waits for an operator, not a retry
         if exc.status_code >= 500 and exc.status_code != 501:  # 501: a documented answer
             log.error(
                 "%s %s -> %d: %s", request.method, request.url.path, exc.status_code, exc.message

@@ -162,6 +162,7 @@ def test_bit_flip_under_a_live_server_answers_503_and_destroys_nothing(tmp_path:
         r = httpx.post(f"{server.base_url}/v1/memories/", json=body, headers=headers, timeout=60)
         assert r.status_code == 503, r.text
         assert f"0:{BAD}" in r.json()["detail"] and "memstream log repair" in r.json()["detail"]
+        assert "retry-after" not in r.headers  # an operator must repair it first
         assert segment.read_bytes() == damaged
         repaired = server.cli("--json", "log", "repair")
         assert json.loads(repaired.stdout)["quarantined"][0]["offset"] == f"0:{BAD}"
