@@ -215,7 +215,12 @@ class Dispatcher:
         hook = self.registry.current(hook_id)
         if hook is None:
             return False
-        event = await self._decode(rec)
+        try:
+            event = await self._decode(rec)
+        except Exception as exc:  # poison: the projector dead-letters it (docs/guarantees.md)
+            log.warning("webhooks: skipping the undecodable record at %d:%d: %s",
+                        rec.position.partition, rec.position.offset, exc)  # fmt: skip
+            return True
         kind = mem0_type(event)
         if kind is None or kind not in hook.event_types:
             return True
