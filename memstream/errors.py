@@ -77,3 +77,28 @@ class LogCorruptError(LogUnavailableError):
     """
 
     status_code = 503
+class UnavailableError(MemstreamError):
+    """The service cannot answer truthfully right now (e.g. the projection is being rebuilt
+    from the log); the caller should retry after `retry_after_s`. Nothing was written."""
+
+    status_code = 503
+
+    def __init__(self, message: str, retry_after_s: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class RateLimitedError(MemstreamError):
+    """This API key sent more requests than its rate limit allows; retry after `retry_after_s`."""
+
+    status_code = 429
+
+    def __init__(self, message: str, retry_after_s: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class RequestTooLargeError(MemstreamError):
+    """The request body is larger than the configured limit. Nothing was read past it."""
+
+    status_code = 413

@@ -23,10 +23,11 @@ from memstream import metrics
 from memstream.embedders import get_embedder
 from memstream.embedders.base import Embedder
 from memstream.embedders.timed import timed
+from memstream.errors import UnavailableError
 from memstream.events import Actor, FeedbackGiven, new_id
 from memstream.keystore.base import KeyStore
 from memstream.llm import LLM, get_llm
-from memstream.log.base import EventLog
+from memstream.log.base import EventLog, Offsets
 from memstream.log.checkpoint import (
     CheckpointStore,
     VerifyReport,
@@ -44,7 +45,7 @@ from memstream.producers.inference import (
 )
 from memstream.producers.reinfer import ReinferPlan, Reinferrer
 from memstream.producers.writer import MemoryWriter, RetentionWriter, SubjectEraser
-from memstream.projector.projector import Projector
+from memstream.projector.projector import Projector, covers
 from memstream.projector.store import Generation, live_embedder
 from memstream.query.explain import caused_by_messages
 from memstream.query.reader import MemoryReader
@@ -91,9 +92,10 @@ class Memstream:
             keep_versions=dt.timedelta(seconds=self.settings.keep_versions_s),
         )
         self.reader = MemoryReader(self.projector)
-        self.writer = MemoryWriter(self.log, self.projector, self.reader)
-        self.retention = RetentionWriter(self.log, self.projector, self.reader)
-        self.eraser = SubjectEraser(self.log, self.projector, self.reader)
+        limits = self.settings.limits
+        self.writer = MemoryWriter(self.log, self.projector, self.reader, limits)
+        self.retention = RetentionWriter(self.log, self.projector, self.reader, limits)
+        self.eraser = SubjectEraser(self.log, self.projector, self.reader, limits)
         # inference: None when no LLM is configured (infer=True then stores messages verbatim)
         self.llm: LLM | None = llm if llm is not None else get_llm(self.settings)
         settings_cache = SettingsCache(self.projector)
@@ -102,9 +104,12 @@ class Memstream:
             if self.llm is not None
             else None
         )
+        if self.inference is not None:
+            self.inference.limits = limits
         self.project_settings = ProjectSettingsWriter(
             self.log, self.projector, self.reader, settings_cache
         )
+        self.project_settings.limits = limits
         self._settings_cache = settings_cache
         self.tenant = Tenant(self.settings.org_id, self.settings.project_id)
         self.webhooks = Webhooks(self.settings, self.log, self.projector.keys)
@@ -115,6 +120,9 @@ class Memstream:
         self._sweeper: asyncio.Task[None] | None = None
         self._checkpointer: asyncio.Task[None] | None = None
         self._read_your_writes = True
+        # the log's end when a server started with a projection behind it (e.g. projections/
+        # removed): until it is applied, reads answer 503 rather than a partial state
+        self._warm_target: Offsets | None = None
 
     async def start(
         self,
@@ -145,6 +153,15 @@ class Memstream:
             self.projector.generation()
         if background_projector:
             self._report_log_health()
+            end = await self.log.end_offsets()
+            target = {p: o for p, o in end.items() if o > 0}
+            if not covers(self.projector.checkpoint, target):
+                self._warm_target = target
+                logger.warning(
+                    "the projection is %d events behind the log: reads answer 503 until it "
+                    "has caught up",
+                    self._behind(target),
+                )
             self._stop.clear()
             self._background = asyncio.create_task(self.projector.run_forever(self._stop))
             self._sweeper = asyncio.create_task(self._sweep_forever())
@@ -294,6 +311,7 @@ class Memstream:
         expiration_date: Any = UNSET,
         **kwargs: Any,
     ) -> WriteResult:
+        await self._ready()
         return await self.writer.update(
             tenant or self.tenant, memory_id, expiration_date=expiration_date, **kwargs
         )
@@ -301,20 +319,62 @@ class Memstream:
     async def delete(
         self, memory_id: str, *, tenant: Tenant | None = None, **kwargs: Any
     ) -> WriteResult:
+        await self._ready()
         return await self.writer.delete(tenant or self.tenant, memory_id, **kwargs)
 
     async def delete_all(
         self, filters: Mapping[str, Any] | None, *, tenant: Tenant | None = None, **kwargs: Any
     ) -> int:
+        self.settings.limits.check_filters(filters)
+        await self._ready()
         return await self.writer.delete_all(tenant or self.tenant, filters, **kwargs)
 
     async def feedback(
         self, memory_id: str, *, tenant: Tenant | None = None, **kwargs: Any
     ) -> FeedbackGiven:
+        await self._ready()
         return await self.writer.feedback(tenant or self.tenant, memory_id, **kwargs)
+
+    # -- readiness ---------------------------------------------------------------------
+    def _behind(self, target: Offsets) -> int:
+        cp = self.projector.checkpoint
+        return sum(max(0, o - cp.get(p, 0)) for p, o in target.items())
+
+    def rebuilding(self) -> int | None:
+        """Events still to apply before this server's projection has caught up with the log
+        as it was when the server started; None once it has (then it stays None)."""
+        target = self._warm_target
+        if target is None:
+            return None
+        if covers(self.projector.checkpoint, target):
+            self._warm_target = None
+            logger.info("the projection has caught up with the log: serving reads")
+            return None
+        return self._behind(target)
+
+    async def lag(self) -> int:
+        """Events in the log not applied to the projection yet."""
+        end = await self.log.end_offsets()
+        return self._behind({p: o for p, o in end.items() if o > 0})
+
+    async def _ready(self) -> None:
+        """Wait (at most settings.ready_wait_s) for a projection being rebuilt, then 503:
+        a read never answers from a partial projection as if it were the whole state."""
+        if self._warm_target is None:
+            return
+        deadline = time.monotonic() + self.settings.ready_wait_s
+        while (left := self.rebuilding()) is not None:
+            if time.monotonic() >= deadline:
+                raise UnavailableError(
+                    f"the projection is being rebuilt from the log ({left} events to go): "
+                    "retry shortly",
+                    retry_after_s=max(1.0, self.settings.ready_wait_s),
+                )
+            await asyncio.sleep(0.05)
 
     # -- reads (consistent=True: this instance's writes are applied first; see start) ----
     async def _fresh(self, consistent: bool) -> None:
+        await self._ready()
         if not consistent:
             return
         if self._background is None:
@@ -341,6 +401,7 @@ class Memstream:
         consistent: bool = True,
         **kwargs: Any,
     ) -> Page:
+        self.settings.limits.check_filters(filters)
         await self._fresh(consistent)
         return await asyncio.to_thread(
             self.reader.get_all, tenant or self.tenant, filters, **kwargs
@@ -355,6 +416,8 @@ class Memstream:
         consistent: bool = True,
         **kwargs: Any,
     ) -> list[MemoryView]:
+        self.settings.limits.check_query(query)
+        self.settings.limits.check_filters(filters)
         await self._fresh(consistent)
         started = time.perf_counter()
         try:
@@ -475,6 +538,7 @@ class Memstream:
     ) -> dict[str, Any]:
         """Crypto-shred one subject (name exactly one entity id); see docs/erasure.md.
         Returns the subject, memories erased, keys destroyed and the SubjectErased event id."""
+        await self._ready()
         return await self.eraser.erase(
             tenant or self.tenant, user_id=user_id, agent_id=agent_id, app_id=app_id,
             run_id=run_id, reason=reason, actor=actor,

@@ -1,11 +1,89 @@
-"""Runtime settings: flags override environment variables override defaults."""
+"""Runtime settings: flags override environment variables override defaults.
+
+Every input bound lives here (`Limits`), so the REST edge, the Python API and the CLI refuse
+the same oversized input with the same message, and an operator can change a bound with an
+environment variable (docs/rest.md, "Limits") without touching code.
+"""
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
+
+from memstream.errors import ValidationError
+
+
+def _env_number(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if raw is None or not raw.strip():
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r} is not a number") from None
+    if value < 0:
+        raise ValueError(f"{name}={raw!r} must not be negative")
+    return value
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds on every input, checked before anything is written or evaluated, so that each
+    request does bounded work and nothing is stored that a read could not answer.
+    The environment variable of each is `MEMSTREAM_` + its name in capitals."""
+
+    max_body_bytes: int = 4 * 1024 * 1024  # one HTTP request body (413 beyond it)
+    max_text_chars: int = 100_000  # one memory's text (an add's message, an update's text)
+    max_query_chars: int = 10_000  # a search query
+    max_metadata_bytes: int = 64 * 1024  # one memory's metadata, as compact JSON
+    max_metadata_depth: int = 32  # nesting of objects and lists inside metadata
+    max_filter_list: int = 1_000  # values in one `in` / `nin` / memory_ids list
+    max_filter_nodes: int = 5_000  # every object, list and value of one filters tree
+    rate_limit_per_s: float = 0.0  # requests per second per API key; 0 = no limit
+    rate_limit_burst: int = 0  # a key's bucket size (0 = max(1, 2 s worth of requests))
+
+    @classmethod
+    def from_env(cls) -> Limits:
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            default = getattr(cls, f.name)
+            value = _env_number(f"MEMSTREAM_{f.name.upper()}", default)
+            values[f.name] = int(value) if isinstance(default, int) else value
+        return cls(**values)
+
+    def check_filters(self, filters: Any, where: str = "filters") -> None:
+        """Refuse a filters tree past the list-length and node-count bounds, before it is
+        parsed or evaluated (so the work a filter can cause is bounded), naming the part."""
+        if filters is None:
+            return
+        nodes = 0
+        stack: list[tuple[str, Any]] = [(where, filters)]
+        while stack:
+            path, value = stack.pop()
+            nodes += 1
+            if nodes > self.max_filter_nodes:
+                raise ValidationError(
+                    f"{where}: more than {self.max_filter_nodes} objects, lists and values "
+                    "(MEMSTREAM_MAX_FILTER_NODES)"
+                )
+            if isinstance(value, dict):
+                stack.extend((f"{path}.{k}", v) for k, v in value.items())
+            elif isinstance(value, list | tuple):
+                if len(value) > self.max_filter_list:
+                    raise ValidationError(
+                        f"{path}: {len(value)} values, more than {self.max_filter_list} "
+                        "(MEMSTREAM_MAX_FILTER_LIST)"
+                    )
+                stack.extend((f"{path}[{i}]", v) for i, v in enumerate(value))
+
+    def check_query(self, query: Any, where: str = "query") -> None:
+        if isinstance(query, str) and len(query) > self.max_query_chars:
+            raise ValidationError(
+                f"{where}: {len(query)} characters, more than {self.max_query_chars} "
+                "(MEMSTREAM_MAX_QUERY_CHARS)"
+            )
 
 
 @dataclass(frozen=True)
@@ -34,10 +112,23 @@ class Settings:
     checkpoint_key: str | None = None  # Ed25519 seed (64 hex) or a passphrase
     checkpoint_key_file: Path | None = None  # else this file, else <data_dir>/checkpoint.key
     checkpoint_interval_s: float = 300.0  # `serve` writes one this often (0 = never)
+    # a write to Kafka not acknowledged within this is answered 503 (and dropped from the
+    # producer's queue, see docs/guarantees.md "Availability")
+    append_timeout_s: float = 10.0
+    # reads wait at most this long for a projection being rebuilt, then answer 503
+    ready_wait_s: float = 2.0
+    # /readyz answers 503 while the projection is more than this many events behind the log
+    ready_max_lag: int = 10_000
+    # the key-encryption key of the Kafka subject-key store (base64 of 32 bytes); None ->
+    # master_key_file, else <data_dir>/master.key (generated, mode 0600)
+    master_key: str | None = field(default=None, repr=False)
+    master_key_file: Path | None = None
+    limits: Limits = field(default_factory=Limits)
 
     @classmethod
     def from_env(cls, **overrides: Any) -> Settings:
         env = os.environ
+        key_file = env.get("MEMSTREAM_MASTER_KEY_FILE") or None
         base = cls(
             data_dir=Path(env.get("MEMSTREAM_DATA_DIR", "./memstream-data")),
             kafka_bootstrap=env.get("KAFKA_BOOTSTRAP_SERVERS") or None,
@@ -65,6 +156,12 @@ class Settings:
                 else None
             ),
             checkpoint_interval_s=float(env.get("MEMSTREAM_CHECKPOINT_INTERVAL_S", "300")),
+            append_timeout_s=_env_number("MEMSTREAM_APPEND_TIMEOUT_S", 10.0),
+            ready_wait_s=_env_number("MEMSTREAM_READY_WAIT_S", 2.0),
+            ready_max_lag=int(_env_number("MEMSTREAM_READY_MAX_LAG", 10_000)),
+            master_key=env.get("MEMSTREAM_MASTER_KEY") or None,
+            master_key_file=Path(key_file) if key_file else None,
+            limits=Limits.from_env(),
         )
         return replace(base, **{k: v for k, v in overrides.items() if v is not None})
 

@@ -288,9 +288,9 @@ class InferenceWriter(MemoryWriter):
             tenant.org_id, tenant.project_id,
             user_id=user_id, agent_id=agent_id, app_id=app_id, run_id=run_id,
         )  # fmt: skip
-        conversation = v.conversation(messages)
-        meta = v.metadata_json(metadata)
-        cats = v.categories_list(categories)
+        conversation = v.conversation(messages, self.limits)
+        meta = v.metadata_json(metadata, limits=self.limits)
+        cats = v.categories_list(categories, limits=self.limits)
         expires = v.expiration(expiration_date)
         if not isinstance(immutable, bool):
             raise ValidationError("immutable: must be a boolean")

@@ -10,13 +10,15 @@ import json
 from typing import Any
 
 from memstream.errors import ValidationError
+from memstream.settings import Limits
 
 ROLES = ("user", "assistant", "system", "tool")
-MAX_TEXT = 100_000
+DEFAULT_LIMITS = Limits()
+MAX_TEXT = DEFAULT_LIMITS.max_text_chars
 MAX_ID = 256
 
 
-def memory_texts(messages: Any) -> list[str]:
+def memory_texts(messages: Any, limits: Limits = DEFAULT_LIMITS) -> list[str]:
     """The texts that become memories: each non-system message, in order (no inference)."""
     if isinstance(messages, str):
         messages = [{"role": "user", "content": messages}]
@@ -42,16 +44,16 @@ def memory_texts(messages: Any) -> list[str]:
             raise ValidationError(f"{where}.content: must be a string")
         if role == "system":
             continue
-        texts.append(check_text(content, f"{where}.content"))
+        texts.append(check_text(content, f"{where}.content", limits))
     if not texts:
         raise ValidationError("messages: no user or assistant message to remember")
     return texts
 
 
-def conversation(messages: Any) -> list[dict[str, str]]:
+def conversation(messages: Any, limits: Limits = DEFAULT_LIMITS) -> list[dict[str, str]]:
     """The messages an inferred add decides on, as [{role, content}] (validated like
     `memory_texts`: at least one user or assistant message)."""
-    memory_texts(messages)
+    memory_texts(messages, limits)
     if isinstance(messages, str):
         messages = [{"role": "user", "content": messages}]
     elif isinstance(messages, dict):
@@ -63,41 +65,89 @@ def conversation(messages: Any) -> list[dict[str, str]]:
     ]
 
 
-def check_text(text: Any, where: str = "text") -> str:
+def check_text(text: Any, where: str = "text", limits: Limits = DEFAULT_LIMITS) -> str:
     if not isinstance(text, str):
         raise ValidationError(f"{where}: must be a string")
+    if len(text) > limits.max_text_chars:  # before strip(): bounded work on any input
+        raise ValidationError(
+            f"{where}: longer than {limits.max_text_chars} characters (MEMSTREAM_MAX_TEXT_CHARS)"
+        )
     text = text.strip()
     if not text:
         raise ValidationError(f"{where}: must not be empty")
-    if len(text) > MAX_TEXT:
-        raise ValidationError(f"{where}: longer than {MAX_TEXT} characters")
     return text
 
 
-def metadata_json(metadata: Any, where: str = "metadata") -> str:
+def nesting_depth(value: Any) -> int:
+    """How deeply objects and lists nest in `value` (a scalar: 0, `{}`: 1), without recursion
+    (a hostile document must not exhaust the stack here either)."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        v, depth = stack.pop()
+        if isinstance(v, dict):
+            stack.extend((item, depth + 1) for item in v.values())
+        elif isinstance(v, list | tuple):
+            stack.extend((item, depth + 1) for item in v)
+        else:
+            deepest = max(deepest, depth)
+            continue
+        deepest = max(deepest, depth + 1)
+    return deepest
+
+
+def metadata_json(metadata: Any, where: str = "metadata", limits: Limits = DEFAULT_LIMITS) -> str:
+    """Metadata as canonical JSON, refused (nothing written) past the depth and size limits:
+    what is stored must be readable and serialisable by every read path later."""
     if metadata is None:
         return "{}"
     if not isinstance(metadata, dict):
         raise ValidationError(f"{where}: must be a JSON object")
+    depth = nesting_depth(metadata)
+    if depth > limits.max_metadata_depth:
+        raise ValidationError(
+            f"{where}: nested {depth} levels deep, more than {limits.max_metadata_depth} "
+            "(MEMSTREAM_MAX_METADATA_DEPTH)"
+        )
     try:
-        return json.dumps(metadata, sort_keys=True, ensure_ascii=False, allow_nan=False)
-    except (TypeError, ValueError) as exc:
+        text = json.dumps(metadata, sort_keys=True, ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError, RecursionError) as exc:
         raise ValidationError(f"{where}: not JSON-serialisable ({exc})") from exc
+    size = len(text.encode("utf-8"))
+    if size > limits.max_metadata_bytes:
+        raise ValidationError(
+            f"{where}: {size} bytes as JSON, more than {limits.max_metadata_bytes} "
+            "(MEMSTREAM_MAX_METADATA_BYTES)"
+        )
+    return text
 
 
-def categories_list(categories: Any, where: str = "categories") -> tuple[str, ...]:
+def categories_list(
+    categories: Any, where: str = "categories", limits: Limits = DEFAULT_LIMITS
+) -> tuple[str, ...]:
     if categories is None:
         return ()
     if isinstance(categories, str):
+        if len(categories) > limits.max_metadata_bytes:
+            raise ValidationError(
+                f"{where}: longer than {limits.max_metadata_bytes} characters "
+                "(MEMSTREAM_MAX_METADATA_BYTES)"
+            )
         categories = [c.strip() for c in categories.split(",") if c.strip()]
     if not isinstance(categories, list | tuple):
         raise ValidationError(f"{where}: must be a list of strings")
-    out: list[str] = []
+    if len(categories) > limits.max_filter_list:
+        raise ValidationError(
+            f"{where}: {len(categories)} categories, more than {limits.max_filter_list} "
+            "(MEMSTREAM_MAX_FILTER_LIST)"
+        )
+    out: dict[str, None] = {}
     for i, c in enumerate(categories):
         if not isinstance(c, str) or not c.strip():
             raise ValidationError(f"{where}[{i}]: must be a non-empty string")
-        if c.strip() not in out:
-            out.append(c.strip())
+        if len(c) > MAX_ID:
+            raise ValidationError(f"{where}[{i}]: longer than {MAX_ID} characters")
+        out.setdefault(c.strip())
     return tuple(out)
 
 
@@ -110,10 +160,22 @@ def expiration(value: Any, where: str = "expiration_date") -> str | None:
         return value.isoformat()
     if not isinstance(value, str):
         raise ValidationError(f"{where}: must be a date string YYYY-MM-DD")
+    return whole_date(value, where)
+
+
+def whole_date(value: str, where: str) -> str:
+    """The day of a `YYYY-MM-DD` or ISO-8601 date-time string, validated whole: anything
+    after the date must be a valid time, never ignored (`"2030-01-01' OR 1=1"` is a 400)."""
+    text = value.strip()
+    if len(text) > 64:
+        raise ValidationError(f"{where}: not a date (expected YYYY-MM-DD): too long")
     try:
-        return dt.date.fromisoformat(value[:10]).isoformat()
+        if len(text) == 10:
+            return dt.date.fromisoformat(text).isoformat()
+        return dt.datetime.fromisoformat(text.replace("Z", "+00:00")).date().isoformat()
     except ValueError:
-        raise ValidationError(f"{where}: not a date (expected YYYY-MM-DD): {value!r}") from None
+        shown = text if len(text) <= 40 else text[:40] + "..."
+        raise ValidationError(f"{where}: not a date (expected YYYY-MM-DD): {shown!r}") from None
 
 
 MAX_TIMESTAMP_S = 253_402_300_799  # 9999-12-31T23:59:59Z

@@ -41,12 +41,20 @@ from memstream.query.filters import compile_filters
 from memstream.query.reader import MemoryReader
 from memstream.query.retention import check_policy, parse_ttl
 from memstream.scope import ENTITY_FIELDS, Scope, normalise_id
+from memstream.settings import Limits
 
 
 class _Producer:
     """Append events and, unless told not to, wait until the projector has applied them."""
 
-    def __init__(self, log: EventLog, projector: Projector, reader: MemoryReader) -> None:
+    def __init__(
+        self,
+        log: EventLog,
+        projector: Projector,
+        reader: MemoryReader,
+        limits: Limits | None = None,
+    ) -> None:
+        self.limits = limits or Limits()
         self.log = log
         self.projector = projector
         self.reader = reader
@@ -109,9 +117,9 @@ class MemoryWriter(_Producer):
             tenant.org_id, tenant.project_id,
             user_id=user_id, agent_id=agent_id, app_id=app_id, run_id=run_id,
         )  # fmt: skip
-        texts = v.memory_texts(messages)
-        meta = v.metadata_json(metadata)
-        cats = v.categories_list(categories)
+        texts = v.memory_texts(messages, self.limits)
+        meta = v.metadata_json(metadata, limits=self.limits)
+        cats = v.categories_list(categories, limits=self.limits)
         expires = v.expiration(expiration_date)
         if not isinstance(immutable, bool):
             raise ValidationError("immutable: must be a boolean")
@@ -162,9 +170,9 @@ class MemoryWriter(_Producer):
                 "update: give at least one of text, metadata, categories, expiration_date, timestamp"
             )
         backdate = v.timestamp_ms(timestamp) if timestamp is not None else None
-        new_text = v.check_text(text) if text is not None else None
-        meta = v.metadata_json(metadata) if metadata is not None else None
-        cats = v.categories_list(categories) if categories is not None else None
+        new_text = v.check_text(text, limits=self.limits) if text is not None else None
+        meta = v.metadata_json(metadata, limits=self.limits) if metadata is not None else None
+        cats = v.categories_list(categories, limits=self.limits) if categories is not None else None
         set_exp = expiration_date is not UNSET
         expires = v.expiration(expiration_date) if set_exp else None
         rid = v.request_id(request_id)

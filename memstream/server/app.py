@@ -27,6 +27,7 @@ from memstream.server import (
     routes_entities,
     routes_erasure,
     routes_exports,
+    routes_health,
     routes_memories,
     routes_metrics,
     routes_platform,
@@ -35,6 +36,7 @@ from memstream.server import (
 )
 from memstream.server.deps import PendingAdds
 from memstream.server.docs_pages import install_docs
+from memstream.server.limits import BodyLimit, RateLimiter, retry_after
 from memstream.service import Memstream
 from memstream.settings import Settings
 
@@ -73,6 +75,8 @@ def install_error_handlers(app: FastAPI) -> None:
             headers["WWW-Authenticate"] = "Token"
         elif isinstance(exc, LogUnavailableError) and not isinstance(exc, LogCorruptError):
             headers["Retry-After"] = "1"  # a corrupt log waits for an operator, not a retry
+        if (wait := getattr(exc, "retry_after_s", None)) is not None:
+            headers["Retry-After"] = retry_after(wait)
         if exc.status_code >= 500 and exc.status_code != 501:  # 501: a documented answer
             log.error(
                 "%s %s -> %d: %s", request.method, request.url.path, exc.status_code, exc.message
@@ -133,6 +137,7 @@ def create_app(settings: Settings) -> FastAPI:
             await keys.start()
             follower = asyncio.create_task(keys.follow(stop))
             app.state.ms, app.state.keys, app.state.pending = ms, keys, PendingAdds()
+            app.state.rate_limiter = RateLimiter(settings.limits)
             log.info("memstream serving %s from %s", settings.log_description, settings.data_dir)
             log.info("memstream %s", settings.llm_description)
             async with mcp.running():
@@ -158,12 +163,12 @@ def create_app(settings: Settings) -> FastAPI:
         redoc_url=None,
     )
     install_error_handlers(app)
+    app.add_middleware(BodyLimit, max_bytes=settings.limits.max_body_bytes)
     mcp = McpHttp(app.state)  # the MCP tools at /mcp, same keys and tenancy (docs/mcp.md)
     app.router.routes.append(mcp.route())
     for module in (
-        routes_platform, routes_memories, routes_entities, routes_exports, routes_erasure,
-        routes_stats,
-        routes_webhooks, routes_metrics,
+        routes_health, routes_platform, routes_memories, routes_entities, routes_exports,
+        routes_erasure, routes_stats, routes_webhooks, routes_metrics,
     ):  # fmt: skip
         app.include_router(module.router)
     install_docs(app)

@@ -68,6 +68,9 @@ async def caller(
 ) -> Caller:
     keys: KeyRegistry = request.app.state.keys
     key = await keys.authenticate(_token(authorization))
+    limiter = getattr(request.app.state, "rate_limiter", None)
+    if limiter is not None:
+        limiter.take(key.key_id)
     return Caller(key=key, actor=Actor(key_id=key.key_id, source=_source(request)))
 
 

@@ -98,6 +98,7 @@ def start_server(
     kafka: tuple[str, str] | None = None,
     embedder: str = "hashing",
     keys: dict[str, tuple[str, str, str | None]] | None = None,
+    env: dict[str, str] | None = None,
 ) -> Server:
     """Start `memstream serve`; `keys` (label -> org, project, name) are created meanwhile."""
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -112,6 +113,7 @@ def start_server(
             [*MEMSTREAM, *global_args, "serve", "--host", "127.0.0.1", "--port", str(port),
              "--log-level", "warning"],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env={**os.environ, **(env or {})},
         )  # fmt: skip
     if keys:
         server.keys.update(zip(keys, server.create_keys(list(keys.values())), strict=True))
