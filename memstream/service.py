@@ -61,7 +61,10 @@ def open_log(settings: Settings) -> EventLog:
         from memstream.log.kafka import KafkaEventLog
 
         return KafkaEventLog(
-            settings.kafka_bootstrap, topic=settings.topic, partitions=settings.partitions
+            settings.kafka_bootstrap,
+            topic=settings.topic,
+            partitions=settings.partitions,
+            append_timeout_s=settings.append_timeout_s,
         )
     from memstream.log.file import FileEventLog
 

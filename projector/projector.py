@@ -24,7 +24,13 @@ import numpy as np
 
 from memstream import metrics
 from memstream.embedders.base import Embedder
-from memstream.errors import ConflictError, LogCorruptError, MemstreamError, ValidationError
+from memstream.errors import (
+    ConflictError,
+    LogCorruptError,
+    LogUnavailableError,
+    MemstreamError,
+    ValidationError,
+)
 from memstream.events import Event, MemoryAdded, text_hash
 from memstream.keystore.base import KeyStore
 from memstream.log.base import EventLog, LogReader, LogRecord, Offsets, Position
@@ -408,6 +414,11 @@ class Projector:
                     if exc.message != corrupt:
                         log.error("projector stopped at damage in the log: %s", exc.message)
                     corrupt = exc.message
+                    self._reset_reader()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), 1.0)
+                except LogUnavailableError as exc:  # the broker is away: wait for it
+                    log.warning("projector: %s; retrying in 1 s", exc.message)
                     self._reset_reader()
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(stop.wait(), 1.0)

@@ -9,6 +9,12 @@
 - Every Kafka failure (unreachable broker, timeouts, broker errors) surfaces as
   `LogUnavailableError` naming the bootstrap servers, the topic and the cause; every network
   step is bounded by a timeout, so an unreachable broker is an error, not a hang.
+- An append not acknowledged within `append_timeout_s` (settings: MEMSTREAM_APPEND_TIMEOUT_S)
+  fails with 503, and the producer is then dropped with everything still in its queue, so
+  messages the broker never received are not delivered later behind the caller's back. A
+  message the broker had already received (its acknowledgement lost) may still be in the
+  log: the 503 says so, and a retry with the same request_id is a no-op then. The next
+  append starts a new producer, so the service recovers when the broker returns.
 
 Message size: one message's key + value may be at most `memstream.log.base.MAX_MESSAGE_BYTES`.
 It then fits, with record-batch framing, under Kafka's default `message.max.bytes`
@@ -60,6 +66,12 @@ TOPIC_CONFIGS = {
 
 T = TypeVar("T")
 
+UNCERTAIN = (
+    ". Not acknowledged: the write was withdrawn from the producer's queue, but a message "
+    "the broker had already received may still be in the log; retry with the same "
+    "request_id (Idempotency-Key) to write it at most once"
+)
+
 
 class KafkaEventLog(EventLog):
     """The event log on a Kafka topic. See the module docstring for the guarantees."""
@@ -80,9 +92,12 @@ class KafkaEventLog(EventLog):
         *,
         connect_timeout_s: float = 15.0,
         request_timeout_s: float = 30.0,
+        append_timeout_s: float = 10.0,
     ) -> None:
         if not bootstrap_servers or not bootstrap_servers.strip():
             raise ValueError("bootstrap_servers is empty")
+        if append_timeout_s <= 0:
+            raise ValueError("append_timeout_s must be > 0")
         if partitions < 1 or replication_factor < 1:
             raise ValueError("partitions and replication_factor must be >= 1")
         self.bootstrap_servers = bootstrap_servers.strip()
@@ -92,6 +107,9 @@ class KafkaEventLog(EventLog):
         self.client_id = client_id
         self.connect_timeout_s = connect_timeout_s
         self.request_timeout_s = request_timeout_s
+        self.append_timeout_s = append_timeout_s
+        self._started = False
+        self._producer_lock = asyncio.Lock()
         self._producer: AIOKafkaProducer | None = None
         self._meta: AIOKafkaConsumer | None = None  # no group: end offsets only
         self._partitions: list[int] = []
@@ -133,29 +151,64 @@ class KafkaEventLog(EventLog):
     def _tps(self) -> list[TopicPartition]:
         return [TopicPartition(self.topic, p) for p in self._partitions]
 
-    def _require_started(self) -> AIOKafkaProducer:
-        if self._producer is None:
+    def _require_started(self) -> None:
+        if not self._started:
             raise LogUnavailableError(f"{self!r} is not started (call start() first)")
-        return self._producer
+
+    def _new_producer(self) -> AIOKafkaProducer:
+        return AIOKafkaProducer(
+            bootstrap_servers=self.bootstrap_servers,
+            client_id=self.client_id,
+            acks="all",
+            enable_idempotence=True,
+            max_request_size=BROKER_MAX_BATCH_BYTES,
+            request_timeout_ms=int(min(self.request_timeout_s, self.append_timeout_s) * 1000),
+            linger_ms=0,
+        )
+
+    async def _live_producer(self) -> AIOKafkaProducer:
+        """The producer; a new one when the last was dropped after a failed append (so the
+        service recovers when the broker returns, within the append's own time bound)."""
+        self._require_started()
+        async with self._producer_lock:
+            if self._producer is not None:
+                return self._producer
+            producer = self._new_producer()
+            try:
+                await self._bounded(
+                    "reach Kafka",
+                    producer.start(),
+                    min(self.connect_timeout_s, self.append_timeout_s),
+                )
+            except BaseException:
+                await stop_producer(producer, 0.5)
+                raise
+            log.info("Kafka producer reconnected to %s", self.bootstrap_servers)
+            self._producer = producer
+            return producer
+
+    async def _drop_producer(self, producer: AIOKafkaProducer) -> None:
+        """Discard `producer` and every message still queued in it (see the module docstring)."""
+        async with self._producer_lock:
+            if self._producer is producer:
+                self._producer = None
+        log.warning(
+            "Kafka append to %s not acknowledged within %.1fs: dropping the producer and its queue",
+            self.bootstrap_servers,
+            self.append_timeout_s,
+        )
+        await stop_producer(producer, 0.1)
 
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
         async with self._start_lock:
-            if self._producer is not None:
+            if self._started:
                 return
             await self._bounded(
                 "reach Kafka", self._ensure_topic(), self.connect_timeout_s + self.request_timeout_s
             )
-            producer = AIOKafkaProducer(
-                bootstrap_servers=self.bootstrap_servers,
-                client_id=self.client_id,
-                acks="all",
-                enable_idempotence=True,
-                max_request_size=BROKER_MAX_BATCH_BYTES,
-                request_timeout_ms=int(self.request_timeout_s * 1000),
-                linger_ms=0,
-            )
+            producer = self._new_producer()
             meta = self._consumer(None)
             try:
                 await self._bounded("reach Kafka", producer.start(), self.connect_timeout_s)
@@ -171,6 +224,7 @@ class KafkaEventLog(EventLog):
                 raise
             self._partitions = sorted(parts)
             self._producer, self._meta = producer, meta
+            self._started = True
             if len(self._partitions) != self.num_partitions:
                 log.warning(
                     "topic %s has %d partitions, not the configured %d; using the topic as is",
@@ -238,6 +292,7 @@ class KafkaEventLog(EventLog):
             await quietly(reader.close())
         producer, meta = self._producer, self._meta
         self._producer = self._meta = None
+        self._started = False
         if producer is not None:
             await stop_producer(producer, min(10.0, self.request_timeout_s))
         if meta is not None:
@@ -246,10 +301,11 @@ class KafkaEventLog(EventLog):
     # ------------------------------------------------------------------ writes
 
     async def append(self, messages: Sequence[tuple[bytes, bytes]]) -> list[Position]:
-        producer = self._require_started()
+        self._require_started()
         if not messages:
             return []
         self.check_messages(messages)
+        producer = await self._live_producer()
         futures: list[asyncio.Future[Any]] = []
 
         async def send_all() -> list[Any]:
@@ -266,18 +322,25 @@ class KafkaEventLog(EventLog):
                     ))  # fmt: skip
             return await asyncio.gather(*futures, return_exceptions=True)
 
-        timeout_s = self.request_timeout_s * 2 + 0.01 * len(messages)
+        timeout_s = self.append_timeout_s + 0.01 * len(messages)
         try:
             results = await self._bounded("append", send_all(), timeout_s)
-        except BaseException:
+        except LogUnavailableError as exc:
             for fut in futures:  # nobody will read these now: silence "never retrieved"
                 fut.add_done_callback(consume_exception)
             self._chain.restart()  # which of them landed is unknown: chain nothing to them
+            await self._drop_producer(producer)
+            raise LogUnavailableError(exc.message + UNCERTAIN) from exc
+        except BaseException:
+            for fut in futures:
+                fut.add_done_callback(consume_exception)
+            self._chain.restart()
             raise
         positions: list[Position] = []
         for res in results:
             if isinstance(res, BaseException):
                 self._chain.restart()
+                await self._drop_producer(producer)
                 raise self._error(f"append {len(messages)} message(s)", res) from res
             positions.append(Position(res.partition, res.offset))
         return positions
@@ -288,7 +351,9 @@ class KafkaEventLog(EventLog):
         self._require_started()
         assert self._meta is not None
         ends = await self._bounded(
-            "read end offsets", self._meta.end_offsets(self._tps()), self.request_timeout_s
+            "read end offsets",
+            self._meta.end_offsets(self._tps()),
+            min(self.request_timeout_s, self.append_timeout_s),
         )
         return {tp.partition: int(off) for tp, off in ends.items()}
 
@@ -323,8 +388,8 @@ class KafkaEventLog(EventLog):
             f"{self.topic}.subject-keys",
             replication_factor=self.replication_factor,
             client_id=self.client_id,
-            connect_timeout_s=self.connect_timeout_s,
-            request_timeout_s=self.request_timeout_s,
+            connect_timeout_s=min(self.connect_timeout_s, self.append_timeout_s),
+            request_timeout_s=min(self.request_timeout_s, self.append_timeout_s),
         )
 
     async def committed(self, group_id: str) -> Offsets:
