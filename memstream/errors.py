@@ -102,3 +102,11 @@ class RequestTooLargeError(MemstreamError):
     """The request body is larger than the configured limit. Nothing was read past it."""
 
     status_code = 413
+
+
+class KeyStoreError(MemstreamError):
+    """The subject-key store cannot be opened safely: no usable master key, or stored keys
+    wrapped under a master key that is not configured. Raised at start, never silenced:
+    answering "no key" would make sealed data look erased."""
+
+    status_code = 500

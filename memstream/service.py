@@ -26,6 +26,7 @@ from memstream.embedders.timed import timed
 from memstream.errors import UnavailableError
 from memstream.events import Actor, FeedbackGiven, new_id
 from memstream.keystore.base import KeyStore
+from memstream.keystore.master import MasterKeys, load_master_keys
 from memstream.llm import LLM, get_llm
 from memstream.log.base import EventLog, Offsets
 from memstream.log.checkpoint import (
@@ -65,10 +66,21 @@ def open_log(settings: Settings) -> EventLog:
             topic=settings.topic,
             partitions=settings.partitions,
             append_timeout_s=settings.append_timeout_s,
+            master_keys=master_keys(settings),
         )
     from memstream.log.file import FileEventLog
 
     return FileEventLog(settings.data_dir / "log")
+
+
+def master_keys(settings: Settings) -> MasterKeys:
+    """The master key(s) wrapping the subject keys on Kafka (memstream.keystore.master)."""
+    return load_master_keys(
+        key=settings.master_key,
+        key_file=settings.master_key_file,
+        data_dir=Path(settings.data_dir),
+        previous=settings.master_key_previous,
+    )
 
 
 class Memstream:
@@ -718,3 +730,22 @@ async def open_webhooks(settings: Settings) -> AsyncIterator[Webhooks]:
 
 
 __all__ = ["Actor", "Memstream", "Settings", "Webhooks", "open_log", "open_webhooks"]
+
+
+async def rotate_master_key(settings: Settings) -> dict[str, Any]:
+    """Rewrap every subject key on Kafka under the current master key (see
+    memstream.keystore.master for the rotation steps). The file log's key store is local
+    files beside the log, not wrapped: nothing to do there."""
+    if not settings.kafka_bootstrap:
+        return {"rewrapped": 0, "detail": "the file log's subject keys are not wrapped"}
+    from memstream.keystore.kafka import KafkaKeyStore
+
+    log = open_log(settings)
+    store = log.subject_keys()
+    assert isinstance(store, KafkaKeyStore)
+    await store.start()
+    try:
+        n = await store.rotate_master()
+        return {"rewrapped": n, "master_key_id": store.master_keys.current_id}
+    finally:
+        await store.close()

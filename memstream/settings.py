@@ -123,6 +123,7 @@ class Settings:
     # master_key_file, else <data_dir>/master.key (generated, mode 0600)
     master_key: str | None = field(default=None, repr=False)
     master_key_file: Path | None = None
+    master_key_previous: str | None = field(default=None, repr=False)  # comma-separated
     limits: Limits = field(default_factory=Limits)
 
     @classmethod
@@ -161,6 +162,7 @@ class Settings:
             ready_max_lag=int(_env_number("MEMSTREAM_READY_MAX_LAG", 10_000)),
             master_key=env.get("MEMSTREAM_MASTER_KEY") or None,
             master_key_file=Path(key_file) if key_file else None,
+            master_key_previous=env.get("MEMSTREAM_MASTER_KEY_PREVIOUS") or None,
             limits=Limits.from_env(),
         )
         return replace(base, **{k: v for k, v in overrides.items() if v is not None})

@@ -103,3 +103,24 @@ def keys_revoke(key_id: str = typer.Argument(..., help="the key_id shown by `key
     """Revoke a key: every server refuses it (401) within a second."""
     key = run_keys(lambda r: r.revoke(key_id, actor=Actor(source="cli")))
     emit(key.to_public(), lambda: out.print(f"revoked {key.key_id}"))
+
+
+@keys_app.command("rotate-master")
+def keys_rotate_master() -> None:
+    """Rewrap every subject key on Kafka under the current master key (MEMSTREAM_MASTER_KEY
+    or MEMSTREAM_MASTER_KEY_FILE; the old one in MEMSTREAM_MASTER_KEY_PREVIOUS meanwhile).
+    Also wraps keys an older memstream stored in clear. See docs/erasure.md, "Keys"."""
+    from memstream.service import rotate_master_key
+
+    try:
+        result = asyncio.run(rotate_master_key(state.settings))
+    except MemstreamError as exc:
+        fail(exc.message, code=2 if isinstance(exc, ValidationError) else 1)
+    emit(
+        result,
+        lambda: out.print(
+            f"rewrapped {result['rewrapped']} subject key(s)"
+            + (f" under master key {result['master_key_id']}" if "master_key_id" in result else "")
+            + (f": {result['detail']}" if "detail" in result else "")
+        ),
+    )

@@ -5,8 +5,11 @@ ONE partition (so "the oldest key" is well defined: the lowest offset) and
 `cleanup.policy=compact`. A topic that exists with another partition count or cleanup policy
 is refused at `start()`: a retention policy would silently expire keys (and so data).
 
-Records: key `"<subject digest>/<key id>"`, value JSON `{subject, key_id, secret (base64),
-created_at}` (the same JSON as the file store's key files). The record key is unique per key,
+Records: key `"<subject digest>/<key id>"`, value the key's JSON `{subject, key_id, secret
+(base64), created_at}` (the same JSON as the file store's key files) WRAPPED under the master
+key (memstream.keystore.master): the topic holds neither key material nor subject ids in
+clear. Plain (legacy) records written before wrapping are still read, and
+`rotate_master` rewrites them wrapped. The record key is unique per key,
 so compaction, which keeps the last value per record key, never drops a live key when two
 writers race to create one. Destroying writes a tombstone (value None) for every live key of
 the subject.
@@ -46,7 +49,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
-from memstream.errors import LogUnavailableError
+from memstream.errors import KeyStoreError, LogUnavailableError
 from memstream.kafkautil import (
     admin_client,
     bounded,
@@ -58,6 +61,7 @@ from memstream.kafkautil import (
 )
 from memstream.keystore.base import KeyStore, Subject, SubjectKey
 from memstream.keystore.file import decode_key, encode_key, new_key
+from memstream.keystore.master import MasterKeys
 
 __all__ = ["KafkaKeyStore", "KEY_TOPIC_CONFIGS"]
 
@@ -104,6 +108,7 @@ class KafkaKeyStore(KeyStore):
         connect_timeout_s: float = 15.0,
         request_timeout_s: float = 30.0,
         max_staleness_s: float = 1.0,
+        master_keys: MasterKeys,
     ) -> None:
         if not bootstrap_servers or not bootstrap_servers.strip():
             raise ValueError("bootstrap_servers is empty")
@@ -118,6 +123,10 @@ class KafkaKeyStore(KeyStore):
         self.connect_timeout_s = connect_timeout_s
         self.request_timeout_s = request_timeout_s
         self.max_staleness_s = max_staleness_s
+        self.master_keys = master_keys
+        # the master key id each live key's record is wrapped with (None: legacy, plain)
+        self._wrapped_with: dict[tuple[str, str], str | None] = {}
+        self._unopened: dict[bytes, KeyStoreError] = {}  # record key -> why it cannot be read
         self._tp = TopicPartition(topic, 0)
         self._producer: AIOKafkaProducer | None = None
         self._consumer: AIOKafkaConsumer | None = None  # reads partition 0
@@ -309,6 +318,7 @@ class KafkaKeyStore(KeyStore):
         full = not self._loaded or now - self._refreshed_at > self._reload_after_s
         end = int((await meta.end_offsets([self._tp]))[self._tp])
         if full:
+            self._unopened = {}
             consumer.seek(self._tp, 0)  # below the log start offset: "earliest" applies
             self._loaded = False  # until this read completes, the map is not trusted
             keys: dict[str, dict[str, _Entry]] = {}
@@ -321,6 +331,8 @@ class KafkaKeyStore(KeyStore):
                 for record in batches.get(self._tp, []):
                     self._apply(keys, record.offset, record.key, record.value)
             position = await consumer.position(self._tp)
+        if self._unopened:  # loud: never treat a key we cannot read as destroyed
+            raise next(iter(self._unopened.values()))
         with self._mutex:
             self._keys = keys
         self._position = position
@@ -340,7 +352,21 @@ class KafkaKeyStore(KeyStore):
                 held.pop(key_id, None)
                 if not held:
                     del keys[digest]
+            self._wrapped_with.pop((digest, key_id), None)
+            self._unopened.pop(record_key or b"", None)
             return
+        kek = MasterKeys.wrapped_with(value)
+        if kek is not None:
+            try:
+                value = self.master_keys.unwrap(
+                    value, record_key or b"", f"{self.topic} offset {offset}"
+                )
+            except KeyStoreError as exc:
+                # fatal unless a later record of the same key (a rewrap after a rotation,
+                # or a tombstone) supersedes it, as compaction eventually would
+                self._unopened[record_key or b""] = exc
+                return
+            self._unopened.pop(record_key or b"", None)
         try:
             key = decode_key(value)
         except ValueError as exc:
@@ -350,6 +376,7 @@ class KafkaKeyStore(KeyStore):
             log.warning("%r: skipping record at offset %d: key does not match", self, offset)
             return
         keys.setdefault(digest, {}).setdefault(key_id, (offset, key))
+        self._wrapped_with[(digest, key_id)] = kek
 
     def lookup(self, subject: Subject, key_id: str) -> SubjectKey | None:
         if not self._loaded:
@@ -429,8 +456,9 @@ class KafkaKeyStore(KeyStore):
             if oldest is not None:
                 return oldest  # racing creators all converge on the lowest offset
             key = new_key(subject)
+            record_key = f"{subject.digest()}/{key.key_id}".encode()
             offset = await self._send(
-                [(f"{subject.digest()}/{key.key_id}".encode(), encode_key(key))],
+                [(record_key, self.master_keys.wrap(encode_key(key), record_key))],
                 f"create a key for {subject}",
             )
             deadline = time.monotonic() + self.request_timeout_s
@@ -441,6 +469,40 @@ class KafkaKeyStore(KeyStore):
                 return oldest
             # destroyed by a concurrent erasure before we saw it: make another
         raise self._error(f"create a key for {subject}", "its new keys keep being destroyed")
+
+    def unwrapped_count(self) -> int:
+        """Live keys not wrapped under the current master key (legacy plain, or an old one)."""
+        current = self.master_keys.current_id
+        with self._mutex:
+            return sum(
+                1
+                for digest, held in self._keys.items()
+                for key_id in held
+                if self._wrapped_with.get((digest, key_id)) != current
+            )
+
+    async def rotate_master(self) -> int:
+        """Rewrite every live key not wrapped under the current master key (plain legacy
+        records, or ones under a previous master key) wrapped under it, with the same record
+        key, so compaction drops the old record. Returns how many were rewritten. Once it
+        returns, the previous master key is needed only by readers that have not refreshed."""
+        await self.refresh()
+        current = self.master_keys.current_id
+        with self._mutex:
+            todo = [
+                entry[1]
+                for digest, held in self._keys.items()
+                for key_id, entry in sorted(held.items(), key=lambda kv: kv[1][0])
+                if self._wrapped_with.get((digest, key_id)) != current
+            ]
+        records = []
+        for key in todo:
+            record_key = f"{key.subject.digest()}/{key.key_id}".encode()
+            records.append((record_key, self.master_keys.wrap(encode_key(key), record_key)))
+        for start in range(0, len(records), 500):
+            await self._send(records[start : start + 500], "rewrap subject keys")
+        await self.refresh()
+        return len(records)
 
     async def destroy(self, subject: Subject) -> list[str]:
         self._started()

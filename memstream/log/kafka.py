@@ -34,7 +34,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import NewTopic
 from aiokafka.partitioner import DefaultPartitioner
 
-from memstream.errors import LogUnavailableError, ValidationError
+from memstream.errors import KeyStoreError, LogUnavailableError, ValidationError
 from memstream.kafkautil import (
     bounded,
     consume_exception,
@@ -45,6 +45,7 @@ from memstream.kafkautil import (
 )
 from memstream.keystore.base import KeyStore
 from memstream.keystore.kafka import KafkaKeyStore
+from memstream.keystore.master import MasterKeys
 from memstream.log.base import EventLog, LogReader, LogRecord, Offsets, Position
 from memstream.log.chain import KAFKA_CHAIN_HEADER, ProducerChain
 
@@ -93,6 +94,7 @@ class KafkaEventLog(EventLog):
         connect_timeout_s: float = 15.0,
         request_timeout_s: float = 30.0,
         append_timeout_s: float = 10.0,
+        master_keys: MasterKeys | None = None,
     ) -> None:
         if not bootstrap_servers or not bootstrap_servers.strip():
             raise ValueError("bootstrap_servers is empty")
@@ -108,6 +110,7 @@ class KafkaEventLog(EventLog):
         self.connect_timeout_s = connect_timeout_s
         self.request_timeout_s = request_timeout_s
         self.append_timeout_s = append_timeout_s
+        self.master_keys = master_keys  # wraps the subject keys (memstream.keystore.master)
         self._started = False
         self._producer_lock = asyncio.Lock()
         self._producer: AIOKafkaProducer | None = None
@@ -383,6 +386,11 @@ class KafkaEventLog(EventLog):
 
     def subject_keys(self) -> KeyStore:
         """Subject keys on the compacted topic `<topic>.subject-keys` (memstream.keystore.kafka)."""
+        if self.master_keys is None:
+            raise KeyStoreError(
+                f"{self!r}: no master key to wrap subject keys with (see "
+                "memstream.keystore.master: MEMSTREAM_MASTER_KEY or MEMSTREAM_MASTER_KEY_FILE)"
+            )
         return KafkaKeyStore(
             self.bootstrap_servers,
             f"{self.topic}.subject-keys",
@@ -390,6 +398,7 @@ class KafkaEventLog(EventLog):
             client_id=self.client_id,
             connect_timeout_s=min(self.connect_timeout_s, self.append_timeout_s),
             request_timeout_s=min(self.request_timeout_s, self.append_timeout_s),
+            master_keys=self.master_keys,
         )
 
     async def committed(self, group_id: str) -> Offsets:

@@ -679,7 +679,9 @@ def test_two_servers_share_one_kafka_topic(
     server = kafka_server
     kafka = (server.global_args[server.global_args.index("--kafka") + 1],
              server.global_args[server.global_args.index("--topic") + 1])  # fmt: skip
-    second = start_server(tmp_path_factory.mktemp("serve-kafka-2"), kafka=kafka)
+    # servers sharing a topic share its master key (subject keys are wrapped under it)
+    shared_key = {"MEMSTREAM_MASTER_KEY_FILE": str(server.data_dir / "master.key")}
+    second = start_server(tmp_path_factory.mktemp("serve-kafka-2"), kafka=kafka, env=shared_key)
     try:
         u = uid("shared")
         with http(server, server.keys["a"]) as one, http(second, server.keys["a"]) as two:

@@ -19,10 +19,13 @@ from pathlib import Path
 
 import pytest
 
-from memstream.errors import LogUnavailableError
+from memstream.errors import KeyStoreError, LogUnavailableError
 from memstream.keystore.base import KEY_BYTES, KeyStore, Subject, SubjectKey
+from memstream.keystore.master import MasterKeys
 
 pytestmark = pytest.mark.timeout(300)  # the first Kafka case may include a cold broker start
+
+MASTER = MasterKeys(bytes(range(32)), source="the test's master key")
 
 
 @dataclass
@@ -56,7 +59,9 @@ def stores(request: pytest.FixtureRequest, tmp_path: Path) -> StoreUnderTest:
 
     bootstrap: str = request.getfixturevalue("kafka_bootstrap")
     topic: str = request.getfixturevalue("kafka_topic")
-    kafka_log = KafkaEventLog(bootstrap, topic=topic, client_id="keystore-contract")
+    kafka_log = KafkaEventLog(
+        bootstrap, topic=topic, client_id="keystore-contract", master_keys=MASTER
+    )
 
     def open_kafka(strict: bool = False) -> KeyStore:
         store = kafka_log.subject_keys()
@@ -395,7 +400,9 @@ def test_kafka_topic_is_compacted_with_one_partition_and_destroy_writes_tombston
     topic = f"{kafka_topic}.subject-keys"
 
     async def scenario() -> None:
-        store = KafkaKeyStore(kafka_bootstrap, topic, client_id="keystore-contract")
+        store = KafkaKeyStore(
+            kafka_bootstrap, topic, client_id="keystore-contract", master_keys=MASTER
+        )
         await store.start()
         try:
             configs = await store.topic_configs()
@@ -436,7 +443,11 @@ def test_kafka_topic_is_compacted_with_one_partition_and_destroy_writes_tombston
         doomed = f"{subject.digest()}/{key.key_id}".encode()
         history = [r.value for r in records if r.key == doomed]
         assert len(history) == 2 and history[0] is not None and history[1] is None, history
-        assert json.loads(history[0])["key_id"] == key.key_id
+        # stored wrapped: neither the secret nor the subject nor the key id in clear
+        for needle in (key.secret, base64.b64encode(key.secret), b"alice", key.key_id.encode()):
+            assert needle not in history[0]
+        assert MASTER.wrapped_with(history[0]) == MASTER.current_id
+        assert json.loads(MASTER.unwrap(history[0], doomed, "test"))["key_id"] == key.key_id
         live = [r for r in records if r.key == f"{bystander.digest()}/{kept.key_id}".encode()]
         assert len(live) == 1 and live[0].value is not None
 
@@ -460,9 +471,115 @@ def test_kafka_refuses_a_topic_that_would_expire_keys(
             )
         finally:
             await admin.close()
-        store = KafkaKeyStore(kafka_bootstrap, kafka_topic, connect_timeout_s=10)
+        store = KafkaKeyStore(
+            kafka_bootstrap, kafka_topic, connect_timeout_s=10, master_keys=MASTER
+        )
         with pytest.raises(LogUnavailableError, match="cleanup.policy"):
             await store.start()
         await store.close()
+
+    run(scenario)
+
+
+async def _raw_records(bootstrap: str, topic: str) -> list[tuple[bytes | None, bytes | None]]:
+    """Every record of the topic, read with a plain consumer (what any cluster reader sees)."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        tp = TopicPartition(topic, 0)
+        consumer.assign([tp])
+        await consumer.seek_to_beginning(tp)
+        end = (await consumer.end_offsets([tp]))[tp]
+        out: list[tuple[bytes | None, bytes | None]] = []
+        deadline = time.monotonic() + 20
+        while await consumer.position(tp) < end and time.monotonic() < deadline:
+            for r in (await consumer.getmany(tp, timeout_ms=500)).get(tp, []):
+                out.append((r.key, r.value))
+        return out
+    finally:
+        await consumer.stop()
+
+
+@pytest.mark.kafka
+def test_kafka_wrong_master_key_fails_loudly_at_start(
+    kafka_bootstrap: str, kafka_topic: str
+) -> None:
+    from memstream.keystore.kafka import KafkaKeyStore
+
+    async def scenario() -> None:
+        store = KafkaKeyStore(kafka_bootstrap, kafka_topic, master_keys=MASTER)
+        await store.start()
+        try:
+            await store.key_for(alice())
+        finally:
+            await store.close()
+        wrong = MasterKeys(b"\x07" * 32, source="MEMSTREAM_MASTER_KEY")
+        other = KafkaKeyStore(kafka_bootstrap, kafka_topic, master_keys=wrong)
+        with pytest.raises(KeyStoreError, match=f"master key {MASTER.current_id}"):
+            await other.start()
+        await other.close()
+
+    run(scenario)
+
+
+@pytest.mark.kafka
+def test_kafka_legacy_plain_keys_stay_readable_and_rotation_rewraps_them(
+    kafka_bootstrap: str, kafka_topic: str
+) -> None:
+    """Migration: keys written in clear by an older version are read as before, and
+    `rotate_master` rewrites them (and keys under a previous master key) wrapped."""
+    from aiokafka import AIOKafkaProducer
+
+    from memstream.keystore.file import encode_key, new_key
+    from memstream.keystore.kafka import KafkaKeyStore
+
+    async def scenario() -> None:
+        store = KafkaKeyStore(kafka_bootstrap, kafka_topic, master_keys=MASTER)
+        await store.start()
+        wrapped_old = await store.key_for(alice(value="carol"))
+        await store.close()
+        legacy = new_key(alice())
+        legacy_record = f"{legacy.subject.digest()}/{legacy.key_id}".encode()
+        producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
+        await producer.start()
+        try:
+            await producer.send_and_wait(
+                kafka_topic, encode_key(legacy), key=legacy_record, partition=0
+            )
+        finally:
+            await producer.stop()
+
+        new_master = MasterKeys(b"\x42" * 32, previous=(MASTER.current,))
+        store = KafkaKeyStore(kafka_bootstrap, kafka_topic, master_keys=new_master)
+        await store.start()
+        try:
+            got = store.lookup(legacy.subject, legacy.key_id)
+            assert got is not None and got.secret == legacy.secret
+            carol = store.lookup(wrapped_old.subject, wrapped_old.key_id)
+            assert carol is not None and carol.secret == wrapped_old.secret
+            assert store.unwrapped_count() == 2
+            assert await store.rotate_master() == 2
+            assert store.unwrapped_count() == 0
+        finally:
+            await store.close()
+        latest: dict[bytes | None, bytes | None] = dict(
+            await _raw_records(kafka_bootstrap, kafka_topic)
+        )
+        for record_key, key in ((legacy_record, legacy), (None, wrapped_old)):
+            record_key = record_key or f"{key.subject.digest()}/{key.key_id}".encode()
+            value = latest[record_key]
+            assert value is not None and MasterKeys.wrapped_with(value) == new_master.current_id
+            assert base64.b64encode(key.secret) not in value and key.secret not in value
+        # after rotation the previous master key is no longer needed
+        only_new = MasterKeys(new_master.current)
+        store = KafkaKeyStore(kafka_bootstrap, kafka_topic, master_keys=only_new)
+        await store.start()
+        try:
+            got = store.lookup(legacy.subject, legacy.key_id)
+            assert got is not None and got.secret == legacy.secret
+        finally:
+            await store.close()
 
     run(scenario)
