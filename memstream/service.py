@@ -23,7 +23,7 @@ from memstream import metrics
 from memstream.embedders import get_embedder
 from memstream.embedders.base import Embedder
 from memstream.embedders.timed import timed
-from memstream.errors import UnavailableError
+from memstream.errors import MemstreamError, UnavailableError
 from memstream.events import Actor, FeedbackGiven, new_id
 from memstream.keystore.base import KeyStore
 from memstream.keystore.master import MasterKeys, load_master_keys
@@ -161,11 +161,21 @@ class Memstream:
         self._read_your_writes = read_your_writes
         await self.log.start()
         await self.projector.keys.start()
+        self.projector.store.drop_abandoned()  # what killed replays left (plaintext)
         if not for_replay:
             if self.projector.outdated():
                 logger.warning("projection format changed: rebuilding it from the log")
                 await self.projector.replay()
             self.projector.generation()
+            try:
+                if erased := await self.eraser.finish_interrupted():
+                    logger.warning(
+                        "completed %d interrupted erasure(s): %s",
+                        len(erased),
+                        ", ".join(f"{s.field}={s.value}" for s in erased),
+                    )
+            except MemstreamError as exc:  # retried at the next start, or by rerunning erase
+                logger.error("could not complete interrupted erasures: %s", exc.message)
         if background_projector:
             self._report_log_health()
             end = await self.log.end_offsets()

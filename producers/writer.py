@@ -36,6 +36,7 @@ from memstream.keystore.base import Subject, SubjectKey
 from memstream.log.base import EventLog, Position
 from memstream.models import UNSET, MemoryView, Tenant, WriteResult
 from memstream.producers import validation as v
+from memstream.projector import erasure
 from memstream.projector.projector import Projector
 from memstream.query.filters import compile_filters
 from memstream.query.reader import MemoryReader
@@ -388,17 +389,55 @@ class SubjectEraser(_Producer):
             tenant, subject_filters(subject), page=1, page_size=1, show_expired=True
         ).count
         key_ids = await self.projector.keys.destroy(subject)
+        # keys an earlier erase destroyed before it was killed, leaving its event unwritten
+        dead = (await self.dead_keys(subject)).get(subject, [])
+        earlier = [k for k in dead if k not in key_ids]
         event = SubjectErased(
             scope=Scope(tenant.org_id, tenant.project_id, **{field: value}),
-            actor=actor or Actor(), subject_field=field, key_ids=tuple(key_ids), reason=reason,
+            actor=actor or Actor(), subject_field=field, key_ids=(*key_ids, *earlier),
+            reason=reason,
         )  # fmt: skip
         await self._append([event])
         return {
             "subject": {field: value},
             "memories_erased": owned,
             "keys_destroyed": len(key_ids),
+            "keys_already_destroyed": len(earlier),
             "event_id": event.event_id,
         }
+
+    async def dead_keys(self, subject: Subject | None = None) -> dict[Subject, list[str]]:
+        """Key ids the live projection's rows were sealed under whose key no longer exists,
+        by subject. Rows are read first, the key store refreshed after (a key created in
+        between is then seen alive, never mistaken for a destroyed one)."""
+        gen = self.projector.generation()
+        scanned = await asyncio.to_thread(erasure.sealed_keys, gen, subject)
+        if not scanned:
+            return {}
+        keys = self.projector.keys
+        await keys.refresh()
+        dead = {
+            owner: sorted(k for k in ids if keys.lookup(owner, k) is None)
+            for owner, ids in scanned.items()
+        }
+        return {owner: ids for owner, ids in dead.items() if ids}
+
+    async def finish_interrupted(self) -> list[Subject]:
+        """Complete erasures killed between destroying the keys and logging `SubjectErased`:
+        one `SubjectErased` per subject whose projected rows are sealed under dead keys, so
+        every projector removes that plaintext (run at start; harmless when repeated)."""
+        if self.projector.pinned is not None:
+            return []
+        done: list[Subject] = []
+        for subject, ids in (await self.dead_keys()).items():
+            event = SubjectErased(
+                scope=Scope(subject.org_id, subject.project_id, **{subject.field: subject.value}),
+                actor=Actor(source="memstream:recovery"), subject_field=subject.field,
+                key_ids=tuple(ids), reason="completing an interrupted erasure",
+            )  # fmt: skip
+            await self._append([event], wait=False)
+            done.append(subject)
+        return done
 
 
 def subject_filters(subject: Subject) -> dict[str, Any]:

@@ -95,7 +95,14 @@ def scrub(
             events.update(where=ev_where, values={**blank, "payload": ERASED_PAYLOAD})
             sealed = f"{who} AND {sql_in('key_id', event.key_ids)}"
             events.update(where=sealed, values={"outcome": "ERASED", "reason": "erased"})
-    n_cached = cache.forget([text_hash(t) for t in texts])
+    digests = [text_hash(t) for t in texts]
+    n_cached = cache.forget(digests)
+    for table in cache.other_models() if digests else ():
+        for i in range(0, len(digests), 500):
+            where = sql_in("key", digests[i : i + 500])
+            if table.count_rows(where):
+                table.delete(where)
+                n_cached += 1
     n_exports = _drop_exports(data_dir / "exports", subject)
     stats = ScrubStats(n_memories, n_audit, n_cached, n_exports)
     log.info("erased %s: %s", subject.canonical(), stats)
@@ -104,9 +111,38 @@ def scrub(
 
 def purge_all(gen: Generation, cache: EmbeddingCache) -> None:
     """Make the scrubs physical: call after `scrub` (once for many), before the checkpoint."""
-    for table in (gen.memories(), gen.events(), cache.table()):
+    for table in (gen.memories(), gen.events(), cache.table(), *cache.other_models()):
         if table is not None:
             purge(table)
+
+
+def sealed_keys(gen: Generation, subject: Subject | None = None) -> dict[Subject, set[str]]:
+    """The key ids the live generation's rows were sealed under, by owning subject (all of
+    them, or one subject's). Whoever keeps those whose key the store no longer has (an erase
+    killed between destroying the keys and logging its `SubjectErased`) must look them up in
+    a key store refreshed AFTER this scan, so a key created meanwhile is not taken as dead."""
+    found: dict[Subject, set[str]] = {}
+    columns = ["key_id", "org_id", "project_id", *ENTITY_FIELDS]
+    where = "key_id IS NOT NULL" + (f" AND {subject_where(subject)}" if subject else "")
+    live_audit = f" AND payload != {sql_str(ERASED_PAYLOAD)}"  # scrubbed rows keep key_id
+    for table, extra in ((gen.memories(), ""), (gen.events(), live_audit)):
+        if table is None:
+            continue
+        rows = table.search().where(where + extra).select(columns).limit(None).to_arrow()
+        if rows.num_rows == 0:
+            continue
+        for row in rows.group_by(columns).aggregate([]).to_pylist():
+            owner = _owner(row)
+            if owner is not None:
+                found.setdefault(owner, set()).add(str(row["key_id"]))
+    return found
+
+
+def _owner(row: dict[str, Any]) -> Subject | None:
+    for name in ENTITY_FIELDS:
+        if row.get(name) is not None:
+            return Subject(row["org_id"], row["project_id"], name, row[name])
+    return None
 
 
 def purge(table: Any) -> None:

@@ -640,6 +640,7 @@ class Projector:
         if gen is self._gen:
             erasure.purge_all(gen, self.cache)
             self.store.drop_retired()  # a replaced generation still holds the plaintext
+            self.store.drop_abandoned()  # and so does one a killed replay left
         else:  # a replay's generation: purged once, before it is promoted
             self._unpurged.add(gen.path)
             if (cache_table := self.cache.table()) is not None:  # the cache is live
@@ -704,8 +705,13 @@ class Projector:
                     )
             new = self.store.new_generation(pinned=to)
             self._keys_stale = True  # a replay opens every event: start from a fresh store
-            with _fewer_collections():
-                await self._rebuild(new, end, to, progress)
+            try:
+                with _fewer_collections():
+                    await self._rebuild(new, end, to, progress)
+            except BaseException:
+                self._unpurged.discard(new.path)
+                self.store.abandon(new.path.name)  # no half-built copy of the data stays
+                raise
             self._gen = None
         self.generation()
         return new

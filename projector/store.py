@@ -10,7 +10,9 @@ model twice.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import fcntl
 import json
 import os
 import shutil
@@ -39,6 +41,8 @@ INDEXED_COLUMNS = ("org_id", "project_id", *ENTITY_COLUMNS)
 EVENT_LEADS = ("user_id", "agent_id", "run_id")
 RETIRED = "RETIRED"  # marker file in a generation a promote replaced: time.time() of that
 RETIRED_GRACE_S = 300.0  # how long a replaced generation stays for readers still on it
+BUILDING = "BUILDING"  # lock file a replay holds (flock) while it builds a generation
+YOUNG_S = 60.0  # a generation (or temp file) this new may still be getting its lock file
 
 
 def _atomic_write(path: Path, text: str) -> None:
@@ -184,6 +188,7 @@ class ProjectionStore:
         self._current = self.root / "CURRENT"
         self._current_stamp: tuple[int, int, int] | None = None
         self._current_name: str | None = None
+        self._building: dict[str, int] = {}  # generation name -> fd holding its BUILDING flock
 
     def current_name(self) -> str | None:
         """The live generation's name. Asked on every write and wait, so the file is read
@@ -244,12 +249,66 @@ class ProjectionStore:
         return name
 
     def new_generation(self, pinned: dict[int, int] | None = None) -> Generation:
+        """A generation for a replay to build. It holds a BUILDING lock (flock) while this
+        process lives and has not promoted or abandoned it: a generation whose lock nobody
+        holds was left by a killed replay and is deleted (`drop_abandoned`)."""
         name = self._create(promote=False, pinned=pinned)
+        fd = os.open(self.root / name / BUILDING, os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        self._building[name] = fd
         return Generation(self.root / name, self.dim)
+
+    def _release(self, name: str) -> None:
+        fd = self._building.pop(name, None)
+        if fd is not None:
+            (self.root / name / BUILDING).unlink(missing_ok=True)
+            os.close(fd)
+
+    def abandon(self, name: str) -> None:
+        """Delete a generation this process was building and gave up (a failed replay)."""
+        if name == self.current_name():
+            return
+        self._release(name)
+        shutil.rmtree(self.root / name, ignore_errors=True)
+
+    def drop_abandoned(self) -> list[str]:
+        """Delete what killed replays left: generations that are not live, not retired (see
+        `drop_retired`) and not being built by a live process, and stale temp files. They
+        hold plaintext that no erasure would otherwise reach."""
+        now, current, dropped = time.time(), self.current_name(), []
+        for path in self.root.iterdir():
+            if path.is_file() and path.name.endswith(".tmp") and now - _mtime(path) > YOUNG_S:
+                path.unlink(missing_ok=True)
+                continue
+            if not path.is_dir() or path.name == current or path.name in self._building:
+                continue
+            if (path / RETIRED).exists():
+                continue
+            lock = path / BUILDING
+            if not lock.exists():
+                if now - _mtime(path) < YOUNG_S:  # just created: its lock may follow
+                    continue
+            else:
+                try:
+                    fd = os.open(lock, os.O_RDWR)
+                except FileNotFoundError:
+                    continue  # promoted or abandoned meanwhile
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    os.close(fd)
+                    continue  # a live replay is building it
+                os.close(fd)
+            if path.name == self.current_name():  # promoted while we looked
+                continue
+            shutil.rmtree(path, ignore_errors=True)
+            dropped.append(path.name)
+        return dropped
 
     def promote(self, name: str) -> None:
         """Make `name` the live generation. The one it replaces is kept for
         `RETIRED_GRACE_S`: a query another process began on it a moment ago can finish."""
+        self._release(name)
         old = self.current_name()
         _atomic_write(self._current, name)
         if old and old != name and (self.root / old).exists():
@@ -271,6 +330,12 @@ class ProjectionStore:
                 shutil.rmtree(marker.parent, ignore_errors=True)
                 dropped.append(marker.parent.name)
         return dropped
+
+
+def _mtime(path: Path) -> float:
+    with contextlib.suppress(OSError):
+        return path.stat().st_mtime
+    return time.time()
 
 
 FLUSH_ITEMS = 1024  # deferred cache vectors are written once this many are pending
@@ -388,6 +453,24 @@ class EmbeddingCache:
             removed += table.count_rows(where)
             table.delete(where)
         return removed
+
+    def other_models(self) -> list[Any]:
+        """The cache tables of other embedding models (vectors of the same texts, keyed the
+        same way): an erasure forgets its texts there too."""
+        out = []
+        names: list[str] = []
+        token: str | None = None
+        for _ in range(10_000):  # pages of table names (bounded)
+            listed = self.db.list_tables(page_token=token)
+            names += list(listed.tables)
+            token = listed.page_token
+            if not token:
+                break
+        for name in names:
+            if name.startswith("embeddings_") and name != self.table_name:
+                with contextlib.suppress(FileNotFoundError, ValueError):
+                    out.append(self.db.open_table(name))
+        return out
 
 
 def where_ids(ids: list[str]) -> str:
