@@ -252,19 +252,7 @@ class KafkaKeyStore(KeyStore):
                 delay = min(delay * 2, 1.0)
 
     async def topic_configs(self) -> dict[str, str]:
-        """The topic's effective configuration (name -> value), as the broker describes it.
-        A topic created a moment ago may not be known to the broker answering yet (error 3,
-        UNKNOWN_TOPIC_OR_PARTITION): asked again a few times, 0.2 s apart."""
-        for attempt in range(10):
-            try:
-                return await self._topic_configs()
-            except LogUnavailableError as exc:
-                if "(error code 3)" not in exc.message or attempt == 9:
-                    raise
-                await asyncio.sleep(0.2)
-        raise AssertionError("unreachable")
-
-    async def _topic_configs(self) -> dict[str, str]:
+        """The topic's effective configuration (name -> value), as the broker describes it."""
         admin = admin_client(self.bootstrap_servers, self.client_id, self.request_timeout_s)
         try:
             await asyncio.wait_for(admin.start(), self.connect_timeout_s)
