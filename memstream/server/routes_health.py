@@ -12,6 +12,7 @@ import asyncio
 from typing import Any
 
 from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse as JSON
 
 from memstream.errors import MemstreamError
 from memstream.server.limits import retry_after
@@ -29,8 +30,6 @@ async def healthz() -> Any:
 
 @router.get("/readyz")
 async def readyz(request: Request) -> Any:
-    from memstream.server.app import JSON
-
     ms: Memstream | None = getattr(request.app.state, "ms", None)
     if ms is None:
         return JSON({"status": "starting"}, status_code=503, headers={"Retry-After": "1"})
