@@ -50,6 +50,7 @@ from memstream.query.dialects import (
     _render_duckdb,
     _render_lance,
     _rooted,
+    has_long_list,
 )
 from memstream.query.filtertree import (
     ALLOWED_KEYS,
@@ -122,8 +123,8 @@ class CompiledFilter:
         """The exact LanceDB/DataFusion predicate (tenancy first)."""
         if not self.lance_exact:
             raise InexactLanceFilter(
-                "this filter has metadata conditions, which LanceDB cannot evaluate on the "
-                "JSON string column: use exact_lance_filter(table, compiled), or "
+                "this filter has metadata conditions (or id lists longer than LANCE_IN_MAX), "
+                "which LanceDB does not evaluate exactly: use exact_lance_filter(table, compiled), or "
                 "compiled.lance_prefilter and keep the rows for which compiled.matches(row)"
             )
         return self.lance_prefilter
@@ -163,7 +164,7 @@ def compile_filters(
         ),
         duckdb=_render_duckdb(_rooted(duck.compile(tenant), duck.compile(And((user, *nulls))))),
         named_entities=named,
-        lance_exact=not _has_metadata(user),
+        lance_exact=not _has_metadata(user) and not has_long_list(user),
         ast=ast,
     )
 

@@ -13,6 +13,7 @@ import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from dataclasses import field as dc_field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, Literal, TypeAlias
 
@@ -168,6 +169,11 @@ class EntityMatch:
     ids: tuple[str, ...] = ()
     wildcard: bool = False
     null: bool = False
+    # `ids` as a set, for constant-time membership in the exact matcher (not compared)
+    members: frozenset[str] = dc_field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "members", frozenset(self.ids))
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,6 +181,10 @@ class IdMatch:
     """The memory id is one of `ids`."""
 
     ids: tuple[str, ...]
+    members: frozenset[str] = dc_field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "members", frozenset(self.ids))
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,6 +210,10 @@ class CategoriesAny:
     """Some category is exactly one of `values`."""
 
     values: tuple[str, ...]
+    members: frozenset[str] = dc_field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "members", frozenset(self.values))
 
 
 @dataclass(frozen=True, slots=True)
@@ -405,7 +419,7 @@ class _Parser:
             raise FilterError(path, problem) from None
 
     def entity_set(self, field: str, values: Iterable[tuple[Any, str]]) -> EntityMatch:
-        ids: list[str] = []
+        ids: dict[str, None] = {}  # ordered and deduplicated in linear time
         wildcard = null = False
         for value, vpath in values:
             v = self.entity_value(field, value, vpath)
@@ -413,8 +427,8 @@ class _Parser:
                 null = True
             elif v == WILDCARD:
                 wildcard = True
-            elif v not in ids:
-                ids.append(v)
+            else:
+                ids[v] = None
         return EntityMatch(field, () if wildcard else tuple(ids), wildcard, null)
 
     def entity(self, field: str, value: Any, path: str) -> Node:

@@ -90,13 +90,13 @@ class _Row:
                 return not self.eval(child)
             case Tenant(org, project):
                 return row.get("org_id") == org and row.get("project_id") == project
-            case EntityMatch(field, ids, wildcard, null):
+            case EntityMatch(field, _, wildcard, null):
                 value = row.get(field)
                 if value is None:
                     return null
-                return wildcard or value in ids
-            case IdMatch(ids):
-                return row.get("id") in ids
+                return wildcard or value in node.members
+            case IdMatch():
+                return row.get("id") in node.members
             case TimeRange(field, lo, hi):
                 ms = row.get(field)
                 if ms is None:
@@ -105,8 +105,8 @@ class _Row:
             case DateCompare(field, op, value):
                 day = row.get(field)
                 return day is not None and _COMPARE[op](day, value)
-            case CategoriesAny(values):
-                return any(c in values for c in self.categories())
+            case CategoriesAny():
+                return any(c in node.members for c in self.categories())
             case CategoryContains(needle):
                 return any(needle in fold(c) for c in self.categories())
             case TextContains(needle, case_sensitive):

@@ -21,11 +21,13 @@ from hypothesis import strategies as st
 
 from memstream.errors import FilterError, ValidationError
 from memstream.projector.tables import memories_schema
+from memstream.query.dialects import LANCE_IN_MAX
 from memstream.query.filters import (
     ALLOWED_KEYS,
     CompiledFilter,
     InexactLanceFilter,
     compile_filters,
+    exact_lance_filter,
     fold,
     parse_filters,
     sql_fold,
@@ -733,3 +735,52 @@ def test_scoped_filters_use_the_scalar_indexes(tmp_path: Path) -> None:
             assert f"@{column}_idx" in index_query, (filters, plan)
         for column in set(ENTITY_FIELDS) - c.named_entities:
             assert f"[{column} IS NULL]@{column}_idx" in index_query, (filters, plan)
+
+
+# --------------------------------------------------------------------------------------
+# Long id lists (issue 13): a superset in Lance, decided exactly by the matcher
+# --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda ids: {"user_id": {"in": ids}},
+        lambda ids: {"user_id": ids},
+        lambda ids: {"AND": [{"user_id": "*"}, {"user_id": {"nin": ids}}]},
+        lambda ids: {"AND": [{"user_id": "*"}, {"memory_ids": ids}]},
+        lambda ids: {"AND": [{"user_id": "*"}, {"memory_ids": {"nin": ids}}]},
+        lambda ids: {"OR": [{"user_id": {"in": ids}}, {"agent_id": "a"}]},
+    ],
+    ids=["in", "list", "nin", "memory_ids", "memory_ids-nin", "in-or-agent"],
+)
+def test_long_id_lists_are_exact_through_the_matcher(tmp_path: Path, make: Any) -> None:
+    users = [f"u{i:05d}" for i in range(LANCE_IN_MAX * 3)]
+    rows = [row(i, user_id=users[i * 7 % len(users)]) for i in range(40)]
+    rows += [row(100, user_id=None, agent_id="a"), row(101, user_id="zz-outside")]
+    table = lancedb.connect(str(tmp_path)).create_table(
+        "m", pa.Table.from_pylist([{**r, "vector": [0.0, 1.0]} for r in rows],
+                                  schema=memories_schema(2))
+    )  # fmt: skip
+    from lancedb.index import BTree
+
+    for column in ("id", *ENTITY_FIELDS):
+        table.create_index(column, config=BTree())
+    picked = users[::2] + ["m3", "m5", "m8"]  # also some memory ids, for memory_ids
+    for ids in (picked[:5], picked):  # short: exact in Lance; long: a superset there
+        c = compile_(make(ids))
+        assert c.lance_exact == (len(ids) <= LANCE_IN_MAX)
+        want = {r["id"] for r in rows if c.matches(r)}
+        got = table.search().where(c.lance_prefilter).select(["id"]).limit(None).to_arrow()
+        lance_ids = set(got["id"].to_pylist())
+        assert want <= lance_ids  # a superset: nothing that matches is ever left out
+        if c.lance_exact:
+            assert lance_ids == want
+        assert exact_ids(table, c) == want
+        assert duck_ids(rows, c) == want  # DuckDB stays exact with any list length
+    assert want  # the long case selects something
+
+
+def exact_ids(table: Any, c: CompiledFilter) -> set[str]:
+    pred = exact_lance_filter(table, c)
+    return set(table.search().where(pred).select(["id"]).limit(None).to_arrow()["id"].to_pylist())
