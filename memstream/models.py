@@ -25,6 +25,36 @@ def iso_ms(ms: int | None) -> str | None:
     )
 
 
+READ_MAX_DEPTH = 64
+"""Deepest metadata a read serves (writes refuse past settings' max_metadata_depth, 32 by
+default): deeper metadata stored before that limit existed is replaced by a note, so a read
+answers 200 instead of failing in the JSON encoder."""
+
+
+def servable_metadata(raw: str | None) -> dict[str, Any]:
+    """Stored metadata JSON as served: an object, or a note when it cannot be served."""
+    if not raw:
+        return {}
+    try:
+        value = json.loads(raw)
+    except (ValueError, RecursionError):
+        return {"_memstream_unservable": "metadata is not valid JSON"}
+    deepest, stack = 0, [(value, 0)]
+    while stack:
+        v, depth = stack.pop()
+        deepest = max(deepest, depth)
+        if isinstance(v, dict):
+            stack.extend((item, depth + 1) for item in v.values())
+        elif isinstance(v, list):
+            stack.extend((item, depth + 1) for item in v)
+    if deepest > READ_MAX_DEPTH:
+        return {
+            "_memstream_unservable": f"metadata nested {deepest} levels deep (more than "
+            f"{READ_MAX_DEPTH}), stored before write limits applied; the log keeps it"
+        }
+    return value if isinstance(value, dict) else {"_memstream_unservable": "not an object"}
+
+
 @dataclass(frozen=True, slots=True)
 class Tenant:
     """The org and project an API key (or the CLI's settings) speaks for."""
@@ -63,7 +93,7 @@ class MemoryView:
             app_id=row["app_id"],
             run_id=row["run_id"],
             hash=row["hash"],
-            metadata=json.loads(row["metadata"] or "{}"),
+            metadata=servable_metadata(row["metadata"]),
             categories=list(row["categories"] or []),
             created_at=row["created_at"],
             updated_at=row["updated_at"],
@@ -170,7 +200,7 @@ class HistoryEntry:
     @classmethod
     def from_row(cls, row: dict[str, Any], inference: dict[str, Any] | None = None) -> HistoryEntry:
         def js(v: str | None) -> dict[str, Any] | None:
-            return json.loads(v) if v else None
+            return servable_metadata(v) if v else None
 
         return cls(
             id=row["event_id"],

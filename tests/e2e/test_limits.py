@@ -181,3 +181,35 @@ def test_rate_limit_per_key(tmp_path: Path) -> None:
         assert httpx.get(f"{srv.base_url}/v1/ping/", headers=b).status_code == 200
     finally:
         stop_server(srv)
+
+
+def test_deep_metadata_stored_before_the_limits_is_served_not_500(
+    tmp_path: Path, uid: Callable[[str], str]
+) -> None:
+    """A log written by a version without the depth limit (simulated by raising the limit in
+    the writing process) still reads back with 200 everywhere; the metadata is replaced by
+    a note saying why."""
+    import asyncio
+
+    from memstream.service import Memstream
+    from memstream.settings import Limits, Settings
+
+    data = tmp_path / "legacy"
+    user = uid("legacy")
+
+    async def write() -> None:
+        settings = Settings(data_dir=data, embedder="hashing",
+                            limits=Limits(max_metadata_depth=1000))  # fmt: skip
+        async with Memstream(settings) as ms:
+            await ms.add("a deep note", user_id=user, metadata=nested(256))
+
+    asyncio.run(write())
+    srv = start_server(data, keys={"a": ("local", "default", None)})
+    try:
+        headers = {"Authorization": f"Token {srv.keys['a']}"}
+        with httpx.Client(base_url=srv.base_url, headers=headers, timeout=60) as c:
+            assert every_read_answers(c, user) == 1
+            [m] = c.post("/v3/memories/", json={"filters": {"user_id": user}}).json()["results"]
+            assert "256 levels" in m["metadata"]["_memstream_unservable"]
+    finally:
+        stop_server(srv)

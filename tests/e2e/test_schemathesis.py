@@ -11,6 +11,8 @@ OpenAPI document at collection time (no server needed for that).
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
@@ -21,7 +23,8 @@ from memstream.server import create_app
 from memstream.settings import Settings
 from tests.e2e.conftest import Server
 
-EXAMPLES_PER_MODE = 8
+# MEMSTREAM_FUZZ_EXAMPLES raises it for a longer run (e.g. 40: ~2,000 requests)
+EXAMPLES_PER_MODE = int(os.environ.get("MEMSTREAM_FUZZ_EXAMPLES", "8"))
 
 OPERATIONS = sorted(
     (method.upper(), path)
