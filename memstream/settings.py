@@ -36,6 +36,7 @@ class Limits:
 
     max_body_bytes: int = 4 * 1024 * 1024  # one HTTP request body (413 beyond it)
     max_text_chars: int = 100_000  # one memory's text (an add's message, an update's text)
+    max_messages: int = 1_000  # messages in one add (each becomes an event)
     max_query_chars: int = 10_000  # a search query
     max_metadata_bytes: int = 64 * 1024  # one memory's metadata, as compact JSON
     max_metadata_depth: int = 32  # nesting of objects and lists inside metadata

@@ -26,6 +26,11 @@ def memory_texts(messages: Any, limits: Limits = DEFAULT_LIMITS) -> list[str]:
         messages = [messages]
     if not isinstance(messages, list) or not messages:
         raise ValidationError("messages: must be a non-empty string or list of {role, content}")
+    if len(messages) > limits.max_messages:
+        raise ValidationError(
+            f"messages: {len(messages)} messages, more than {limits.max_messages} in one add "
+            "(MEMSTREAM_MAX_MESSAGES)"
+        )
     texts: list[str] = []
     for i, msg in enumerate(messages):
         where = f"messages[{i}]"

@@ -26,6 +26,7 @@ LIMITS = {
     "MEMSTREAM_MAX_METADATA_BYTES": "4096",
     "MEMSTREAM_MAX_FILTER_LIST": "100",
     "MEMSTREAM_MAX_FILTER_NODES": "400",
+    "MEMSTREAM_MAX_MESSAGES": "50",
 }
 
 
@@ -113,6 +114,9 @@ def test_body_text_and_query_sizes_are_bounded(
     refused(r, 400, "messages[0].content", "5000", "MEMSTREAM_MAX_TEXT_CHARS")
     r = api.post("/v3/memories/search/", json={"query": "q" * 1001, "filters": {"user_id": user}})
     refused(r, 400, "query", "1000", "MEMSTREAM_MAX_QUERY_CHARS")
+    many = [{"role": "user", "content": f"m{i}"} for i in range(51)]
+    r = api.post("/v3/memories/add/", json={"messages": many, "user_id": user})
+    refused(r, 400, "51 messages", "50", "MEMSTREAM_MAX_MESSAGES")
     assert every_read_answers(api, user) == 0
 
 
