@@ -69,3 +69,50 @@ def test_fewer_collections_is_undone_even_when_the_replay_fails() -> None:
         assert gc.get_threshold() == (REPLAY_GC_THRESHOLD, *before[1:])
         raise RuntimeError("replay failed")
     assert gc.get_threshold() == before
+
+
+def test_what_a_killed_replay_left_is_dropped_but_a_live_replay_is_not(tmp_path: Path) -> None:
+    """A generation being built holds a BUILDING flock; once its process is gone (SIGKILL),
+    `drop_abandoned` deletes it (it holds plaintext no erasure would reach), but never the
+    live generation, a retired one, or one another live process is building."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from memstream.projector.store import BUILDING
+
+    store = ProjectionStore(tmp_path, dim=8, embedder="hashing-8", log_identity="file")
+    live = store.current().path
+    child = subprocess.Popen(
+        [sys.executable, "-c", (
+            "import sys, time; from pathlib import Path\n"
+            "from memstream.projector.store import ProjectionStore\n"
+            "s = ProjectionStore(Path(sys.argv[1]), dim=8, embedder='hashing-8', log_identity='file')\n"
+            "print(s.new_generation().path.name, flush=True); time.sleep(120)"
+        ), str(tmp_path)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert child.stdout is not None
+        building = tmp_path / "projections" / child.stdout.readline().strip()
+        assert (building / BUILDING).exists()
+        mine = store.new_generation().path  # this process's own build: kept too
+        old = tmp_path / "projections" / "gen-19700101T000000-dead01"  # no lock, old
+        old.mkdir()
+        os.utime(old, (time.time() - 3600, time.time() - 3600))
+        (tmp_path / "projections" / "x.tmp").write_text("stale")
+        os.utime(tmp_path / "projections" / "x.tmp", (0, 0))
+        assert store.drop_abandoned() == [old.name]
+        assert building.exists() and mine.exists() and live.exists()
+        assert not (tmp_path / "projections" / "x.tmp").exists()
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=30)
+        assert store.drop_abandoned() == [building.name]
+        assert not building.exists() and mine.exists() and live.exists()
+        store.abandon(mine.name)
+        assert not mine.exists() and store.current_name() == live.name
+    finally:
+        child.kill()
+        child.wait(timeout=30)
