@@ -28,7 +28,10 @@ from tests.kafka_broker import KAFKA_LOCAL, _no_broker
 pytestmark = pytest.mark.kafka
 
 APPEND_TIMEOUT_S = "3"
-CLIENT_TIMEOUT_S = 90.0  # a hang fails the test here; the server answers within seconds
+# Not a performance threshold: a hang detector, 15 times the configured bound. The server
+# must answer within its setting (plus the key store's own bounded refresh), never after an
+# internal default (before this test existed: 60 s, then a late write) or never.
+CLIENT_TIMEOUT_S = 45.0
 
 
 def kafka_local(*args: str, timeout: float = 300) -> str:
@@ -92,8 +95,7 @@ def test_broker_stop_and_restart_under_writes(own_broker: tuple[str, Path], tmp_
                 detail = r.json()["detail"]
                 assert "Kafka" in detail and bootstrap in detail, detail
                 refused.append(text)
-            r = c.get("/readyz")
-            assert r.status_code == 503, r.text
+            ready_during_outage = c.get("/readyz").status_code
 
             kafka_local("resume", "--dir", str(state))
             recovered = False
@@ -120,5 +122,7 @@ def test_broker_stop_and_restart_under_writes(own_broker: tuple[str, Path], tmp_
             assert set(acked) <= texts, set(acked) - texts  # nothing acknowledged is lost
             assert not texts & set(refused), texts & set(refused)  # no 503 written later
             assert texts == set(acked)
+            assert ready_during_outage == 503
+            assert c.get("/readyz").status_code == 200
     finally:
         stop_server(srv)
