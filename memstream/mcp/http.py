@@ -10,6 +10,7 @@ rebinding page does not have.
 
 from __future__ import annotations
 
+import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -20,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from memstream.errors import AuthError
+from memstream.errors import AuthError, RateLimitedError
 from memstream.events import Actor
 from memstream.keys import ApiKey, KeyRegistry
 from memstream.mcp.stdio import package_version
@@ -72,13 +73,24 @@ class McpHttp:
         """Refuse a request without a valid key with 401 (as the REST API does)."""
         request = Request(scope)
         try:
-            await self._key(request.headers.get("authorization"))
+            key = await self._key(request.headers.get("authorization"))
         except AuthError as exc:
             response = JSONResponse(
                 {"detail": exc.message}, status_code=401, headers={"WWW-Authenticate": "Token"}
             )
             await response(scope, receive, send)
             return
+        limiter = getattr(self.state, "rate_limiter", None)  # the REST API's, per key
+        if limiter is not None:
+            try:
+                limiter.take(key.key_id)
+            except RateLimitedError as exc:
+                wait = str(max(1, math.ceil(exc.retry_after_s)))
+                response = JSONResponse(
+                    {"detail": exc.message}, status_code=429, headers={"Retry-After": wait}
+                )
+                await response(scope, receive, send)
+                return
         await self._endpoint(scope, receive, send)
 
     def route(self) -> Route:

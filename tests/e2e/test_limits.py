@@ -181,8 +181,15 @@ def test_rate_limit_per_key(tmp_path: Path) -> None:
         assert r.status_code == 429
         assert int(r.headers["Retry-After"]) >= 1
         assert "MEMSTREAM_RATE_LIMIT_PER_S" in r.json()["detail"]
+        # the MCP endpoint spends the same per-key budget
+        rpc = {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}
+        accept = {"Accept": "application/json, text/event-stream"}
+        r = httpx.post(f"{srv.base_url}/mcp", headers={**a, **accept}, json=rpc)
+        assert r.status_code == 429 and int(r.headers["Retry-After"]) >= 1, r.text
         # another key has its own budget
         assert httpx.get(f"{srv.base_url}/v1/ping/", headers=b).status_code == 200
+        r = httpx.post(f"{srv.base_url}/mcp", headers={**b, **accept}, json=rpc)
+        assert r.status_code == 200, r.text
     finally:
         stop_server(srv)
 
