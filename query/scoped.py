@@ -30,6 +30,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from memstream.query.dialects import LANCE_IN_MAX
 from memstream.query.filtertree import And, EntityMatch, IdMatch, Node, Tenant
 from memstream.query.matcher import evaluate
 from memstream.query.retention import today_utc
@@ -75,6 +76,8 @@ def lead_predicate(ast: Node, id_column: str = "id") -> str | None:
     """
     best: tuple[int, int, str] | None = None
     for node in _conjuncts(ast):
+        if isinstance(node, IdMatch | EntityMatch) and len(node.ids) > LANCE_IN_MAX:
+            continue  # Lance's IN grows faster than its list (query/dialects.py)
         if isinstance(node, IdMatch) and node.ids:
             column, ids = "id", node.ids
         elif (
