@@ -77,6 +77,8 @@ class LogCorruptError(LogUnavailableError):
     """
 
     status_code = 503
+
+
 class UnavailableError(MemstreamError):
     """The service cannot answer truthfully right now (e.g. the projection is being rebuilt
     from the log); the caller should retry after `retry_after_s`. Nothing was written."""

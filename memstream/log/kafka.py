@@ -258,9 +258,10 @@ class KafkaEventLog(EventLog):
     async def dead_letter(self, items: Sequence[tuple[LogRecord, str]]) -> None:
         """Each record to `<topic>.dead-letter` (created on first use, kept forever), with
         its key and value as they were and the reason and source position in headers."""
-        producer = self._require_started()
+        self._require_started()
         if not items:
             return
+        producer = await self._live_producer()
         if not self._dead_letter_ready:
             await self._bounded("create the dead-letter topic", ensure_topic(
                 self.bootstrap_servers,
