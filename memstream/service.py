@@ -23,7 +23,7 @@ from memstream import metrics
 from memstream.embedders import get_embedder
 from memstream.embedders.base import Embedder
 from memstream.embedders.timed import timed
-from memstream.errors import MemstreamError, UnavailableError
+from memstream.errors import LogCorruptError, MemstreamError, UnavailableError
 from memstream.events import Actor, FeedbackGiven, new_id
 from memstream.keystore.base import KeyStore
 from memstream.keystore.master import MasterKeys, load_master_keys
@@ -178,7 +178,14 @@ class Memstream:
                 logger.error("could not complete interrupted erasures: %s", exc.message)
         if background_projector:
             self._report_log_health()
-            end = await self.log.end_offsets()
+            try:
+                end = await self.log.end_offsets()
+            except LogCorruptError as exc:
+                # a damaged log must not keep the server from starting: writes answer 503
+                # naming the damage, reads serve what was projected before it, and the
+                # projector waits at the damage until `memstream log repair`
+                logger.error("%s", exc.message)
+                end = {}
             target = {p: o for p, o in end.items() if o > 0}
             if not covers(self.projector.checkpoint, target):
                 self._warm_target = target
