@@ -257,13 +257,7 @@ class InferenceWriter(MemoryWriter):
             lock = self._locks[scope] = asyncio.Lock()
         return lock
 
-    async def _replayed(self, tenant: Tenant, request_id: str | None) -> list[WriteResult] | None:
-        if request_id is None:
-            return None
-        await self.projector.catch_up()
-        rows = self.reader.events_for_request(tenant, request_id)
-        if not rows:
-            return None
+    def _results_of(self, rows: list[dict[str, Any]]) -> list[WriteResult]:
         return [_inferred_result(row) for row in rows if row["event_type"] in MEMORY_EVENTS]
 
     async def infer(

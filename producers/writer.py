@@ -95,6 +95,10 @@ class MemoryWriter(_Producer):
         rows = self.reader.events_for_request(tenant, request_id)
         if not rows:
             return None
+        return self._results_of(rows)
+
+    def _results_of(self, rows: list[dict[str, Any]]) -> list[WriteResult]:
+        """The answer a request gave, rebuilt from its audit rows."""
         return [_result_of(row) for row in rows if row["event_type"] != "DeleteAllRequested"]
 
     async def add(
