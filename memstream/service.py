@@ -280,7 +280,7 @@ class Memstream:
     ) -> str:
         """Validate an inferred add without asking the LLM; the event id its
         MessagesRecorded will carry (an async add answers with it at once)."""
-        check_request(tenant or self.tenant, messages, **kwargs)
+        check_request(tenant or self.tenant, messages, self.writer.limits, **kwargs)
         return new_id()
 
     def reinferrer(self, model: str | None = None, base_url: str | None = None) -> Reinferrer:

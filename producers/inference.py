@@ -48,6 +48,7 @@ from memstream.producers.writer import MemoryWriter, _Producer
 from memstream.projector.projector import Projector
 from memstream.query.reader import MemoryReader
 from memstream.scope import ENTITY_FIELDS, Scope
+from memstream.settings import Limits
 from memstream.sqlutil import sql_str
 
 MAX_FACTS = 20  # facts taken from one extraction (the rest are dropped, and recorded)
@@ -204,33 +205,11 @@ def _check_categories(value: Any) -> None:
 
 
 def check_request(
-    tenant: Tenant,
-    messages: Any,
-    *,
-    user_id: Any = None,
-    agent_id: Any = None,
-    app_id: Any = None,
-    run_id: Any = None,
-    metadata: Any = None,
-    categories: Any = None,
-    expiration_date: Any = None,
-    immutable: Any = False,
-    request_id: Any = None,
-    **_: Any,
+    tenant: Tenant, messages: Any, limits: Limits, *, actor: Actor | None = None, **fields: Any
 ) -> None:
-    """Everything `infer` validates before asking the LLM (an async add answers 400 at
-    once instead of failing later in the background)."""
-    Scope.of(
-        tenant.org_id, tenant.project_id,
-        user_id=user_id, agent_id=agent_id, app_id=app_id, run_id=run_id,
-    )  # fmt: skip
-    v.conversation(messages)
-    v.metadata_json(metadata)
-    v.categories_list(categories)
-    v.expiration(expiration_date)
-    if not isinstance(immutable, bool):
-        raise ValidationError("immutable: must be a boolean")
-    v.request_id(request_id)
+    """Everything `infer` validates before asking the LLM, under the same limits (an async
+    add answers 400 at once instead of failing later in the background)."""
+    v.add_request(tenant.org_id, tenant.project_id, messages, v.conversation, limits, **fields)
 
 
 class InferenceWriter(MemoryWriter):
@@ -278,17 +257,14 @@ class InferenceWriter(MemoryWriter):
         wait: bool = True,
         messages_event_id: str | None = None,
     ) -> list[WriteResult]:
-        scope = Scope.of(
-            tenant.org_id, tenant.project_id,
+        req = v.add_request(
+            tenant.org_id, tenant.project_id, messages, v.conversation, self.limits,
             user_id=user_id, agent_id=agent_id, app_id=app_id, run_id=run_id,
+            metadata=metadata, categories=categories, expiration_date=expiration_date,
+            immutable=immutable, request_id=request_id,
         )  # fmt: skip
-        conversation = v.conversation(messages, self.limits)
-        meta = v.metadata_json(metadata, limits=self.limits)
-        cats = v.categories_list(categories, limits=self.limits)
-        expires = v.expiration(expiration_date)
-        if not isinstance(immutable, bool):
-            raise ValidationError("immutable: must be a boolean")
-        rid = v.request_id(request_id)
+        scope, conversation, meta, cats = req.scope, req.messages, req.metadata, req.categories
+        expires, rid = req.expiration_date, req.request_id
         if (previous := await self._replayed(tenant, rid)) is not None:
             return previous
         key = await self._key(scope)

@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
 
 from memstream.errors import ValidationError
+from memstream.scope import Scope
 from memstream.settings import Limits
 
 ROLES = ("user", "assistant", "system", "tool")
@@ -217,3 +220,51 @@ def request_id(value: Any) -> str | None:
             f"request_id: must be a non-empty string of at most {MAX_ID} characters"
         )
     return value
+
+
+M = TypeVar("M")
+_request_id = request_id  # add_request's keyword of the same name hides the function
+
+
+@dataclass(frozen=True)
+class AddRequest(Generic[M]):
+    """An add's fields, validated once for every kind of add (verbatim, inferred, or its
+    asynchronous pre-check), in one order, under one set of limits."""
+
+    scope: Scope
+    messages: M
+    metadata: str
+    categories: tuple[str, ...]
+    expiration_date: str | None
+    immutable: bool
+    request_id: str | None
+
+
+def add_request(
+    org_id: str,
+    project_id: str,
+    messages: Any,
+    parse_messages: Callable[[Any, Limits], M],
+    limits: Limits,
+    *,
+    user_id: Any = None,
+    agent_id: Any = None,
+    app_id: Any = None,
+    run_id: Any = None,
+    metadata: Any = None,
+    categories: Any = None,
+    expiration_date: Any = None,
+    immutable: Any = False,
+    request_id: Any = None,
+) -> AddRequest[M]:
+    scope = Scope.of(
+        org_id, project_id, user_id=user_id, agent_id=agent_id, app_id=app_id, run_id=run_id
+    )
+    parsed = parse_messages(messages, limits)
+    meta = metadata_json(metadata, limits=limits)
+    cats = categories_list(categories, limits=limits)
+    expires = expiration(expiration_date)
+    if not isinstance(immutable, bool):
+        raise ValidationError("immutable: must be a boolean")
+    rid = _request_id(request_id)
+    return AddRequest(scope, parsed, meta, cats, expires, immutable, rid)

@@ -118,17 +118,14 @@ class MemoryWriter(_Producer):
         actor: Actor | None = None,
         wait: bool = True,
     ) -> list[WriteResult]:
-        scope = Scope.of(
-            tenant.org_id, tenant.project_id,
+        req = v.add_request(
+            tenant.org_id, tenant.project_id, messages, v.memory_texts, self.limits,
             user_id=user_id, agent_id=agent_id, app_id=app_id, run_id=run_id,
+            metadata=metadata, categories=categories, expiration_date=expiration_date,
+            immutable=immutable, request_id=request_id,
         )  # fmt: skip
-        texts = v.memory_texts(messages, self.limits)
-        meta = v.metadata_json(metadata, limits=self.limits)
-        cats = v.categories_list(categories, limits=self.limits)
-        expires = v.expiration(expiration_date)
-        if not isinstance(immutable, bool):
-            raise ValidationError("immutable: must be a boolean")
-        rid = v.request_id(request_id)
+        scope, texts, meta, cats = req.scope, req.messages, req.metadata, req.categories
+        expires, rid = req.expiration_date, req.request_id
         if (previous := await self._replayed(tenant, rid)) is not None:
             return previous
         key = await self._key(scope)
