@@ -189,7 +189,17 @@ def _version() -> str:
 def serve(
     settings: Settings, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info"
 ) -> None:
-    """Run the server until SIGINT/SIGTERM (uvicorn; one process)."""
+    """Run the server until SIGINT/SIGTERM (uvicorn; one process).
+
+    The root logger is configured here, before the app is built, because the MCP SDK's
+    server configures it at INFO on construction when nobody has: `--log-level warning`
+    must silence memstream's and the MCP session manager's INFO lines alike.
+    """
+    import logging
+
     import uvicorn
 
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level, access_log=False)

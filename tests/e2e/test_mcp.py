@@ -182,6 +182,9 @@ def test_http_scoping_and_tenancy(server: Server, uid: Callable[[str], str]) -> 
     rest = httpx.post(f"{server.base_url}/v3/memories/", json={"filters": {"user_id": secret}},
                       headers={"Authorization": f"Token {server.keys['a']}"}, timeout=30)  # fmt: skip
     assert [m["memory"] for m in rest.json()["results"]] == ["project a's secret"]
+    # the server runs with --log-level warning: the MCP session manager's INFO lines (and
+    # memstream's own) must not reach its log
+    assert " INFO " not in server.log_tail(lines=10_000), server.log_tail()
 
 
 @pytest.mark.parametrize(
