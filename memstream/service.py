@@ -25,6 +25,7 @@ from memstream.embedders.base import Embedder
 from memstream.embedders.timed import timed
 from memstream.errors import LogCorruptError, MemstreamError, UnavailableError
 from memstream.events import Actor, FeedbackGiven, new_id
+from memstream.fsutil import drop_scratch
 from memstream.keystore.base import KeyStore
 from memstream.keystore.master import MasterKeys, load_master_keys
 from memstream.llm import LLM, get_llm
@@ -162,6 +163,7 @@ class Memstream:
         await self.log.start()
         await self.projector.keys.start()
         self.projector.store.drop_abandoned()  # what killed replays left (plaintext)
+        drop_scratch(self.data_dir)  # and what a crashed export left (plaintext)
         if not for_replay:
             if self.projector.outdated():
                 logger.warning("projection format changed: rebuilding it from the log")

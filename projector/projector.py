@@ -32,6 +32,7 @@ from memstream.errors import (
     ValidationError,
 )
 from memstream.events import Event, MemoryAdded, text_hash
+from memstream.fsutil import drop_scratch
 from memstream.keystore.base import KeyStore
 from memstream.log.base import EventLog, LogReader, LogRecord, Offsets, Position
 from memstream.projector import compaction, erasure
@@ -641,6 +642,7 @@ class Projector:
             erasure.purge_all(gen, self.cache)
             self.store.drop_retired()  # a replaced generation still holds the plaintext
             self.store.drop_abandoned()  # and so does one a killed replay left
+            drop_scratch(self.data_dir)  # and a crashed export's scratch files
         else:  # a replay's generation: purged once, before it is promoted
             self._unpurged.add(gen.path)
             if (cache_table := self.cache.table()) is not None:  # the cache is live

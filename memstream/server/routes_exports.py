@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import tempfile
 import uuid
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from fastapi import APIRouter, Response, status
 
 from memstream.errors import NotFoundError, ValidationError
 from memstream.events import now_ms
+from memstream.fsutil import scratch_dir
 from memstream.models import Tenant, iso_ms
 from memstream.scope import ENTITY_FIELDS
 from memstream.server.auth import CallerDep
@@ -133,8 +133,10 @@ async def download_export(ms: MsDep, caller: CallerDep, body: ExportDownloadRequ
     filters = combine(body.filters, body.entities())
     if filters is None:  # the whole project: every memory has at least one entity id
         filters = {"OR": [{field: "*"} for field in ENTITY_FIELDS]}
-    with tempfile.TemporaryDirectory(prefix="memstream-export-") as tmp:
-        path = Path(tmp) / f"memories.{body.format}"
+    # built under the data dir, not the system temp dir: a crash mid-way leaves plaintext
+    # that the next start and any erasure delete (fsutil.drop_scratch)
+    with scratch_dir(ms.data_dir, "export-") as tmp:
+        path = tmp / f"memories.{body.format}"
         count, fmt = await ms.export(
             path, body.format, filters, tenant=caller.tenant, as_of=body.as_of,
             show_expired=body.show_expired,

@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 
+from memstream.fsutil import SCRATCH, scratch_dir
 from memstream.service import Memstream
 from memstream.settings import Settings
 from tests.integration.test_erasure import BOB, files_under, go, leaks, write_alice_and_bob
@@ -43,6 +44,11 @@ async def main():
         die()  # the SubjectErased event is never appended
     elif sys.argv[2] == "mid-replay":
         await ms.projector.replay(progress=die)  # after the first batch, before promote
+    elif sys.argv[2] == "mid-export":  # as POST /v1/exports/download/ builds its file
+        from memstream.fsutil import scratch_dir
+        with scratch_dir(settings.data_dir, "export-") as tmp:
+            await ms.export(tmp / "memories.jsonl", "jsonl", {"user_id": "alice"})
+            die()
 
 asyncio.run(main())
 """
@@ -116,3 +122,22 @@ def test_a_killed_replay_leaves_nothing_an_erase_would_not_reach(settings: Setti
     assert go(settings, erase) == [BOB]
     assert leaks(files_under(settings.data_dir)) == []
     assert not any(p.exists() for p in partial)
+
+
+def test_a_killed_export_leaves_nothing_an_erase_would_not_reach(settings: Settings) -> None:
+    go(settings, write_alice_and_bob)
+    kill_child(settings, "mid-export")
+    scratch = settings.data_dir / SCRATCH
+    assert leaks(files_under(scratch))  # the half-sent export's plaintext, under the data dir
+
+    async def erase(ms: Memstream) -> list[str]:
+        with scratch_dir(settings.data_dir, "export-") as live:  # one in use is kept
+            (live / "note").write_text("in use")
+            await ms.erase(user_id="alice")
+            await ms.catch_up()
+            assert (live / "note").exists()
+        return await alice_and_bob(ms)
+
+    assert go(settings, erase) == [BOB]
+    assert leaks(files_under(settings.data_dir)) == []
+    assert list(scratch.iterdir()) == []
