@@ -150,6 +150,42 @@ for _method in ("GET", "POST", "PUT", "DELETE"):  # one operation (and id) per m
     )  # fmt: skip
 
 
+PROFILES_NOT_HERE = (
+    "Memory profiles are not implemented on a self-hosted memstream: read a user's memories "
+    'with get_all or search (filters: {"user_id": ...}) instead.'
+)
+SUMMARIES_NOT_HERE = (
+    "Memory summaries are not implemented on a self-hosted memstream: read the memories with "
+    "get_all, or export them (POST /v1/exports/ or memstream export)."
+)
+
+
+async def profiles(caller: CallerDep) -> Any:
+    raise UnsupportedError(PROFILES_NOT_HERE)
+
+
+# what the mem0ai SDKs (Python 2.2, Node 3.3) call for profiles; a plain 404 would reach their
+# users as "memory not found" (the Node SDK raises MemoryNotFoundError), so: 501 and a sentence
+for _path, _method, _name in (
+    ("/v2/entities/{entity_type}/{entity_id}/profile/", "GET", "get_profile"),
+    ("/v2/profiles/jobs/", "POST", "create_profile_job"),
+    ("/v2/profiles/jobs/{job_id}/", "GET", "get_profile_job"),
+    ("/v2/profiles/settings/", "GET", "get_profile_settings"),
+    ("/v2/profiles/settings/", "POST", "update_profile_settings"),
+):
+    router.add_api_route(
+        _path, profiles, methods=[_method], status_code=501, operation_id=_name,
+        summary="Memory profiles (501: not implemented)",
+    )  # fmt: skip
+
+
+@router.post(
+    "/v1/summary/", status_code=501, summary="Memory summary (501: not implemented)"
+)  # fmt: skip
+async def summary(caller: CallerDep) -> Any:
+    raise UnsupportedError(SUMMARIES_NOT_HERE)
+
+
 @router.post("/v1/feedback/", responses=doc(Out), summary="Rate a memory")
 async def feedback(
     ms: MsDep, caller: CallerDep, body: FeedbackRequest, idempotency: IdempotencyDep

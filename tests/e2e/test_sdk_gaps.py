@@ -151,3 +151,34 @@ def test_project_management_is_501_with_a_sentence(client: MemoryClient) -> None
         f"{client.host}/api/v1/orgs/organizations/org_a/projects/", json={"name": "x"}, timeout=10
     )
     assert anon.status_code == 401
+
+
+def test_profiles_and_summaries_are_501_with_a_sentence(
+    client: MemoryClient, uid: Callable[[str], str]
+) -> None:
+    """Both SDKs call these; a bare 404 reached users as "memory not found"."""
+    user = uid("profile")
+    client.add("likes hiking", user_id=user)
+    calls: dict[str, Callable[[], object]] = {
+        "profile": lambda: client.get_profile(user),
+        "generate": lambda: client.generate_profile(user),
+        "sample": lambda: client.sample_profiles(limit=2),
+        "job": lambda: client.get_profile_job("job-1"),
+        "settings": lambda: client.get_profile_settings(),
+        "update settings": lambda: client.update_profile_settings(enabled=True),
+        "summary": lambda: client.get_summary(filters={"user_id": user}),
+    }
+    for name, call in calls.items():
+        with pytest.raises(Mem0Error) as info:
+            call()
+        message = str(info.value)
+        assert "not implemented on a self-hosted memstream" in message, (name, message)
+        assert "get_all" in message, (name, message)
+    raw = client.client.get(f"/v2/entities/user/{user}/profile/")
+    assert raw.status_code == 501 and set(raw.json()) == {"detail"}
+    # the key is still checked first, and nothing changed
+    anon = httpx.get(f"{client.host}/v2/profiles/settings/", timeout=10)
+    assert anon.status_code == 401
+    assert [m["memory"] for m in client.get_all(filters={"user_id": user})["results"]] == [
+        "likes hiking"
+    ]
