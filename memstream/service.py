@@ -45,7 +45,7 @@ from memstream.producers.inference import (
     SettingsCache,
     check_request,
 )
-from memstream.producers.reinfer import ReinferPlan, Reinferrer
+from memstream.producers.reinfer import MAX_CONVERSATIONS, Proposals, ReinferPlan, Reinferrer
 from memstream.producers.writer import MemoryWriter, RetentionWriter, SubjectEraser
 from memstream.projector.projector import Projector, covers
 from memstream.projector.store import Generation, live_embedder
@@ -306,25 +306,83 @@ class Memstream:
             llm = chosen
         return Reinferrer(self.log, self.projector, self.reader, llm, self._settings_cache)
 
+    def proposals(self) -> Proposals:
+        """Reinfer proposals without an LLM: their candidates, swap, discard, list."""
+        return Proposals(self.log, self.projector, self.reader, self.settings.limits)
+
     async def reinfer(
         self,
         *,
         tenant: Tenant | None = None,
         model: str | None = None,
         base_url: str | None = None,
+        filters: Mapping[str, Any] | None = None,
+        limit: int = MAX_CONVERSATIONS,
         swap: bool = False,
+        progress: Callable[[int, int], Any] | None = None,
+        build_progress: Callable[[int, int], Any] | None = None,
         **ids: Any,
     ) -> tuple[ReinferPlan, list[WriteResult] | None]:
-        """The plan of re-deciding one scope's conversations (appear / change / go against
-        the live state) and, with `swap`, the changes appended to make it live."""
+        """Re-decide the recorded conversations of one scope (entity ids) or of every scope
+        `filters` selects with `model`: a proposal in the log and its candidate generation,
+        compared with the live memories (appear / change / go). With `swap`, also the
+        events appended to make it live. See producers/reinfer.py."""
+        from memstream.errors import ValidationError
+
+        given = {k: v for k, v in ids.items() if v is not None}
+        if filters is not None and given:
+            raise ValidationError("reinfer: give filters or entity ids, not both")
+        selection = dict(filters) if filters is not None else given
+        self.settings.limits.check_filters(selection)
+        tenant = tenant or self.tenant
         worker = self.reinferrer(model, base_url)
         try:
-            plan = await worker.plan(tenant or self.tenant, **ids)
-            done = await worker.swap(tenant or self.tenant, plan) if swap else None
+            plan = await worker.propose(
+                tenant, selection, limit=limit, progress=progress, build_progress=build_progress
+            )
         finally:
             if worker.llm is not self.llm and hasattr(worker.llm, "close"):
                 await worker.llm.close()
-        return plan, done
+        if not swap:
+            return plan, None
+        return await self.proposals().swap(tenant, plan.proposal_id)
+
+    async def reinfer_show(
+        self,
+        proposal_id: str,
+        *,
+        tenant: Tenant | None = None,
+        progress: Callable[[int, int], Any] | None = None,
+    ) -> ReinferPlan:
+        """A proposal's candidate against the live memories now (rebuilt, without the LLM,
+        when it is not on disk)."""
+        plan, _ = await self.proposals().show(tenant or self.tenant, proposal_id, progress)
+        return plan
+
+    async def reinfer_swap(
+        self,
+        proposal_id: str,
+        *,
+        tenant: Tenant | None = None,
+        progress: Callable[[int, int], Any] | None = None,
+    ) -> tuple[ReinferPlan, list[WriteResult]]:
+        """Make a proposal live: its difference from the live memories, in one batch."""
+        return await self.proposals().swap(tenant or self.tenant, proposal_id, progress)
+
+    async def reinfer_discard(self, proposal_id: str, *, tenant: Tenant | None = None) -> list[str]:
+        """Delete a proposal's candidate generation (the proposal stays in the log)."""
+        return await self.proposals().discard(tenant or self.tenant, proposal_id)
+
+    async def reinfer_proposals(self, *, tenant: Tenant | None = None) -> list[dict[str, Any]]:
+        return await self.proposals().proposals(tenant or self.tenant)
+
+    async def _reader_for(self, tenant: Tenant, candidate: str | None) -> MemoryReader:
+        """The live reader, or one over a reinfer proposal's candidate generation."""
+        if candidate is None:
+            return self.reader
+        proposals = self.proposals()
+        await self.projector.catch_up()
+        return proposals.candidate_reader(await proposals.candidate(tenant, candidate))
 
     # -- project settings (inference) ----------------------------------------------------
     async def update_project(
@@ -437,9 +495,8 @@ class Memstream:
     ) -> Page:
         self.settings.limits.check_filters(filters)
         await self._fresh(consistent)
-        return await asyncio.to_thread(
-            self.reader.get_all, tenant or self.tenant, filters, **kwargs
-        )
+        reader = await self._reader_for(tenant or self.tenant, _candidate(kwargs))
+        return await asyncio.to_thread(reader.get_all, tenant or self.tenant, filters, **kwargs)
 
     async def search(
         self,
@@ -453,10 +510,11 @@ class Memstream:
         self.settings.limits.check_query(query)
         self.settings.limits.check_filters(filters)
         await self._fresh(consistent)
+        reader = await self._reader_for(tenant or self.tenant, _candidate(kwargs))
         started = time.perf_counter()
         try:
             return await asyncio.to_thread(
-                self.reader.search, tenant or self.tenant, query, filters, **kwargs
+                reader.search, tenant or self.tenant, query, filters, **kwargs
             )
         finally:
             metrics.SEARCH_SECONDS.observe(time.perf_counter() - started)
@@ -723,6 +781,16 @@ class Memstream:
         end = await self.log.end_offsets()
         metrics.set_projector_lag(end, self.projector.generation().checkpoint())
         return metrics.exposition()
+
+
+def _candidate(kwargs: dict[str, Any]) -> str | None:
+    """Take `candidate` (a reinfer proposal id) out of a read's keyword arguments."""
+    candidate = kwargs.pop("candidate", None)
+    if candidate is not None and kwargs.get("as_of") is not None:
+        from memstream.errors import ValidationError
+
+        raise ValidationError("as_of: not offered on a reinfer candidate (it is one state)")
+    return candidate
 
 
 def _report_dispatcher_end(task: asyncio.Task[None]) -> None:

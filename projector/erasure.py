@@ -116,6 +116,14 @@ def purge_all(gen: Generation, cache: EmbeddingCache) -> None:
             purge(table)
 
 
+def purge_generation(gen: Generation) -> None:
+    """Make the scrubs of a generation other than the live one physical (a reinfer
+    candidate); the shared embedding cache is purged with the live generation."""
+    for table in (gen.memories(), gen.events()):
+        if table is not None:
+            purge(table)
+
+
 def sealed_keys(gen: Generation, subject: Subject | None = None) -> dict[Subject, set[str]]:
     """The key ids the live generation's rows were sealed under, by owning subject (all of
     them, or one subject's). Whoever keeps those whose key the store no longer has (an erase

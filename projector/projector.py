@@ -71,6 +71,7 @@ __all__ = [
 ]
 
 log = logging.getLogger("memstream.projector")
+Rewrite = Callable[[list[tuple[Event, Position]]], list[tuple[Event, Position]]]
 
 # Superseded LanceDB versions older than this are deleted when a table is compacted (Lance's
 # default keeps them 7 days: disk grew with every write and compaction). Readers use
@@ -516,6 +517,7 @@ class Projector:
         *,
         live: bool,
         keys_fresh: bool = True,
+        rewrite: Rewrite | None = None,
     ) -> Offsets:
         """Decode, decide and write one batch; returns the new checkpoint (written last).
 
@@ -525,7 +527,8 @@ class Projector:
         table cannot hold are appended rather than merged; without one, every key is read.
         A replay passes the index of what it has written to its new generation so far.
         Unless `keys_fresh`, an event whose key is not found raises _KeysUnseen (see
-        `_applied`) instead of being applied as erased.
+        `_applied`) instead of being applied as erased. `rewrite` (a reinfer candidate's
+        fold, projector/candidate.py) changes the decoded events before they are applied.
         """
         events: list[tuple[Event, Position]] = []
         poison: list[tuple[LogRecord, str]] = []
@@ -540,6 +543,8 @@ class Projector:
                 poison.append((r, reason))
         if not keys_fresh and any(e.erased for e, _ in events):
             raise _KeysUnseen
+        if rewrite is not None:
+            events = rewrite(events)
         self.poison.quarantined += markers
         if poison:
             self._dead_letter(poison)
@@ -639,7 +644,14 @@ class Projector:
             erasure.scrub(gen, self.cache, self.data_dir, erased)
             self._recent.forget(erased.subject())
         if gen is self._gen:
+            # reinfer candidates are derived from the same log: scrubbed with the live one
+            candidates = [self.store.open(name) for name in self.store.candidates()]
+            for other in candidates:
+                for erased in state.erasures:
+                    erasure.scrub(other, self.cache, self.data_dir, erased)
             erasure.purge_all(gen, self.cache)
+            for other in candidates:
+                erasure.purge_generation(other)
             self.store.drop_retired()  # a replaced generation still holds the plaintext
             self.store.drop_abandoned()  # and so does one a killed replay left
             drop_scratch(self.data_dir)  # and a crashed export's scratch files
@@ -718,14 +730,51 @@ class Projector:
         self.generation()
         return new
 
+    async def build_candidate(
+        self,
+        rewrite: Rewrite,
+        marker: Callable[[Offsets], dict[str, Any]],
+        progress: Callable[[int, int], Any] | None = None,
+    ) -> Generation:
+        """Fold the whole log through `rewrite` into a new generation that is never promoted
+        but kept as a candidate (`ProjectionStore.mark_candidate`, with `marker(checkpoint)`).
+        Finished under the flock at the log's end, as a replay is: an erasure appended
+        before that is folded in, one appended after it scrubs the candidate (`_scrub`)."""
+        async with self._alock:
+            end = await self.log.end_offsets()
+            new = self.store.new_generation()
+            self._keys_stale = True
+            try:
+                with _fewer_collections():
+                    await self._rebuild(
+                        new, end, None, progress, rewrite=rewrite,
+                        finish=lambda gen: self.store.mark_candidate(
+                            gen.path.name, marker(gen.checkpoint())
+                        ),
+                    )  # fmt: skip
+            except BaseException:
+                self._unpurged.discard(new.path)
+                self.store.abandon(new.path.name)
+                raise
+        return new
+
+    async def drop_candidate(self, name: str) -> None:
+        """Delete a candidate generation, under the flock (an erasure may be scrubbing it)."""
+        async with self._alock, self._flock():
+            self.store.drop(name)
+
     async def _rebuild(
         self,
         new: Generation,
         end: Offsets,
         to: Offsets | None,
         progress: Callable[[int, int], Any] | None,
+        *,
+        rewrite: Rewrite | None = None,
+        finish: Callable[[Generation], None] | None = None,
     ) -> None:
-        """Apply the log from offset 0 to `to` (or its end) into `new`, then promote it."""
+        """Apply the log from offset 0 to `to` (or its end) into `new`, then promote it (or
+        hand it to `finish`, under the flock)."""
         reader = await self.log.reader({})
         try:
             target = dict(to) if to is not None else end
@@ -746,7 +795,10 @@ class Projector:
                             if new.path in self._unpurged:
                                 erasure.purge_all(new, self.cache)
                                 self._unpurged.discard(new.path)
-                            self.store.promote(new.path.name)
+                            if finish is None:
+                                self.store.promote(new.path.name)
+                            else:
+                                finish(new)
                             break
                 batch = await reader.next_batch(max(self.batch_size, REPLAY_BATCH), timeout_s=0.5)
                 if to is not None:  # nothing past the pinned position
@@ -754,7 +806,9 @@ class Projector:
                         r for r in batch if r.position.offset < to.get(r.position.partition, 0)
                     ]
                 if batch:
-                    cp = await self._applied(self._apply_batch, new, batch, cp, written, live=False)
+                    cp = await self._applied(
+                        self._apply_batch, new, batch, cp, written, live=False, rewrite=rewrite
+                    )
                     done += len(batch)
                     if progress is not None:
                         progress(done, max(total, done))

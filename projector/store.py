@@ -3,7 +3,9 @@
 A generation is a directory holding the LanceDB tables (`memories`, `events`) and the
 checkpoint (next log offset per partition) they reflect. `CURRENT` names the live one;
 `replay` builds a new generation from offset 0 and swaps `CURRENT` atomically, so readers
-never see a half-built projection. Wiping `projections/` is safe: the next catch-up rebuilds
+never see a half-built projection. A generation marked `CANDIDATE` is a fold of the log with
+a `reinfer` proposal substituted (projector/candidate.py): never live, read on request, kept
+until discarded or swapped in, and scrubbed by every erasure like the live one. Wiping `projections/` is safe: the next catch-up rebuilds
 from the log. The embedding cache lives outside generations so replay does not pay for the
 model twice.
 """
@@ -43,6 +45,7 @@ RETIRED = "RETIRED"  # marker file in a generation a promote replaced: time.time
 RETIRED_GRACE_S = 300.0  # how long a replaced generation stays for readers still on it
 BUILDING = "BUILDING"  # lock file a replay holds (flock) while it builds a generation
 YOUNG_S = 60.0  # a generation (or temp file) this new may still be getting its lock file
+CANDIDATE = "CANDIDATE"  # marker (JSON) of a finished reinfer candidate generation
 
 
 def _atomic_write(path: Path, text: str) -> None:
@@ -273,8 +276,9 @@ class ProjectionStore:
 
     def drop_abandoned(self) -> list[str]:
         """Delete what killed replays left: generations that are not live, not retired (see
-        `drop_retired`) and not being built by a live process, and stale temp files. They
-        hold plaintext that no erasure would otherwise reach."""
+        `drop_retired`), not a finished candidate (see `mark_candidate`) and not being built
+        by a live process, and stale temp files. They hold plaintext that no erasure would
+        otherwise reach."""
         now, current, dropped = time.time(), self.current_name(), []
         for path in self.root.iterdir():
             if path.is_file() and path.name.endswith(".tmp") and now - _mtime(path) > YOUNG_S:
@@ -282,7 +286,7 @@ class ProjectionStore:
                 continue
             if not path.is_dir() or path.name == current or path.name in self._building:
                 continue
-            if (path / RETIRED).exists():
+            if (path / RETIRED).exists() or (path / CANDIDATE).exists():
                 continue
             lock = path / BUILDING
             if not lock.exists():
@@ -304,6 +308,29 @@ class ProjectionStore:
             shutil.rmtree(path, ignore_errors=True)
             dropped.append(path.name)
         return dropped
+
+    def mark_candidate(self, name: str, info: dict[str, Any]) -> None:
+        """Keep a generation this process built as a candidate (never live): the marker is
+        written before the BUILDING lock goes, so `drop_abandoned` never sees it unclaimed."""
+        _atomic_write(self.root / name / CANDIDATE, json.dumps(info, sort_keys=True))
+        self._release(name)
+
+    def candidates(self) -> dict[str, dict[str, Any]]:
+        """Finished candidate generations: name -> their marker."""
+        found: dict[str, dict[str, Any]] = {}
+        for marker in sorted(self.root.glob(f"*/{CANDIDATE}")):
+            with contextlib.suppress(OSError, ValueError):
+                found[marker.parent.name] = json.loads(marker.read_text())
+        return found
+
+    def open(self, name: str) -> Generation:
+        """An existing generation by name (for reading a candidate)."""
+        return Generation(self.root / name, self.meta(name).dim)
+
+    def drop(self, name: str) -> None:
+        """Delete a generation that is not live (a discarded or swapped-in candidate)."""
+        if name != self.current_name():
+            shutil.rmtree(self.root / name, ignore_errors=True)
 
     def promote(self, name: str) -> None:
         """Make `name` the live generation. The one it replaces is kept for

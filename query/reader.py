@@ -13,6 +13,7 @@ from memstream.errors import NotFoundError, ValidationError
 from memstream.events import now_ms
 from memstream.models import HistoryEntry, MemoryView, Page, Tenant
 from memstream.projector.projector import Projector
+from memstream.projector.store import Generation
 from memstream.query.explain import explain
 from memstream.query.filters import CompiledFilter, compile_filters, exact_lance_filter
 from memstream.query.retention import date_expired, policy_expires, visible
@@ -42,7 +43,8 @@ def tenant_predicate(tenant: Tenant) -> str:
 class MemoryReader:
     """`scoped`: lead with the filter's most selective indexed equality and check the rest
     here (`query/scoped.py`); False sends the whole predicate to Lance (the plan before,
-    kept for comparison in tests and bench/)."""
+    kept for comparison in tests and bench/). `generation`: read that generation (a reinfer
+    candidate) instead of the live one; as-of reads are not offered on it."""
 
     def __init__(
         self,
@@ -51,11 +53,16 @@ class MemoryReader:
         scoped: bool = True,
         max_search_rows: int = MAX_SEARCH_ROWS,
         max_get_all_rows: int = MAX_GET_ALL_ROWS,
+        generation: Generation | None = None,
     ) -> None:
         self.projector = projector
+        self._fixed = generation  # a reinfer candidate to read instead of the live generation
         self.scoped = scoped
         self.max_search_rows = max_search_rows
         self.max_get_all_rows = max_get_all_rows
+
+    def _generation(self) -> Generation:
+        return self._fixed if self._fixed is not None else self.projector.generation()
 
     def _compile(self, tenant: Tenant, filters: Mapping[str, Any] | None) -> CompiledFilter:
         return compile_filters(filters, org_id=tenant.org_id, project_id=tenant.project_id)
@@ -68,7 +75,7 @@ class MemoryReader:
         return f"({pred}) AND {visible(self.policies(tenant), now_ms())}"
 
     def policies(self, tenant: Tenant) -> list[dict[str, Any]]:
-        rows = self.projector.generation().query_policies(tenant_predicate(tenant))
+        rows = self._generation().query_policies(tenant_predicate(tenant))
         return sorted(rows, key=lambda r: r["policy_id"])
 
     def get(self, tenant: Tenant, memory_id: str, *, as_of: Any = None) -> MemoryView:
@@ -76,7 +83,7 @@ class MemoryReader:
             raise ValidationError("memory_id: must be a non-empty string")
         if as_of is not None:  # point-in-time: a fold of the events table (query/timetravel.py)
             return PointInTime(self.projector).get(tenant, memory_id, as_of)
-        rows = self.projector.generation().query_memories(
+        rows = self._generation().query_memories(
             f"{tenant_predicate(tenant)} AND id = {sql_str(memory_id)}", MEMORY_COLUMNS
         )
         if not rows:
@@ -102,7 +109,7 @@ class MemoryReader:
                 tenant, filters, as_of, page=page, page_size=page_size, show_expired=show_expired
             )
         compiled = self._compile(tenant, filters)
-        gen = self.projector.generation()
+        gen = self._generation()
         lead = lead_predicate(compiled.ast) if self.scoped else None
         table = gen.memories() if lead is not None else None
         if lead is not None and table is not None:  # the scoped plan (query/scoped.py)
@@ -166,7 +173,7 @@ class MemoryReader:
         """The nearest live rows with every projection column and `score` (0..1), nearest
         first. Inference reads these: it needs each memory's version (`last_offset`)."""
         compiled = self._compile(tenant, filters)
-        table = self.projector.generation().memories()
+        table = self._generation().memories()
         if table is None:
             return []
         vector = self.projector.embedder.embed_one(query.strip())
@@ -201,20 +208,20 @@ class MemoryReader:
 
     def history(self, tenant: Tenant, memory_id: str) -> list[HistoryEntry]:
         """Every event of a memory, in log order: the log is the audit trail."""
-        rows = self.projector.generation().query_events(
+        rows = self._generation().query_events(
             f"{tenant_predicate(tenant)} AND (memory_id = {sql_str(memory_id)} "
             f"OR resolved_memory_id = {sql_str(memory_id)})"
         )
         if not rows:
             raise NotFoundError(f"Memory not found: {memory_id}")
         rows.sort(key=lambda r: (r["occurred_at"], r["partition"], r["offset"]))
-        why = explain(self.projector.generation(), rows)
+        why = explain(self._generation(), rows)
         return [HistoryEntry.from_row(r, inference=why.get(r["event_id"])) for r in rows]
 
     def due_for_expiry(self, now: int) -> list[tuple[dict[str, Any], str, str | None]]:
         """Live memories, in every project, that expired by `now` but have no MemoryExpired
         yet: (row, reason, policy_id), by date first, then by each project's policies."""
-        gen = self.projector.generation()
+        gen = self._generation()
         due: dict[str, tuple[dict[str, Any], str, str | None]] = {}
         for row in gen.query_memories(
             f"expired_at IS NULL AND {date_expired(now)}", MEMORY_COLUMNS
@@ -228,12 +235,12 @@ class MemoryReader:
         return sorted(due.values(), key=lambda d: (d[0]["created_at"], d[0]["id"]))
 
     def events_for_request(self, tenant: Tenant, request_id: str) -> list[dict[str, Any]]:
-        rows = self.projector.generation().query_events(
+        rows = self._generation().query_events(
             f"{tenant_predicate(tenant)} AND request_id = {sql_str(request_id)}"
         )
         rows.sort(key=lambda r: (r["partition"], r["offset"]))
         return rows
 
     def outcomes(self, event_ids: list[str]) -> dict[str, dict[str, Any]]:
-        rows = self.projector.generation().query_events(sql_in("event_id", event_ids))
+        rows = self._generation().query_events(sql_in("event_id", event_ids))
         return {r["event_id"]: r for r in rows}

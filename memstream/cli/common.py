@@ -185,3 +185,9 @@ Filters = typer.Option(None, "--filters", help='JSON, e.g. \'{"user_id": "alice"
 AsOfOption = typer.Option(
     None, "--as-of", help="read the log as it was: ISO-8601 time, or log position 0:1234"
 )
+CandidateOption = typer.Option(
+    None,
+    "--candidate",
+    help="read a reinfer proposal's candidate generation instead of the live memories "
+    "(`memstream reinfer list`)",
+)

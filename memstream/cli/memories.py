@@ -16,6 +16,7 @@ from memstream.cli.common import (
     AgentId,
     AppId,
     AsOfOption,
+    CandidateOption,
     Filters,
     RunId,
     UserId,
@@ -98,6 +99,7 @@ def search(
     threshold: float = typer.Option(None, "--threshold", help="minimum score 0..1"),
     show_expired: bool = typer.Option(False, "--show-expired"),
     as_of: str = AsOfOption,
+    candidate: str = CandidateOption,
 ) -> None:
     """Semantic search within a scope."""
     f = entity_filters(
@@ -105,7 +107,13 @@ def search(
     )
     found = run(
         lambda ms: ms.search(
-            query, f, top_k=top_k, threshold=threshold, show_expired=show_expired, as_of=as_of
+            query,
+            f,
+            top_k=top_k,
+            threshold=threshold,
+            show_expired=show_expired,
+            as_of=as_of,
+            candidate=candidate,
         )
     )
     emit({"results": [m.to_api() for m in found]}, lambda: memory_table(found, f"search: {query}"))
@@ -122,6 +130,7 @@ def get_all(
     page_size: int = typer.Option(100, "--page-size"),
     show_expired: bool = typer.Option(False, "--show-expired"),
     as_of: str = AsOfOption,
+    candidate: str = CandidateOption,
 ) -> None:
     """List the memories of a scope, newest first."""
     f = entity_filters(
@@ -129,7 +138,12 @@ def get_all(
     )
     result = run(
         lambda ms: ms.get_all(
-            f, page=page, page_size=page_size, show_expired=show_expired, as_of=as_of
+            f,
+            page=page,
+            page_size=page_size,
+            show_expired=show_expired,
+            as_of=as_of,
+            candidate=candidate,
         )
     )
     emit(
