@@ -45,7 +45,8 @@ from memstream.producers.inference import (
     SettingsCache,
     check_request,
 )
-from memstream.producers.reinfer import MAX_CONVERSATIONS, Proposals, ReinferPlan, Reinferrer
+from memstream.producers.proposals import Proposals, ReinferPlan
+from memstream.producers.reinfer import MAX_CONVERSATIONS, Reinferrer
 from memstream.producers.writer import MemoryWriter, RetentionWriter, SubjectEraser
 from memstream.projector.projector import Projector, covers
 from memstream.projector.store import Generation, live_embedder
