@@ -222,7 +222,7 @@ def test_a_memory_changed_after_the_proposal_stops_the_swap(
     go(with_llm(settings, llm), body)
 
 
-def test_selection_is_bounded_and_by_entity_ids_only(tmp_path: Path, llm: ScriptedLLM) -> None:
+def test_selection_is_bounded_by_entity_ids_only_and_one_shot_swap(tmp_path: Path, llm: ScriptedLLM) -> None:
     async def body(ms: Memstream) -> None:
         await recorded(ms, llm)
         ends = await ms.log.end_offsets()
@@ -235,6 +235,16 @@ def test_selection_is_bounded_and_by_entity_ids_only(tmp_path: Path, llm: Script
             )
         assert await ms.log.end_offsets() == ends and llm.remaining() == 0
         assert len(llm.requests) == 8  # the recorded adds' only
+
+        # one scope, proposed and swapped in at once
+        llm.push(facts("Loves jazz"), decide({"id": "n", "text": "Loves jazz", "event": "ADD"}))
+        plan, applied = await ms.reinfer(model="model-new", user_id="carol", swap=True)
+        assert applied is not None and sorted(r.event for r in applied) == ["ADD", "DELETE"]
+        assert list((await memories(ms, "carol")).values()) == ["Loves jazz"]
+        assert [
+            (p["proposal_id"], p["scopes"], p["swapped_scopes"], p["generation"])
+            for p in await ms.reinfer_proposals()
+        ] == [(plan.proposal_id, 1, 1, None)]
 
     settings = Settings(data_dir=tmp_path / "data", embedder="hashing")
     go(with_llm(settings, llm), body)

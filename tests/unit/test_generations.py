@@ -116,3 +116,31 @@ def test_what_a_killed_replay_left_is_dropped_but_a_live_replay_is_not(tmp_path:
     finally:
         child.kill()
         child.wait(timeout=30)
+
+
+def test_a_finished_candidate_outlives_the_clean_up_and_a_half_built_one_does_not(
+    tmp_path: Path,
+) -> None:
+    """A reinfer candidate is kept (marked) until discarded; a candidate whose build was
+    killed before it was marked is what `drop_abandoned` removes at start-up."""
+    import os
+    import time
+
+    from memstream.projector.store import BUILDING, CANDIDATE
+
+    store = ProjectionStore(tmp_path, dim=8, embedder="hashing-8", log_identity="file")
+    live = store.current().path
+    kept = store.new_generation().path
+    store.mark_candidate(kept.name, {"proposal": "p1"})
+    assert (kept / CANDIDATE).exists() and not (kept / BUILDING).exists()
+    killed = store.new_generation().path
+    os.close(store._building.pop(killed.name))  # as if its process were gone: lock released
+    os.utime(killed, (time.time() - 3600, time.time() - 3600))
+    fresh = ProjectionStore(tmp_path, dim=8, embedder="hashing-8", log_identity="file")
+    assert fresh.drop_abandoned() == [killed.name]
+    assert kept.exists() and live.exists()
+    assert fresh.candidates() == {kept.name: {"proposal": "p1"}}
+    assert fresh.open(kept.name).path == kept
+    fresh.drop(live.name)  # never the live one
+    fresh.drop(kept.name)
+    assert live.exists() and not kept.exists() and fresh.candidates() == {}
