@@ -31,7 +31,7 @@ from memstream.errors import (
     MemstreamError,
     ValidationError,
 )
-from memstream.events import Event, MemoryAdded, text_hash
+from memstream.events import Event, MemoryAdded, SubjectErased, text_hash
 from memstream.fsutil import drop_scratch
 from memstream.keystore.base import KeyStore
 from memstream.log.base import EventLog, LogReader, LogRecord, Offsets, Position
@@ -644,14 +644,8 @@ class Projector:
             erasure.scrub(gen, self.cache, self.data_dir, erased)
             self._recent.forget(erased.subject())
         if gen is self._gen:
-            # reinfer candidates are derived from the same log: scrubbed with the live one
-            candidates = [self.store.open(name) for name in self.store.candidates()]
-            for other in candidates:
-                for erased in state.erasures:
-                    erasure.scrub(other, self.cache, self.data_dir, erased)
+            self._scrub_candidates(state.erasures)
             erasure.purge_all(gen, self.cache)
-            for other in candidates:
-                erasure.purge_generation(other)
             self.store.drop_retired()  # a replaced generation still holds the plaintext
             self.store.drop_abandoned()  # and so does one a killed replay left
             drop_scratch(self.data_dir)  # and a crashed export's scratch files
@@ -659,6 +653,21 @@ class Projector:
             self._unpurged.add(gen.path)
             if (cache_table := self.cache.table()) is not None:  # the cache is live
                 erasure.purge(cache_table)
+
+    def _scrub_candidates(self, erasures: list[SubjectErased]) -> None:
+        """Reinfer candidates (projector/candidate.py) are derived from the same log: the
+        live generation's erasures are applied to them too. One that cannot be scrubbed is
+        deleted instead (it can be rebuilt from the log), never left holding the text, and
+        never in the way of the live projection."""
+        for name in self.store.candidates():
+            try:
+                other = self.store.open(name)
+                for erased in erasures:
+                    erasure.scrub(other, self.cache, self.data_dir, erased)
+                erasure.purge_generation(other)
+            except Exception:
+                log.exception("could not scrub the reinfer candidate %s: deleting it", name)
+                self.store.drop(name)
 
     def _vectors(self, state: BatchState, cached: DigestSet | None) -> dict[str, np.ndarray]:
         """The vectors of the rows whose text this batch set (id -> vector)."""

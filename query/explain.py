@@ -11,6 +11,7 @@ import json
 from typing import Any
 
 from memstream.models import iso_ms
+from memstream.projector.candidate import PROPOSAL_SOURCE, SWAP_SOURCE
 from memstream.projector.store import Generation
 from memstream.sqlutil import sql_in, sql_str
 
@@ -90,7 +91,11 @@ def caused_by_messages(gen: Generation, messages_event_id: str) -> list[dict[str
     log order: what GET /v1/event/{id}/ reports once the in-process task is gone (another
     server, a restart). None when no decision names that conversation (yet)."""
     pattern = sql_str(f'%"messages_event_id": {json.dumps(messages_event_id)}%')
-    decisions = gen.query_events(f"event_type = 'InferenceDecided' AND payload LIKE {pattern}")
+    # a reinfer proposal or swap names a conversation too, but did not answer that add
+    decisions = gen.query_events(
+        f"event_type = 'InferenceDecided' AND payload LIKE {pattern} AND (actor_source IS NULL "
+        f"OR actor_source NOT IN ({sql_str(PROPOSAL_SOURCE)}, {sql_str(SWAP_SOURCE)}))"
+    )
     if not decisions:
         return None
     ids = [d["event_id"] for d in decisions]

@@ -211,11 +211,13 @@ def _print_plan(result: dict[str, Any]) -> None:
                 out.print(f"{r['event']:<8} {r['id']}  {r.get('memory') or ''}", highlight=False)
         else:
             out.print(
-                f"proposal {proposal}, candidate generation {result['generation']} (nothing "
-                f"live changed).\n  read it:  memstream search QUERY --candidate {proposal} ..."
-                f"\n  swap in:  memstream reinfer swap {proposal}"
-                f"\n  drop it:  memstream reinfer discard {proposal}",
+                f"nothing live changed. proposal: {proposal}\n"
+                f"candidate generation: {result['generation']}\n"
+                f"  read it:  memstream search QUERY --candidate {proposal} ...\n"
+                f"  swap in:  memstream reinfer swap {proposal}\n"
+                f"  drop it:  memstream reinfer discard {proposal}",
                 highlight=False,
+                soft_wrap=True,
             )
 
     emit(result, human)

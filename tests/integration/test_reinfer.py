@@ -222,7 +222,9 @@ def test_a_memory_changed_after_the_proposal_stops_the_swap(
     go(with_llm(settings, llm), body)
 
 
-def test_selection_is_bounded_by_entity_ids_only_and_one_shot_swap(tmp_path: Path, llm: ScriptedLLM) -> None:
+def test_selection_is_bounded_by_entity_ids_only_and_one_shot_swap(
+    tmp_path: Path, llm: ScriptedLLM
+) -> None:
     async def body(ms: Memstream) -> None:
         await recorded(ms, llm)
         ends = await ms.log.end_offsets()
