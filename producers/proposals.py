@@ -280,7 +280,8 @@ class Proposals(MemoryWriter):
         adopted = {Scope.of_row(r) for r in self._proposal_rows(tenant, proposal_id, SWAP_SOURCE)}
         pending = [(e, pos) for e, pos in located if e.scope not in adopted]
         plan = self._plan_of(proposal_id, located)
-        if not pending:  # swapped before: its answer again
+        if not pending:  # swapped before: its answer again (and no candidate left behind)
+            await self.discard(tenant, proposal_id)
             rows = self.reader.events_for_request(tenant, proposal_id)
             return plan, [
                 _inferred_result(r) for r in rows
