@@ -34,6 +34,11 @@ def raw_encoder(run: Run, embedder: Embedder) -> Callable[[str], Any]:
     return embedder.embed_one
 
 
+# two scores this close are a tie: memstream ranks by a float32 dot product, Lance by its
+# cosine distance, and the two round differently in the last digits (0.321541 vs 0.321542)
+TIE = 1e-5
+
+
 def search_filters(user: str, other: str) -> dict[str, dict[str, Any]]:
     return {
         "scoped": {"user_id": user},
@@ -141,7 +146,7 @@ async def stage_search(run: Run, wl: Workload, data_dir: Path) -> None:
             return time.perf_counter() - t, out
 
         mismatches = 0
-        recall_hits = recall_total = short = 0
+        recall_hits = recall_total = short = ties_at_boundary = 0
         plans = ("ms", "nc", "raw", "best", "old")
         for variant in ("scoped", "wildcard", "list"):
             t: dict[str, list[float]] = {k: [] for k in plans}
@@ -172,7 +177,13 @@ async def stage_search(run: Run, wl: Workload, data_dir: Path) -> None:
                 ids, want = [m.id for m in found], exact["id"].to_pylist()
                 if ids != want:
                     mismatches += 1
-                recall_hits += len(set(ids) & set(want))
+                # rows whose score ties the exact answer's last one are equally right:
+                # memstream breaks ties by id, Lance in no stated order (a tie at the
+                # boundary was the only difference in the 1M run's mismatches)
+                last = 1.0 - exact["_distance"][-1].as_py() if want else 0.0
+                tied = {m.id for m in found if m.id not in want and m.score >= last - TIE}
+                ties_at_boundary += bool(tied)
+                recall_hits += min(len(want), len(set(ids) & set(want)) + len(tied))
                 recall_total += len(want)
                 short += len(ids) < len(want)
                 if i >= warm:
@@ -224,6 +235,7 @@ async def stage_search(run: Run, wl: Workload, data_dir: Path) -> None:
             "plan_before_p50_ms": p50(every["old"]),
             "result_mismatches_vs_raw": mismatches,
             "answers_shorter_than_exact": short,
+            "answers_differing_only_by_tied_rows": ties_at_boundary,
             "raw_is": "LanceDB table.search(vec).metric('cosine').where(P, prefilter=True)"
             ".select(same columns).limit(10).to_arrow() on a plain connection, plus one encode "
             "of the query by the bare model; P is the whole predicate (search_raw_p50_ms) or "
@@ -231,7 +243,8 @@ async def stage_search(run: Run, wl: Workload, data_dir: Path) -> None:
             "columns index-free (lead_first); search_best_raw_p50_ms is the faster of the two "
             "per filter variant",
             "recall_is": "share of the exact top-10 (raw, whole predicate: a flat prefiltered "
-            "search is exact) that memstream returned",
+            "search is exact; a row whose score ties the exact answer's last score counts as "
+            "a hit, since the order among equal scores is arbitrary) that memstream returned",
             "plan_before_is": "MemoryReader(scoped=False): memstream's whole predicate in "
             "LanceDB, as before issue 16 (search_plan_speedup = its p50 / search_p50_ms)",
         }
