@@ -69,6 +69,14 @@ SEARCH_SECONDS = Histogram(
     buckets=_LATENCY_BUCKETS,
     registry=REGISTRY,
 )
+INFERENCE_PHASE_SECONDS = Histogram(
+    "memstream_inference_phase_seconds",
+    "Wall time of each phase of an inferred add (validate, catch_up, llm_extract, embed, "
+    "search, llm_decide, seal, append, projection_wait, ...)",
+    ["phase"],
+    buckets=_LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
 WEBHOOK_DELIVERIES = Counter(
     "memstream_webhook_deliveries",
     "Webhook delivery attempts by outcome: succeeded, retried (an attempt failed, another "
@@ -91,9 +99,10 @@ WEBHOOK_LAG = Gauge(
 
 _appended: dict[str, Any] = {}
 _projected: dict[str, Any] = {}
+_phases: dict[str, Any] = {}
 
 
-def _child(counter: Counter, cache: dict[str, Any], label: str) -> Any:
+def _child(counter: Counter | Histogram, cache: dict[str, Any], label: str) -> Any:
     child = cache.get(label)
     if child is None:
         child = cache[label] = counter.labels(label)
@@ -109,6 +118,10 @@ def count_projected(event_types: Iterable[str], batch_size: int) -> None:
     for kind, n in Tally(event_types).items():
         _child(EVENTS_PROJECTED, _projected, kind).inc(n)
     PROJECTOR_BATCH.observe(batch_size)
+
+
+def observe_inference_phase(phase: str, seconds: float) -> None:
+    _child(INFERENCE_PHASE_SECONDS, _phases, phase).observe(seconds)
 
 
 def set_projector_lag(end: dict[int, int], checkpoint: dict[int, int]) -> None:

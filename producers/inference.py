@@ -44,6 +44,7 @@ from memstream.log.base import EventLog
 from memstream.models import Tenant, WriteResult
 from memstream.producers import prompts
 from memstream.producers import validation as v
+from memstream.producers.phases import Phases
 from memstream.producers.writer import MemoryWriter, _Producer
 from memstream.projector.projector import Projector
 from memstream.query.reader import MemoryReader
@@ -229,6 +230,8 @@ class InferenceWriter(MemoryWriter):
         self._locks: weakref.WeakValueDictionary[Scope, asyncio.Lock] = (
             weakref.WeakValueDictionary()
         )
+        # called with each inferred add's time per phase (bench/inference.py)
+        self.on_phases: Callable[[Phases], None] | None = None
 
     def _lock(self, scope: Scope) -> asyncio.Lock:
         lock = self._locks.get(scope)
@@ -257,6 +260,7 @@ class InferenceWriter(MemoryWriter):
         wait: bool = True,
         messages_event_id: str | None = None,
     ) -> list[WriteResult]:
+        phases = Phases()
         req = v.add_request(
             tenant.org_id, tenant.project_id, messages, v.conversation, self.limits,
             user_id=user_id, agent_id=agent_id, app_id=app_id, run_id=run_id,
@@ -265,18 +269,26 @@ class InferenceWriter(MemoryWriter):
         )  # fmt: skip
         scope, conversation, meta, cats = req.scope, req.messages, req.metadata, req.categories
         expires, rid = req.expiration_date, req.request_id
+        phases.mark("validate")
         if (previous := await self._replayed(tenant, rid)) is not None:
             return previous
         key = await self._key(scope)
         assert key is not None  # Scope.of requires an entity
         who = actor or Actor()
+        phases.mark("key")
         async with self._lock(scope):
+            phases.mark("lock")
             await self.projector.catch_up()  # the LLM must see every earlier decision
+            phases.mark("catch_up")
             settings = self.settings.get(tenant)
-            outcome = await decide(
-                self.llm, settings, conversation,
-                lambda facts: asyncio.to_thread(self._retrieve, tenant, scope, facts),
-            )  # fmt: skip
+            phases.mark("settings")
+
+            async def retrieve(facts: list[str]) -> list[Shown]:
+                shown = await asyncio.to_thread(self._retrieve, tenant, scope, facts)
+                phases.mark("retrieve")
+                return shown
+
+            outcome = await decide(self.llm, settings, conversation, retrieve, phases)
             decisions = outcome.decisions
             by_temp = outcome.by_temp
             recorded = MessagesRecorded(
@@ -307,11 +319,22 @@ class InferenceWriter(MemoryWriter):
                 if isinstance(event, MemoryUpdated | MemoryDeleted) and d.id in by_temp:
                     previous_text[event.event_id] = by_temp[d.id].text
                 changes.append(event)
-            positions = await self._append([recorded, decision, *changes], wait=False)
+            phases.mark("build")
+            positions = await self._append([recorded, decision, *changes], False, phases)
         if not wait:
+            self._observe(phases)
             return [_pending_result(e, previous_text) for e in changes]
         await self.projector.wait_for(positions)
-        return [_inferred_result(row) for row in await self._decisions(changes)]
+        phases.mark("projection_wait")
+        results = [_inferred_result(row) for row in await self._decisions(changes)]
+        phases.mark("results")
+        self._observe(phases)
+        return results
+
+    def _observe(self, phases: Phases) -> None:
+        phases.report()
+        if self.on_phases is not None:
+            self.on_phases(phases)
 
     def _retrieve(self, tenant: Tenant, scope: Scope, facts: list[str]) -> list[Shown]:
         """The scope's memories most similar to the facts (each fact's nearest first,
@@ -405,6 +428,7 @@ async def decide(
     settings: ProjectSettings,
     conversation: list[dict[str, str]],
     retrieve: Callable[[list[str]], Awaitable[list[Shown]]],
+    phases: Phases | None = None,
 ) -> Decided:
     """Extract facts, show the LLM the memories `retrieve` finds for them, and take its
     decisions: the pipeline's thinking, shared by `infer` and `reinfer` (which retrieves
@@ -416,6 +440,8 @@ async def decide(
         "facts",
     )
     facts = _clean_facts(extracted.parsed.facts)
+    if phases is not None:
+        phases.mark("llm_extract")
     usage = extracted.usage
     raw = [extracted.raw]
     shown: list[Shown] = []
@@ -428,6 +454,8 @@ async def decide(
             prompts.Decisions,
             "memory_decisions",
         )
+        if phases is not None:
+            phases.mark("llm_decide")
         usage = usage + decided.usage
         raw.append(decided.raw)
         decisions = decided.parsed.memory

@@ -36,6 +36,7 @@ from memstream.keystore.base import Subject, SubjectKey
 from memstream.log.base import EventLog, Position
 from memstream.models import UNSET, MemoryView, Tenant, WriteResult
 from memstream.producers import validation as v
+from memstream.producers.phases import Phases
 from memstream.projector import erasure
 from memstream.projector.projector import Projector
 from memstream.query.filters import compile_filters
@@ -65,11 +66,17 @@ class _Producer:
         subject = Subject.of_scope(scope)
         return await self.projector.keys.key_for(subject) if subject is not None else None
 
-    async def _append(self, events: list[Event], wait: bool = True) -> list[Position]:
+    async def _append(
+        self, events: list[Event], wait: bool = True, phases: Phases | None = None
+    ) -> list[Position]:
         """Seal each event's data under its subject's key, append, and (by default) wait."""
         self.projector.check_writable()  # a pinned projection (replay --to-position): 409
         messages = [message_of(e, await self._key(e.scope) if e.SEALED else None) for e in events]
+        if phases is not None:
+            phases.mark("seal")
         positions = await self.log.append(messages)
+        if phases is not None:
+            phases.mark("append")
         metrics.count_appended(e.event_type for e in events)
         self.projector.note_appended(positions)
         if wait:

@@ -81,6 +81,9 @@ class ScriptedLLM:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            # headers and body are two writes: with Nagle's algorithm the body waited for
+            # the client's delayed ACK (~40 ms on loopback), so a reply took its delay + 40 ms
+            disable_nagle_algorithm = True
 
             def log_message(self, *args: Any) -> None:
                 pass
