@@ -3,9 +3,10 @@ decisions are appended as facts.
 
 The pipeline (docs/inference.md): (1) extract facts from the messages, steered by the
 project's custom instructions; (2) retrieve the scope's most similar memories (the exact
-scope: implicit null scoping); (3) ask the LLM for ADD / UPDATE / DELETE / NONE per fact,
-showing it short temporary ids ("0", "1", ...) so a hallucinated id cannot reach another
-memory; (4) append, in one batch: `MessagesRecorded` (the input), `InferenceDecided` (model,
+scope: implicit null scoping; caught up and read while the extraction call is in flight,
+then every fact ranked against that one read); (3) ask the LLM for ADD / UPDATE / DELETE /
+NONE per fact, showing it short temporary ids ("0", "1", ...) so a hallucinated id cannot
+reach another memory; (4) append, in one batch: `MessagesRecorded` (the input), `InferenceDecided` (model,
 prompt, cost, raw output) and the memory events, each naming the decision. Both LLM calls
 happen before anything is appended: when the LLM fails, nothing is written.
 
@@ -27,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from memstream.crypto import keyed_hash
+from memstream.embedders.base import Embedder
 from memstream.errors import ValidationError
 from memstream.events import (
     Actor,
@@ -47,7 +49,7 @@ from memstream.producers import validation as v
 from memstream.producers.phases import Phases
 from memstream.producers.writer import MemoryWriter, _Producer
 from memstream.projector.projector import Projector
-from memstream.query.reader import MemoryReader
+from memstream.query.reader import MemoryReader, PreparedSearch
 from memstream.scope import ENTITY_FIELDS, Scope
 from memstream.settings import Limits
 from memstream.sqlutil import sql_str
@@ -135,6 +137,14 @@ class SettingsCache:
         value = read_project_settings(self.projector, tenant)
         self._by_tenant[tenant] = (now, value)
         return value
+
+    async def get_async(self, tenant: Tenant) -> ProjectSettings:
+        """`get`, with a miss's read of the events table (a scan of the project's events,
+        ~15 ms at a few thousand) off the event loop."""
+        hit = self._by_tenant.get(tenant)
+        if hit is not None and time.monotonic() - hit[0] < SETTINGS_TTL_S:
+            return hit[1]
+        return await asyncio.to_thread(self.get, tenant)
 
     def forget(self, tenant: Tenant) -> None:
         self._by_tenant.pop(tenant, None)
@@ -278,17 +288,25 @@ class InferenceWriter(MemoryWriter):
         phases.mark("key")
         async with self._lock(scope):
             phases.mark("lock")
-            await self.projector.catch_up()  # the LLM must see every earlier decision
-            phases.mark("catch_up")
-            settings = self.settings.get(tenant)
-            phases.mark("settings")
+            # the scope is read while the LLM extracts facts: caught up first, so the LLM
+            # sees every earlier decision (and, under the lock, this scope's last inference)
+            prefetch = asyncio.create_task(self._prefetch(tenant, scope, phases))
+            try:
+                settings = await self.settings.get_async(tenant)
+                phases.mark("settings")
 
-            async def retrieve(facts: list[str]) -> list[Shown]:
-                shown = await asyncio.to_thread(self._retrieve, tenant, scope, facts)
-                phases.mark("retrieve")
-                return shown
+                async def retrieve(facts: list[str]) -> list[Shown]:
+                    search = await prefetch
+                    phases.mark("prefetch_wait")
+                    embedder = self.projector.embedder
+                    return await asyncio.to_thread(nearest, search, embedder, facts, phases)
 
-            outcome = await decide(self.llm, settings, conversation, retrieve, phases)
+                outcome = await decide(self.llm, settings, conversation, retrieve, phases)
+            except BaseException:
+                # the LLM's error is the answer; the prefetch only caught up and read
+                await asyncio.gather(prefetch, return_exceptions=True)
+                raise
+            await prefetch  # (no facts: not awaited yet) its failure is the add's failure
             decisions = outcome.decisions
             by_temp = outcome.by_temp
             recorded = MessagesRecorded(
@@ -336,23 +354,17 @@ class InferenceWriter(MemoryWriter):
         if self.on_phases is not None:
             self.on_phases(phases)
 
-    def _retrieve(self, tenant: Tenant, scope: Scope, facts: list[str]) -> list[Shown]:
-        """The scope's memories most similar to the facts (each fact's nearest first,
-        interleaved), numbered "0", "1", ... in the order shown."""
-        filters = {name: getattr(scope, name) for name in ENTITY_FIELDS if getattr(scope, name)}
-        found: dict[str, dict[str, Any]] = {}
-        per_fact = [
-            self.reader.search_rows(tenant, fact, filters, top_k=PER_FACT) for fact in facts
-        ]
-        for rank in range(PER_FACT):
-            for hits in per_fact:
-                if rank < len(hits) and hits[rank]["id"] not in found and len(found) < MAX_SHOWN:
-                    found[hits[rank]["id"]] = hits[rank]
-        return [
-            Shown(str(i), row["id"], row["text"], row["hash"], int(row["last_offset"]),
-                  bool(row["immutable"]))
-            for i, row in enumerate(found.values())
-        ]  # fmt: skip
+    async def _prefetch(self, tenant: Tenant, scope: Scope, phases: Phases) -> PreparedSearch:
+        """Catch up with the log, then read the exact scope's live memories and vectors
+        (implicit null scoping: a user's add never sees that user's agent- or run-scoped
+        memories). Runs while the LLM extracts facts: its phases are charged as overlapped."""
+        started = time.perf_counter()
+        await self.projector.catch_up()
+        caught = time.perf_counter()
+        phases.overlap("catch_up", caught - started)
+        search = await asyncio.to_thread(self.reader.prepare_search, tenant, scope_filters(scope))
+        phases.overlap("fetch_scope", time.perf_counter() - caught)
+        return search
 
     def _event_of(
         self,
@@ -402,6 +414,42 @@ class InferenceWriter(MemoryWriter):
             scope=scope, memory_id=target.memory_id, actor=who, request_id=rid,
             reason="inference", decision_id=decision_id, expected_offset=target.last_offset,
         )  # fmt: skip
+
+
+def nearest(
+    search: PreparedSearch, embedder: Embedder, facts: list[str], phases: Phases | None = None
+) -> list[Shown]:
+    """The scope's memories most similar to the facts, as `shown_of` lists them: the facts
+    embedded in one batch, each ranked against the scope `search` read (once, beforehand).
+    The same as one `search_rows` per fact with an embedder whose batches equal its single
+    texts (tests/integration/test_inference_retrieval.py)."""
+    vectors = embedder.embed(facts)
+    if phases is not None:
+        phases.mark("embed")
+    per_fact = [search.rows(vector, PER_FACT) for vector in vectors]
+    if phases is not None:
+        phases.mark("search")
+    return shown_of(per_fact)
+
+
+def scope_filters(scope: Scope) -> dict[str, str]:
+    """The read filter of exactly `scope`: its entity ids; those it lacks must be null."""
+    return {name: value for name in ENTITY_FIELDS if (value := getattr(scope, name))}
+
+
+def shown_of(per_fact: list[list[dict[str, Any]]]) -> list[Shown]:
+    """Each fact's nearest memories interleaved (every fact's first, then every second...),
+    each memory once, at most MAX_SHOWN, numbered "0", "1", ... in that order."""
+    found: dict[str, dict[str, Any]] = {}
+    for rank in range(PER_FACT):
+        for hits in per_fact:
+            if rank < len(hits) and hits[rank]["id"] not in found and len(found) < MAX_SHOWN:
+                found[hits[rank]["id"]] = hits[rank]
+    return [
+        Shown(str(i), row["id"], row["text"], row["hash"], int(row["last_offset"]),
+              bool(row["immutable"]))
+        for i, row in enumerate(found.values())
+    ]  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,6 +7,7 @@ applies implicit null scoping, so no read can reach another tenant or widen by a
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from memstream.errors import NotFoundError, ValidationError
@@ -25,6 +26,7 @@ from memstream.query.scoped import (
     lead_predicate,
     rank,
 )
+from memstream.query.scoped import Scope as ScopeRows
 from memstream.query.timetravel import PointInTime
 from memstream.sqlutil import sql_in, sql_str
 
@@ -172,39 +174,27 @@ class MemoryReader:
     ) -> list[dict[str, Any]]:
         """The nearest live rows with every projection column and `score` (0..1), nearest
         first. Inference reads these: it needs each memory's version (`last_offset`)."""
+        prepared = self.prepare_search(tenant, filters, show_expired=show_expired)
+        if prepared.table is None:
+            return []
+        return prepared.rows(self.projector.embedder.embed_one(query.strip()), top_k)
+
+    def prepare_search(
+        self, tenant: Tenant, filters: Mapping[str, Any] | None, *, show_expired: bool = False
+    ) -> PreparedSearch:
+        """A search of `filters` with the projection read once, to rank any number of query
+        vectors (see `PreparedSearch`)."""
         compiled = self._compile(tenant, filters)
         table = self._generation().memories()
-        if table is None:
-            return []
-        vector = self.projector.embedder.embed_one(query.strip())
-        lead = lead_predicate(compiled.ast) if self.scoped else None
+        scope = None
+        lead = lead_predicate(compiled.ast) if self.scoped and table is not None else None
         if lead is not None:  # the scoped plan (query/scoped.py): exact, ties broken by id
             scope = fetch_scope(
                 table, lead, [*MEMORY_COLUMNS, "last_offset"], compiled.ast,
                 policies=None if show_expired else self.policies(tenant), now_ms=now_ms(),
                 max_rows=self.max_search_rows, with_vectors=True,
             )  # fmt: skip
-            if scope is not None:
-                assert scope.vectors is not None
-                distances = cosine_distances(scope.vectors, vector)
-                ranked = rank([r["id"] for r in scope.rows], distances, top_k)
-                return [self._scored(scope.rows[i], float(distances[i])) for i in ranked]
-        pred = self._live(tenant, exact_lance_filter(table, compiled), show_expired)
-        rows = (
-            table.search(vector)
-            .metric("cosine")
-            .where(pred, prefilter=True)
-            .select([*MEMORY_COLUMNS, "last_offset", "_distance"])
-            .limit(top_k)
-            .to_arrow()
-            .to_pylist()
-        )
-        return [self._scored(row, float(row["_distance"])) for row in rows]
-
-    @staticmethod
-    def _scored(row: dict[str, Any], distance: float) -> dict[str, Any]:
-        row["score"] = round(max(0.0, min(1.0, 1.0 - distance)), 6)
-        return row
+        return PreparedSearch(self, tenant, compiled, table, scope, show_expired)
 
     def history(self, tenant: Tenant, memory_id: str) -> list[HistoryEntry]:
         """Every event of a memory, in log order: the log is the audit trail."""
@@ -244,3 +234,53 @@ class MemoryReader:
     def outcomes(self, event_ids: list[str]) -> dict[str, dict[str, Any]]:
         rows = self._generation().query_events(sql_in("event_id", event_ids))
         return {r["event_id"]: r for r in rows}
+
+
+@dataclass
+class PreparedSearch:
+    """One search filter resolved against the projection once, ranking as many query
+    vectors as asked: `rows(v, k)` is exactly `search_rows` for a query embedding to `v`,
+    at the state the projection had when it was prepared.
+
+    Why: inference ranks every extracted fact against the same scope; reading the scope's
+    rows and vectors (`fetch_scope`, most of a search's cost) once instead of once per fact,
+    and while the LLM is still extracting, takes retrieval off the add's critical path.
+    When the scoped plan does not apply (no lead, or more rows than `max_search_rows`),
+    each vector is a Lance search of the whole predicate, as in `search_rows`."""
+
+    reader: MemoryReader
+    tenant: Tenant
+    compiled: CompiledFilter
+    table: Any  # None: the generation has no memories table yet (nothing to find)
+    scope: ScopeRows | None  # the scoped plan's rows and vectors, or None: ask Lance per vector
+    show_expired: bool
+    _predicate: str | None = field(default=None, repr=False)
+
+    def rows(self, vector: Any, top_k: int) -> list[dict[str, Any]]:
+        """The `top_k` nearest rows to `vector` (each a fresh dict with `score`)."""
+        if self.table is None:
+            return []
+        if self.scope is not None:
+            assert self.scope.vectors is not None
+            distances = cosine_distances(self.scope.vectors, vector)
+            ranked = rank([r["id"] for r in self.scope.rows], distances, top_k)
+            return [_scored(self.scope.rows[i], float(distances[i])) for i in ranked]
+        if self._predicate is None:
+            self._predicate = self.reader._live(
+                self.tenant, exact_lance_filter(self.table, self.compiled), self.show_expired
+            )
+        rows = (
+            self.table.search(vector)
+            .metric("cosine")
+            .where(self._predicate, prefilter=True)
+            .select([*MEMORY_COLUMNS, "last_offset", "_distance"])
+            .limit(top_k)
+            .to_arrow()
+            .to_pylist()
+        )
+        return [_scored(row, float(row["_distance"])) for row in rows]
+
+
+def _scored(row: dict[str, Any], distance: float) -> dict[str, Any]:
+    """A copy of `row` with its `score` (0..1): a prepared scope's rows serve many queries."""
+    return {**row, "score": round(max(0.0, min(1.0, 1.0 - distance)), 6)}
