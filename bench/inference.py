@@ -31,8 +31,11 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import httpx  # noqa: E402
+
 from memstream.llm import get_llm  # noqa: E402
 from memstream.llm.base import Completion, M  # noqa: E402
+from memstream.producers import prompts  # noqa: E402
 from memstream.producers.phases import Phases  # noqa: E402
 from memstream.service import Memstream  # noqa: E402
 from memstream.settings import Settings  # noqa: E402
@@ -153,6 +156,40 @@ async def run(args: argparse.Namespace, llm_server: ScriptedLLM, data: Path) -> 
     }
 
 
+async def provider_cost(calls: int) -> dict[str, float]:
+    """The LLM provider's own cost per call, which the figures above count as LLM time: the
+    decision call through the provider (the openai client, validation) against the same
+    request as a bare httpx POST, alternating, to a server answering at once."""
+    reply = Reply({"memory": [{"id": "n", "text": "Likes tea", "event": "ADD"}]}, repeat=10**6)
+    with ScriptedLLM(default=reply) as server:
+        settings = Settings(llm_base_url=server.base_url, llm_model="scripted", llm_max_retries=0)
+        llm = get_llm(settings)
+        assert llm is not None
+        system, user = prompts.decide_system(list(prompts.DEFAULT_CATEGORIES)), "facts"
+        body = {
+            "model": "scripted", "temperature": 0.0,
+            "messages": [{"role": "system", "content": system}, {"role": "user", "content": user}],
+            "response_format": {"type": "json_schema", "json_schema": {
+                "name": "memory_decisions", "schema": prompts.Decisions.model_json_schema(),
+                "strict": False}},
+        }  # fmt: skip
+        through, bare = [], []
+        async with httpx.AsyncClient() as client:
+            for _ in range(calls):
+                started = time.perf_counter()
+                await llm.complete(system, user, prompts.Decisions, "memory_decisions")
+                through.append((time.perf_counter() - started) * 1000)
+                started = time.perf_counter()
+                answer = await client.post(f"{server.base_url}/chat/completions", json=body)
+                answer.json()
+                bare.append((time.perf_counter() - started) * 1000)
+        await llm.close()  # type: ignore[attr-defined]
+    return {
+        "provider_call_p50_ms": round(statistics.median(through), 2),
+        "bare_http_call_p50_ms": round(statistics.median(bare), 2),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--adds", type=int, default=200)
@@ -177,6 +214,8 @@ def main() -> None:
 
     with Alternating() as server, tempfile.TemporaryDirectory() as tmp:
         record = asyncio.run(run(args, server, Path(tmp)))
+    # the LLM time above includes the provider's own work per call (2 calls per add)
+    record["llm_provider_at_zero_delay"] = asyncio.run(provider_cost(100))
     record["loadavg"] = {"start": load_start, "end": os.getloadavg()}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(record, indent=2) + "\n")
@@ -194,7 +233,10 @@ def main() -> None:
         f"{record['beyond_plain_add_p50_ms']} ms more than one; load "
         f"{record['loadavg']['start'][0]:.1f}; "
         f"{record['overhead_share_of_inferred_add']:.1%} of an inferred add with "
-        f"{args.delay_ms:.0f} ms LLM calls); saved to {args.out}"
+        f"{args.delay_ms:.0f} ms LLM calls); saved to {args.out}\n"
+        "an LLM call answered at once: "
+        f"{record['llm_provider_at_zero_delay']['provider_call_p50_ms']} ms through the provider, "
+        f"{record['llm_provider_at_zero_delay']['bare_http_call_p50_ms']} ms as a bare HTTP POST"
     )
 
 
