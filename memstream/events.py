@@ -176,13 +176,19 @@ class SubjectErased(Event):
 # -- inference (docs/inference.md): the input, the decision, the project's settings ---------
 @dataclass(frozen=True, slots=True, kw_only=True)
 class MessagesRecorded(Event):
-    """The conversation an inferred add was given (the input the LLM decided on)."""
+    """The conversation an inferred add was given (the input the LLM decided on).
+
+    `pending`: recorded alone by an async add before the LLM was asked; its decision is
+    owed, and any server settles it (producers/resume.py). `options` then holds the add's
+    other fields (JSON: metadata, categories, expiration_date, immutable)."""
 
     event_type: ClassVar[str] = "MessagesRecorded"
-    SEALED: ClassVar[tuple[str, ...]] = ("messages",)
+    SEALED: ClassVar[tuple[str, ...]] = ("messages", "options")
 
     messages: str  # JSON list of {role, content}
     source_hash: str | None = None
+    pending: bool = False
+    options: str = "{}"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -202,6 +208,23 @@ class InferenceDecided(Event):
     completion_tokens: int = 0
     latency_ms: int = 0
     output: str = "{}"  # JSON: facts, memories shown (temporary ids), decisions
+    # answers a pending MessagesRecorded: only the first settling event in log order applies
+    settles: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class InferenceFailed(Event):
+    """An async add's inference failed for good: its pending MessagesRecorded is settled as
+    FAILED with `reason`, and nothing else is written for it (producers/resume.py)."""
+
+    event_type: ClassVar[str] = "InferenceFailed"
+    SEALED: ClassVar[tuple[str, ...]] = ("reason",)  # an LLM's bad answer may quote facts
+
+    messages_event_id: str
+    model: str
+    llm_host: str
+    reason: str = ""
+    attempts: int = 1
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -229,6 +252,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
         SubjectErased,
         MessagesRecorded,
         InferenceDecided,
+        InferenceFailed,
         ProjectSettingsUpdated,
     )
 }
@@ -242,6 +266,8 @@ _PLACEHOLDER: dict[str, Any] = {
     "feedback_reason": None,
     "messages": "[]",
     "output": "{}",
+    "options": "{}",
+    "reason": "",
 }
 _MAY_BE_NONE = {"MemoryUpdated": ("text", "metadata", "categories")}
 _NOT_IN_LOG = ("erased",)

@@ -24,7 +24,7 @@ from memstream.embedders import get_embedder
 from memstream.embedders.base import Embedder
 from memstream.embedders.timed import timed
 from memstream.errors import LogCorruptError, MemstreamError, UnavailableError
-from memstream.events import Actor, FeedbackGiven, new_id
+from memstream.events import Actor, FeedbackGiven
 from memstream.fsutil import drop_scratch
 from memstream.keystore.base import KeyStore
 from memstream.keystore.master import MasterKeys, load_master_keys
@@ -43,14 +43,14 @@ from memstream.producers.inference import (
     ProjectSettings,
     ProjectSettingsWriter,
     SettingsCache,
-    check_request,
 )
 from memstream.producers.proposals import Proposals, ReinferPlan
 from memstream.producers.reinfer import MAX_CONVERSATIONS, Reinferrer
+from memstream.producers.resume import AsyncAdds, RetryPolicy
 from memstream.producers.writer import MemoryWriter, RetentionWriter, SubjectEraser
 from memstream.projector.projector import Projector, covers
 from memstream.projector.store import Generation, live_embedder
-from memstream.query.explain import caused_by_messages
+from memstream.query.explain import Settlement, caused_by_messages, settlement
 from memstream.query.reader import MemoryReader
 from memstream.settings import Settings
 from memstream.webhooks import Webhooks
@@ -123,6 +123,15 @@ class Memstream:
         )
         if self.inference is not None:
             self.inference.limits = limits
+        self.async_adds = (
+            AsyncAdds(self.inference, RetryPolicy(
+                retry_for_s=self.settings.infer_retry_for_s,
+                resume_after_s=self.settings.infer_resume_after_s,
+                interval_s=self.settings.infer_resume_interval_s,
+            ))
+            if self.inference is not None
+            else None
+        )  # fmt: skip
         self.project_settings = ProjectSettingsWriter(
             self.log, self.projector, self.reader, settings_cache
         )
@@ -202,6 +211,8 @@ class Memstream:
             self._sweeper = asyncio.create_task(self._sweep_forever())
             if self.settings.checkpoint_interval_s > 0:
                 self._checkpointer = asyncio.create_task(self._checkpoint_forever())
+            if self.async_adds is not None:  # settle the async adds still owed in the log
+                self.async_adds.start()
         if dispatch_webhooks:
             self._dispatcher_stop.clear()
             self._dispatcher = asyncio.create_task(self.webhooks.dispatch(self._dispatcher_stop))
@@ -223,6 +234,8 @@ class Memstream:
                 logger.exception("expiry sweep failed")
 
     async def close(self) -> None:
+        if self.async_adds is not None:  # before the log closes: attempts under way append
+            await self.async_adds.close()
         if self._dispatcher is not None:
             self._dispatcher_stop.set()
             with contextlib.suppress(Exception):  # it logged what went wrong
@@ -278,13 +291,23 @@ class Memstream:
             return None
         return [r for r in rows if (r["org_id"], r["project_id"]) == (t.org_id, t.project_id)]
 
-    def check_inferred_add(
-        self, messages: Any, *, tenant: Tenant | None = None, **kwargs: Any
-    ) -> str:
-        """Validate an inferred add without asking the LLM; the event id its
-        MessagesRecorded will carry (an async add answers with it at once)."""
-        check_request(tenant or self.tenant, messages, self.writer.limits, **kwargs)
-        return new_id()
+    async def add_async(self, messages: Any, *, tenant: Tenant | None = None, **kwargs: Any) -> str:
+        """An inferred add answered before the LLM is asked (REST `async_mode`): validated,
+        its conversation durably in the log as owed, settled by this process now and by any
+        server after a restart (producers/resume.py). The MessagesRecorded event id;
+        `settlement(id)` says how it ended."""
+        if self.async_adds is None:
+            from memstream.errors import ValidationError
+
+            raise ValidationError("async inference needs an LLM (MEMSTREAM_LLM_BASE_URL, _MODEL)")
+        return await self.async_adds.accept(tenant or self.tenant, messages, **kwargs)
+
+    def settlement(
+        self, messages_event_id: str, *, tenant: Tenant | None = None
+    ) -> Settlement | None:
+        """How an inferred add (its MessagesRecorded id) was settled, from the projection:
+        None while it is owed (or not projected here yet, or another project's)."""
+        return settlement(self.projector.generation(), messages_event_id, tenant or self.tenant)
 
     def reinferrer(self, model: str | None = None, base_url: str | None = None) -> Reinferrer:
         """Re-decide recorded conversations with `model` (at `base_url`; defaults: the

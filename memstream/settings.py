@@ -105,6 +105,12 @@ class Settings:
     llm_timeout_s: float = 60.0  # per attempt
     llm_max_retries: int = 2  # on 429, 5xx, timeouts and refused connections, with backoff
     llm_temperature: float = 0.0
+    # async inferred adds (producers/resume.py): transient failures are retried until the
+    # add is this old; owed adds another server accepted are resumed once this old; and
+    # owed adds are looked for this often
+    infer_retry_for_s: float = 600.0
+    infer_resume_after_s: float = 300.0
+    infer_resume_interval_s: float = 30.0
     webhooks: bool = True  # `serve` runs the webhook dispatcher (docs/webhooks.md)
     webhook_max_attempts: int = 8  # tries per event before it is recorded as failed
     webhook_backoff_s: float = 1.0  # wait after the first failed try; doubles per try
@@ -147,6 +153,9 @@ class Settings:
             llm_timeout_s=float(env.get("MEMSTREAM_LLM_TIMEOUT_S", "60")),
             llm_max_retries=int(env.get("MEMSTREAM_LLM_MAX_RETRIES", "2")),
             llm_temperature=float(env.get("MEMSTREAM_LLM_TEMPERATURE", "0")),
+            infer_retry_for_s=_env_number("MEMSTREAM_INFER_RETRY_FOR_S", 600.0),
+            infer_resume_after_s=_env_number("MEMSTREAM_INFER_RESUME_AFTER_S", 300.0),
+            infer_resume_interval_s=_env_number("MEMSTREAM_INFER_RESUME_INTERVAL_S", 30.0),
             webhooks=env.get("MEMSTREAM_WEBHOOKS", "1").lower() not in ("0", "false", "no", "off"),
             webhook_max_attempts=int(env.get("MEMSTREAM_WEBHOOK_MAX_ATTEMPTS", "8")),
             webhook_backoff_s=float(env.get("MEMSTREAM_WEBHOOK_BACKOFF_S", "1")),

@@ -51,7 +51,6 @@ from memstream.producers.writer import MemoryWriter, _Producer
 from memstream.projector.projector import Projector
 from memstream.query.reader import MemoryReader, PreparedSearch
 from memstream.scope import ENTITY_FIELDS, Scope
-from memstream.settings import Limits
 from memstream.sqlutil import sql_str
 
 MAX_FACTS = 20  # facts taken from one extraction (the rest are dropped, and recorded)
@@ -215,14 +214,6 @@ def _check_categories(value: Any) -> None:
             )
 
 
-def check_request(
-    tenant: Tenant, messages: Any, limits: Limits, *, actor: Actor | None = None, **fields: Any
-) -> None:
-    """Everything `infer` validates before asking the LLM, under the same limits (an async
-    add answers 400 at once instead of failing later in the background)."""
-    v.add_request(tenant.org_id, tenant.project_id, messages, v.conversation, limits, **fields)
-
-
 class InferenceWriter(MemoryWriter):
     """The write side of `add(messages, infer=True)` (see the module docstring)."""
 
@@ -269,7 +260,10 @@ class InferenceWriter(MemoryWriter):
         actor: Actor | None = None,
         wait: bool = True,
         messages_event_id: str | None = None,
+        recorded: MessagesRecorded | None = None,
     ) -> list[WriteResult]:
+        """`recorded`: an async add's pending MessagesRecorded, already in the log (see
+        producers/resume.py): decide it, and append only the decision and its changes."""
         phases = Phases()
         req = v.add_request(
             tenant.org_id, tenant.project_id, messages, v.conversation, self.limits,
@@ -280,7 +274,7 @@ class InferenceWriter(MemoryWriter):
         scope, conversation, meta, cats = req.scope, req.messages, req.metadata, req.categories
         expires, rid = req.expiration_date, req.request_id
         phases.mark("validate")
-        if (previous := await self._replayed(tenant, rid)) is not None:
+        if recorded is None and (previous := await self._replayed(tenant, rid)) is not None:
             return previous
         key = await self._key(scope)
         assert key is not None  # Scope.of requires an entity
@@ -309,7 +303,8 @@ class InferenceWriter(MemoryWriter):
             await prefetch  # (no facts: not awaited yet) its failure is the add's failure
             decisions = outcome.decisions
             by_temp = outcome.by_temp
-            recorded = MessagesRecorded(
+            settles = recorded is not None
+            recorded = recorded or MessagesRecorded(
                 scope=scope, actor=who, request_id=rid,
                 event_id=messages_event_id or new_id(),
                 messages=json.dumps(conversation, ensure_ascii=False),
@@ -322,7 +317,7 @@ class InferenceWriter(MemoryWriter):
                 prompt_hash=prompts.PROMPT_HASH, temperature=self.llm.temperature,
                 prompt_tokens=outcome.usage.prompt_tokens,
                 completion_tokens=outcome.usage.completion_tokens,
-                latency_ms=outcome.usage.latency_ms, output=outcome.output(),
+                latency_ms=outcome.usage.latency_ms, output=outcome.output(), settles=settles,
             )  # fmt: skip
             allowed = set(settings.category_names())
             changes: list[Event] = []
@@ -338,7 +333,8 @@ class InferenceWriter(MemoryWriter):
                     previous_text[event.event_id] = by_temp[d.id].text
                 changes.append(event)
             phases.mark("build")
-            positions = await self._append([recorded, decision, *changes], False, phases)
+            batch = [decision, *changes] if settles else [recorded, decision, *changes]
+            positions = await self._append(batch, False, phases)
         if not wait:
             self._observe(phases)
             return [_pending_result(e, previous_text) for e in changes]

@@ -17,6 +17,7 @@ from memstream.events import (
     Event,
     FeedbackGiven,
     InferenceDecided,
+    InferenceFailed,
     MemoryAdded,
     MemoryDeleted,
     MemoryExpired,
@@ -60,6 +61,10 @@ class BatchState:
     erasures: list[SubjectErased] = field(default_factory=list)
     # ids read from the projection: every other row this batch writes is new to the table
     loaded: set[str] = field(default_factory=set)
+    # async adds (docs/inference.md): pending messages event id -> (position, id) of the
+    # first event settling it; and the decisions recorded as DUPLICATE (a later one)
+    settled: dict[str, tuple[tuple[int, int], str]] = field(default_factory=dict)
+    duplicates: set[str] = field(default_factory=set)
 
     def load(self, row: dict[str, Any]) -> None:
         self.rows[row["id"]] = row
@@ -151,6 +156,14 @@ def apply_event(
         return _audit(event, position, "ERASED", reason="erased", payload=ERASED_PAYLOAD)
     if isinstance(event, SubjectErased):
         return _apply_erased(state, event, position)
+    if isinstance(event, MemoryAdded | MemoryUpdated | MemoryDeleted) and (
+        event.decision_id in state.duplicates
+    ):
+        # decided by a second settling of one async add: the first one's changes stand
+        return _audit(
+            event, position, "DUPLICATE", text=getattr(event, "text", None),
+            payload=json.dumps({"decision_id": event.decision_id}),
+        )  # fmt: skip
     if isinstance(event, MemoryAdded):
         return _apply_added(state, event, position, check_duplicate=decided is None)
     if isinstance(event, MemoryUpdated):
@@ -182,10 +195,33 @@ def apply_event(
             payload=json.dumps(payload),
         )
     if isinstance(event, MessagesRecorded):
-        # the input of an inference; its text is scrubbed like every text on erasure
-        return _audit(event, position, "MESSAGES", text=event.messages)
+        # the input of an inference; its text is scrubbed like every text on erasure (and
+        # so is the payload, which holds a pending add's options: its metadata)
+        if not event.pending:
+            return _audit(event, position, "MESSAGES", text=event.messages)
+        return _audit(
+            event, position, "MESSAGES", text=event.messages,
+            payload=json.dumps({
+                "pending": True, "source_hash": event.source_hash,
+                "options": _parsed(event.options),
+            }),
+        )  # fmt: skip
     if isinstance(event, InferenceDecided):
+        first = _settled_before(state, event, position) if event.settles else None
+        if first is not None:
+            state.duplicates.add(event.event_id)
+            return _audit(event, position, "DUPLICATE", payload=decision_payload(event, first))
         return _audit(event, position, "DECIDED", payload=decision_payload(event))
+    if isinstance(event, InferenceFailed):
+        first = _settled_before(state, event, position)
+        return _audit(
+            event, position, "FAILED" if first is None else "DUPLICATE",
+            payload=json.dumps({
+                "messages_event_id": event.messages_event_id, "model": event.model,
+                "llm_host": event.llm_host, "reason": event.reason, "attempts": event.attempts,
+                **({"duplicate_of": first} if first is not None else {}),
+            }),
+        )  # fmt: skip
     if isinstance(event, ProjectSettingsUpdated):
         return _audit(
             event,
@@ -344,13 +380,24 @@ def _stale(row: dict[str, Any], expected_offset: int | None, position: Position)
     return expected_offset is not None and row["last_offset"] != expected_offset
 
 
-def decision_payload(event: InferenceDecided) -> str:
+def _settled_before(
+    state: BatchState, event: InferenceDecided | InferenceFailed, position: Position
+) -> str | None:
+    """The event that settled `event`'s pending messages before it in log order, if one
+    did (then `event` is a DUPLICATE); else `event` is the first, and is remembered.
+    `state.settled` starts with what earlier batches settled (projector/decisions.py)."""
+    here = (position.partition, position.offset)
+    known = state.settled.get(event.messages_event_id)
+    if known is not None and known[0] < here:
+        return known[1]
+    state.settled[event.messages_event_id] = (here, event.event_id)
+    return None
+
+
+def decision_payload(event: InferenceDecided, duplicate_of: str | None = None) -> str:
     """The audit row of a decision: who decided (model, endpoint, prompt) at what cost, and
     the structured output itself (scrubbed with the subject's other texts on erasure)."""
-    try:
-        output = json.loads(event.output)
-    except ValueError:
-        output = event.output
+    output = _parsed(event.output)
     return json.dumps(
         {
             "messages_event_id": event.messages_event_id,
@@ -363,8 +410,18 @@ def decision_payload(event: InferenceDecided) -> str:
             "completion_tokens": event.completion_tokens,
             "latency_ms": event.latency_ms,
             "output": output,
+            **({"settles": True} if event.settles else {}),
+            **({"duplicate_of": duplicate_of} if duplicate_of is not None else {}),
         }
     )
+
+
+def _parsed(text: str) -> Any:
+    """JSON text as its value (as the text itself if it is not JSON: shown, never lost)."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
 
 
 def _apply_expired(state: BatchState, event: MemoryExpired, position: Position) -> dict[str, Any]:

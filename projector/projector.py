@@ -39,7 +39,7 @@ from memstream.projector import compaction, erasure
 from memstream.projector.ahead import AheadVectors
 from memstream.projector.apply import BatchState, apply_event
 from memstream.projector.compaction import first_index
-from memstream.projector.decisions import RecentDecisions
+from memstream.projector.decisions import RecentDecisions, load_settled
 from memstream.projector.index import DigestSet, TableIndex, event_key
 from memstream.projector.poison import PoisonCounts, open_record
 from memstream.projector.rows import table_versions, write_rows
@@ -570,6 +570,7 @@ class Projector:
                 row["event_id"]: row["outcome"]
                 for row in gen.query_events(sql_in("event_id", known_eids))
             }
+        load_settled(gen, state, events)  # async adds: only the first settling applies
         audits = [apply_event(state, e, pos, decided.get(e.event_id)) for e, pos in events]
         vectors = self._vectors(state, index.cached if live and index is not None else None)
         if live:

@@ -8,10 +8,13 @@ the events table (one query for the decisions, one for their messages).
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any
 
-from memstream.models import iso_ms
+from memstream.models import Tenant, iso_ms
+from memstream.projector.apply import scope_of_row
 from memstream.projector.candidate import PROPOSAL_SOURCE, SWAP_SOURCE
+from memstream.projector.decisions import scope_where
 from memstream.projector.store import Generation
 from memstream.sqlutil import sql_in, sql_str
 
@@ -21,6 +24,7 @@ VERBS = {
     "DELETE": "deleted",
     "NONE": "kept (already held)",
     "CONFLICT": "not changed (conflict: the memory changed after the LLM read it)",
+    "DUPLICATE": "not changed (a second decision on one async add: the first one stands)",
 }
 
 
@@ -86,25 +90,68 @@ def _payload(row: dict[str, Any]) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
+@dataclass(frozen=True, slots=True)
+class Settlement:
+    """How an inferred add's conversation was settled: by the first decision or failure
+    naming it in log order (later ones are DUPLICATEs, reinfer's re-decisions come after)."""
+
+    event_id: str  # the InferenceDecided or InferenceFailed
+    failed: str | None  # the reason, when it is an InferenceFailed
+    rows: list[dict[str, Any]]  # the memory events the decision caused, in log order
+
+
+def settlement(
+    gen: Generation, messages_event_id: str, tenant: Tenant | None = None
+) -> Settlement | None:
+    """What settled an inferred add (its MessagesRecorded id): GET /v1/event/{id}/ on any
+    server, after any restart. None while nothing has (an async add still owed), or when
+    the messages are not projected here (yet), not `tenant`'s, or erased."""
+    found = gen.query_events(f"event_id = {sql_str(messages_event_id)}")
+    if not found or found[0]["event_type"] != "MessagesRecorded":
+        return None
+    if tenant is not None and (found[0]["org_id"], found[0]["project_id"]) != (
+        tenant.org_id,
+        tenant.project_id,
+    ):
+        return None
+    scope = scope_where(scope_of_row(found[0]))
+    pattern = sql_str(f'%"messages_event_id": {json.dumps(messages_event_id)}%')
+    outcomes = [
+        r
+        for r in gen.query_events(
+            f"{scope} AND event_type IN ('InferenceDecided', 'InferenceFailed') "
+            f"AND outcome IN ('DECIDED', 'FAILED') AND payload LIKE {pattern}"
+        )
+        if _payload(r).get("messages_event_id") == messages_event_id  # LIKE's _ is a wildcard
+        and _answers(r)
+    ]
+    if not outcomes:
+        return None
+    first = min(outcomes, key=lambda r: (r["partition"], r["offset"]))
+    if first["event_type"] == "InferenceFailed":
+        reason = _payload(first).get("reason")
+        return Settlement(first["event_id"], str(reason or "inference failed"), [])
+    did = first["event_id"]
+    rows = gen.query_events(
+        f"{scope} AND event_type IN ('MemoryAdded', 'MemoryUpdated', 'MemoryDeleted') "
+        f"AND payload LIKE {sql_str(f'%{json.dumps(did)}%')}"
+    )
+    caused = [r for r in rows if decision_ids([r]).get(r["event_id"]) == did]
+    return Settlement(did, None, sorted(caused, key=lambda r: (r["partition"], r["offset"])))
+
+
+def _answers(row: dict[str, Any]) -> bool:
+    """Whether a decision or failure answers the add of the conversation it names: an
+    async add's settling one, or a synchronous add's own decision -- not a reinfer proposal
+    or swap, which name a conversation too (and never settle it)."""
+    if row["event_type"] == "InferenceFailed" or _payload(row).get("settles"):
+        return True
+    return row["actor_source"] not in (PROPOSAL_SOURCE, SWAP_SOURCE)
+
+
 def caused_by_messages(gen: Generation, messages_event_id: str) -> list[dict[str, Any]] | None:
     """The memory events an inferred add's conversation (its MessagesRecorded id) caused, in
     log order: what GET /v1/event/{id}/ reports once the in-process task is gone (another
     server, a restart). None when no decision names that conversation (yet)."""
-    pattern = sql_str(f'%"messages_event_id": {json.dumps(messages_event_id)}%')
-    # a reinfer proposal or swap names a conversation too, but did not answer that add
-    decisions = gen.query_events(
-        f"event_type = 'InferenceDecided' AND payload LIKE {pattern} AND (actor_source IS NULL "
-        f"OR actor_source NOT IN ({sql_str(PROPOSAL_SOURCE)}, {sql_str(SWAP_SOURCE)}))"
-    )
-    if not decisions:
-        return None
-    ids = [d["event_id"] for d in decisions]
-    rows = gen.query_events(
-        "event_type IN ('MemoryAdded', 'MemoryUpdated', 'MemoryDeleted') AND ("
-        + " OR ".join(f"payload LIKE {sql_str(f'%{json.dumps(i)}%')}" for i in ids)
-        + ")"
-    )
-    return sorted(
-        (r for r in rows if decision_ids([r]).get(r["event_id"]) in ids),
-        key=lambda r: (r["partition"], r["offset"]),
-    )
+    settled = settlement(gen, messages_event_id)
+    return settled.rows if settled is not None and settled.failed is None else None

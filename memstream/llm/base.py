@@ -21,9 +21,18 @@ T = TypeVar("T")
 
 class LLMUnavailableError(MemstreamError):
     """The LLM could not be reached, refused, timed out or answered something unusable.
-    Nothing was written; the caller may retry."""
+    Nothing was written; the caller may retry.
+
+    `transient`: the endpoint was unreachable, timed out or answered 429/5xx (asking again
+    later may work); else it answered, and the answer was refused or unusable (asking the
+    same again is expected to fail the same way). An async add retries only the former
+    (producers/resume.py)."""
 
     status_code = 503
+
+    def __init__(self, message: str, *, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient
 
 
 @dataclass(frozen=True, slots=True)

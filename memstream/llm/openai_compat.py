@@ -134,20 +134,24 @@ class OpenAICompatibleLLM:
             raise LLMUnavailableError(f"{self.where} refused the request (HTTP 400)") from None
         except openai.APITimeoutError as exc:
             raise LLMUnavailableError(
-                f"{self.where} did not answer within {self.timeout_s} s{retried}"
+                f"{self.where} did not answer within {self.timeout_s} s{retried}", transient=True
             ) from exc
         except openai.APIConnectionError as exc:
-            raise LLMUnavailableError(f"{self.where} is unreachable{retried}: {exc}") from exc
+            raise LLMUnavailableError(
+                f"{self.where} is unreachable{retried}: {exc}", transient=True
+            ) from exc
         except openai.APIStatusError as exc:
             hint = ""
+            transient = exc.status_code == 429 or exc.status_code >= 500
             if exc.status_code in (401, 403):
                 hint = " (check MEMSTREAM_LLM_API_KEY)"
             elif exc.status_code == 404:
                 hint = " (check MEMSTREAM_LLM_BASE_URL, e.g. .../v1, and MEMSTREAM_LLM_MODEL)"
-            elif exc.status_code == 429 or exc.status_code >= 500:
+            elif transient:
                 hint = retried
             raise LLMUnavailableError(
-                f"{self.where} answered HTTP {exc.status_code}{hint}: {str(exc.message)[:_PREVIEW]}"
+                f"{self.where} answered HTTP {exc.status_code}{hint}: {str(exc.message)[:_PREVIEW]}",
+                transient=transient,
             ) from exc
         except openai.OpenAIError as exc:
             raise LLMUnavailableError(f"{self.where} failed: {exc}") from exc

@@ -142,10 +142,7 @@ def create_app(settings: Settings) -> FastAPI:
             log.info("memstream %s", settings.llm_description)
             async with mcp.running():
                 yield
-        finally:
-            pending: PendingAdds | None = getattr(app.state, "pending", None)
-            if pending is not None:
-                await pending.drain()
+        finally:  # ms.close() lets async inferred adds under way finish (the rest stay owed)
             stop.set()
             if follower is not None:
                 await follower

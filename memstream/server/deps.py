@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ast
-import asyncio
 import json
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -34,7 +33,6 @@ class PendingAdds:
     def __init__(self, limit: int = 10_000) -> None:
         self.limit = limit
         self._by_event: OrderedDict[str, tuple[Tenant, tuple[str, ...]]] = OrderedDict()
-        self._tasks: OrderedDict[str, tuple[Tenant, asyncio.Task[Any]]] = OrderedDict()
 
     def remember(self, tenant: Tenant, event_ids: list[str]) -> None:
         if not event_ids:
@@ -47,27 +45,6 @@ class PendingAdds:
         """Every event id of the add that `event_id` names, if it was this tenant's."""
         entry = self._by_event.get(event_id)
         return entry[1] if entry is not None and entry[0] == tenant else None
-
-    # -- async inferred adds: the LLM works after the answer -----------------------------
-    def start(self, tenant: Tenant, event_id: str, work: Any) -> None:
-        """Run an inferred add in the background under `event_id` (its MessagesRecorded)."""
-        task: asyncio.Task[Any] = asyncio.create_task(work)
-        self._tasks[event_id] = (tenant, task)
-        while len(self._tasks) > self.limit:
-            oldest = next(iter(self._tasks))
-            if not self._tasks[oldest][1].done():
-                break  # never forget a running task: shutdown waits for it
-            del self._tasks[oldest]
-
-    def task(self, tenant: Tenant, event_id: str) -> asyncio.Task[Any] | None:
-        entry = self._tasks.get(event_id)
-        return entry[1] if entry is not None and entry[0] == tenant else None
-
-    async def drain(self) -> None:
-        """Let running inferences finish (shutdown); each is bounded by the LLM's timeouts."""
-        running = [t for _, t in self._tasks.values() if not t.done()]
-        if running:
-            await asyncio.gather(*running, return_exceptions=True)
 
 
 def get_pending(request: Request) -> PendingAdds:

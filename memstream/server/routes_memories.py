@@ -97,12 +97,10 @@ async def _add(
         actor=caller.actor,
     )
     if pending and infer:
-        # answer before the LLM is asked; GET /v1/event/{event_id}/ reports the outcome
-        event_id = ms.check_inferred_add(messages, **kwargs)
-        queue.start(
-            caller.tenant, event_id,
-            ms.add(messages, infer=True, messages_event_id=event_id, **kwargs),
-        )  # fmt: skip
+        # answer before the LLM is asked, once the conversation is durably in the log as
+        # owed (else the error, not PENDING); GET /v1/event/{event_id}/ reports the outcome
+        event_id = await ms.add_async(messages, **kwargs)
+        queue.remember(caller.tenant, [event_id])
         return {
             "message": QUEUED, "status": "PENDING", "event_id": event_id, "results": [],
             "inference": state,
@@ -141,40 +139,33 @@ async def add_v1(
 @router.get("/v1/event/{event_id}/", responses=doc(EventOut), summary="Status of an add")
 async def get_event(ms: MsDep, caller: CallerDep, event_id: str, queue: PendingDep) -> Any:
     """PENDING until every memory of the add is projected, then SUCCEEDED with the results.
-    Any event id of the caller's project works (e.g. one from a memory's history)."""
+    Any event id of the caller's project works (e.g. one from a memory's history). An
+    inferred add is reported from the log, on any server and after restarts: PENDING while
+    its decision is owed, then SUCCEEDED, or FAILED with the error (docs/inference.md)."""
     eid = normalise_id("event_id", event_id)
     assert eid is not None
-    task = queue.task(caller.tenant, eid)
-    inferred = task is not None
-    if task is not None:
-        if not task.done():
-            return {"id": eid, "event_type": "ADD", "status": "PENDING", "results": []}
-        failure = task.exception()
-        if failure is not None:
-            return {
-                "id": eid, "event_type": "ADD", "status": "FAILED", "results": [],
-                "error": getattr(failure, "message", None) or str(failure),
-            }  # fmt: skip
-        finished: list[WriteResult] = task.result()
-        if not finished:  # the LLM decided that nothing changes
-            return {"id": eid, "event_type": "ADD", "status": "SUCCEEDED", "results": []}
-        ids: tuple[str, ...] = tuple(r.event_id for r in finished if r.event_id)
-    else:
-        ids = queue.lookup(caller.tenant, eid) or (eid,)
+    ids: tuple[str, ...] = queue.lookup(caller.tenant, eid) or (eid,)
+    inferred = False
     rows = [
         r
         for r in (await asyncio.to_thread(ms.reader.outcomes, list(ids))).values()
         if (r["org_id"], r["project_id"]) == (caller.tenant.org_id, caller.tenant.project_id)
     ]
     if len(rows) == 1 and rows[0]["event_type"] == "MessagesRecorded":
-        # an inferred add's conversation, asked after its task is gone: what it caused
-        # (its decision is projected in the same batch; None = erased since)
-        caused = await asyncio.to_thread(ms.inferred_outcomes, eid, tenant=caller.tenant)
-        inferred, rows = True, caused or []
+        # an inferred add's conversation: what settled it (None: still owed)
+        pending = {"id": eid, "event_type": "ADD", "status": "PENDING", "results": []}
+        if rows[0]["outcome"] == "ERASED":  # its subject was erased since
+            return {**pending, "status": "SUCCEEDED"}
+        settled = await asyncio.to_thread(ms.settlement, eid, tenant=caller.tenant)
+        if settled is None:
+            return pending
+        if settled.failed is not None:
+            return {**pending, "status": "FAILED", "error": settled.failed}
+        inferred, rows = True, settled.rows
         ids = tuple(r["event_id"] for r in rows)
-        if not rows:
-            return {"id": eid, "event_type": "ADD", "status": "SUCCEEDED", "results": []}
-    if not rows and not inferred and queue.lookup(caller.tenant, eid) is None:
+        if not rows:  # the LLM decided that nothing changes
+            return {**pending, "status": "SUCCEEDED"}
+    if not rows and queue.lookup(caller.tenant, eid) is None:
         raise NotFoundError("Event not found or you don't have permission to access it.")
     rows.sort(key=lambda r: (r["partition"], r["offset"]))
     done = len(rows) == len(ids)

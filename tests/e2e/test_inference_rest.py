@@ -38,6 +38,7 @@ def infer_server(
         env.setenv("MEMSTREAM_LLM_MODEL", "scripted-e2e")
         env.setenv("MEMSTREAM_LLM_MAX_RETRIES", "0")
         env.setenv("MEMSTREAM_LLM_TIMEOUT_S", "5")
+        env.setenv("MEMSTREAM_INFER_RETRY_FOR_S", "0")  # an async add's 500 fails it at once
         srv = start_server(
             tmp_path_factory.mktemp(f"infer-{request.param}"), kafka=kafka,
             keys={"a": ("org_i", "proj_i", "inference")},
