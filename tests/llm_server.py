@@ -5,9 +5,10 @@ from a script (tests and bench/inference.py; no LLM exists on this machine).
         llm.push(Reply({"facts": ["Likes tea"]}), Reply({"memory": [...]}))
         ... Settings(llm_base_url=llm.base_url, llm_model="scripted") ...
 
-Each POST /v1/chat/completions takes the next reply in order; a reply can instead fail on
-cue (an HTTP status, invalid JSON, a delay past the client's timeout). Every request body
-is kept in `requests`, so a test can check what the LLM was shown.
+Each POST /v1/chat/completions takes the next reply in order (or, with a `responder`, the
+reply it picks for the request); a reply can instead fail on cue (an HTTP status, invalid
+JSON, a delay past the client's timeout), or wait for a `gate` the test opens. Every request
+body is kept in `requests`, so a test can check what the LLM was shown.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import json
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -25,7 +27,9 @@ from typing import Any
 @dataclass
 class Reply:
     """One scripted answer: `content` (an object, sent as JSON text; or a str sent as is),
-    or an error `status`; `delay` seconds first. `repeat` answers this many requests."""
+    or an error `status`; `delay` seconds first. `repeat` answers this many requests.
+    `gate`: held (at most GATE_S) until the test sets it, e.g. while it kills the server
+    waiting for this answer."""
 
     content: Any = None
     status: int = 200
@@ -33,12 +37,33 @@ class Reply:
     repeat: int = 1
     prompt_tokens: int = 11
     completion_tokens: int = 7
+    gate: threading.Event | None = None
+
+
+GATE_S = 120.0  # a gate never opened lets its request go after this long
+Responder = Callable[[dict[str, Any]], Reply]
+
+
+def schema_name(request: dict[str, Any]) -> str | None:
+    """Which answer a request asks for: "facts" (extraction) or "memory_decisions"."""
+    fmt = request.get("response_format") or {}
+    name = (fmt.get("json_schema") or {}).get("name")
+    return str(name) if name is not None else None
 
 
 class ScriptedLLM:
-    def __init__(self, *, json_schema: bool = True, default: Reply | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        json_schema: bool = True,
+        default: Reply | None = None,
+        responder: Responder | None = None,
+    ) -> None:
         self.json_schema = json_schema  # False: refuse response_format json_schema with 400
         self.default = default  # answered when the script is empty (bench); else 500
+        # picks the reply for each request instead of the script (in the server's thread):
+        # several servers asking at once each get the answer their question needs
+        self.responder = responder
         self.script: deque[Reply] = deque()
         self.requests: list[dict[str, Any]] = []
         self.lock = threading.Lock()
@@ -108,10 +133,12 @@ class ScriptedLLM:
                     return
                 with owner.lock:
                     owner.requests.append(request)
-                reply = owner._next()
+                reply = owner.responder(request) if owner.responder else owner._next()
                 if reply is None:
                     self._send(500, b'{"error": {"message": "the script is exhausted"}}')
                     return
+                if reply.gate is not None:
+                    reply.gate.wait(GATE_S)
                 if reply.delay:
                     time.sleep(reply.delay)
                 if reply.status != 200:

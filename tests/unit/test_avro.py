@@ -180,3 +180,30 @@ def test_unknown_fingerprint_and_garbage_are_clear_errors() -> None:
     good = encode_event(MemoryDeleted(scope=Scope("o", "p", user_id="u"), memory_id="m"))
     with pytest.raises(SchemaError, match="cannot decode"):
         codec.decode(good[:12])
+
+
+def test_inference_events_written_before_async_adds_read_with_the_defaults() -> None:
+    """MessagesRecorded and InferenceDecided v1 (no pending / options / settles): an old
+    conversation is not owed, and an old decision settles nothing."""
+    from memstream.events import InferenceDecided, MessagesRecorded, codec, to_record
+
+    scope = Scope("o", "p", user_id="u")
+    for event, drop in (
+        (MessagesRecorded(scope=scope, messages="[]"), ("pending", "options")),
+        (InferenceDecided(scope=scope, messages_event_id="m", model="x", llm_host="h",
+                          prompt_version="1", prompt_hash="p"), ("settles",)),
+    ):  # fmt: skip
+        v1 = json.loads(
+            (
+                resources.files("memstream.schemas")
+                / "history"
+                / f"memstream.{event.event_type}.v1.avsc"
+            ).read_text()
+        )
+        old = codec().registry.register(v1)
+        assert (
+            old.fingerprint != codec().registry.current[f"memstream.{event.event_type}"].fingerprint
+        )
+        record = {k: v for k, v in to_record(event).items() if k not in drop}
+        back = decode_event(AvroCodec.encode_with(old, {**record, "key_id": None}))
+        assert back == event
