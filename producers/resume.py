@@ -169,9 +169,17 @@ class AsyncAdds(MemoryWriter):
                 return  # shutting down: it stays owed, and is resumed at the next start
 
     async def _settled(self, messages_event_id: str) -> bool:
-        """Whether the projection (caught up with the log) shows the add settled."""
+        """Whether the projection (caught up with the log) shows the add settled, or its
+        subject erased since (then nothing may be decided from the messages: this
+        process's copy of them is all that is left)."""
         await self.projector.catch_up()
         gen = self.projector.generation()
+        row = (await asyncio.to_thread(self.reader.outcomes, [messages_event_id])).get(
+            messages_event_id
+        )
+        if row is not None and (row["outcome"] == "ERASED" or row["text"] is None):
+            log.warning("async add %s: its subject was erased, not deciding it", messages_event_id)
+            return True
         return await asyncio.to_thread(settlement, gen, messages_event_id) is not None
 
     async def _decide(self, tenant: Tenant, recorded: MessagesRecorded) -> None:

@@ -273,3 +273,30 @@ def test_a_log_written_before_async_adds_replays_and_owes_nothing(
         assert len(llm.requests) == 0
 
     go(with_llm(settings, llm), body)
+
+
+def test_an_owed_add_whose_subject_is_erased_is_never_decided(
+    settings: Settings, llm: ScriptedLLM
+) -> None:
+    """The add waits to retry (HTTP 500) when its subject is erased: its next attempt stops,
+    although the LLM now answers, so nothing is decided from the erased messages."""
+
+    async def body(ms: Memstream) -> None:
+        assert ms.async_adds is not None
+        llm.push(Reply(status=500))
+        await ms.add_async(CHAT, user_id="alice")
+        deadline = time.monotonic() + 60
+        while not llm.requests:
+            assert time.monotonic() < deadline, "the LLM was never asked"
+            await asyncio.sleep(0.05)
+        await ms.erase(user_id="alice")
+        llm.push(facts("Plays chess"), decide({"id": "n", "text": "Plays chess", "event": "ADD"}))
+        while ms.async_adds._running:  # the retry stops once it sees the erasure
+            assert time.monotonic() < deadline, "the owed add never stopped"
+            await asyncio.sleep(0.05)
+        events = await log_events(ms)
+        assert not [e for e in events if isinstance(e, InferenceDecided | InferenceFailed)]
+        assert await live(ms) == {}
+        assert await ms.async_adds.resume() == 0
+
+    go(with_llm(settings, llm), body)
