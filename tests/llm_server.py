@@ -25,11 +25,13 @@ from typing import Any
 @dataclass
 class Reply:
     """One scripted answer: `content` (an object, sent as JSON text; or a str sent as is),
-    or an error `status`; `delay` seconds first. `repeat` answers this many requests."""
+    or an error `status`; `delay` seconds first, or until `hold` is set (at most 120 s).
+    `repeat` answers this many requests."""
 
     content: Any = None
     status: int = 200
     delay: float = 0.0
+    hold: threading.Event | None = None
     repeat: int = 1
     prompt_tokens: int = 11
     completion_tokens: int = 7
@@ -114,6 +116,8 @@ class ScriptedLLM:
                     return
                 if reply.delay:
                     time.sleep(reply.delay)
+                if reply.hold is not None:
+                    reply.hold.wait(timeout=120)
                 if reply.status != 200:
                     msg = json.dumps({"error": {"message": f"scripted HTTP {reply.status}"}})
                     self._send(reply.status, msg.encode())

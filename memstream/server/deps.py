@@ -11,6 +11,7 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Header, Request
 
+from memstream.cancellation import unbound_context
 from memstream.errors import ValidationError
 from memstream.models import Tenant
 from memstream.scope import ENTITY_FIELDS, normalise_id
@@ -50,8 +51,9 @@ class PendingAdds:
 
     # -- async inferred adds: the LLM works after the answer -----------------------------
     def start(self, tenant: Tenant, event_id: str, work: Any) -> None:
-        """Run an inferred add in the background under `event_id` (its MessagesRecorded)."""
-        task: asyncio.Task[Any] = asyncio.create_task(work)
+        """Run an inferred add in the background under `event_id` (its MessagesRecorded).
+        It outlives the request that started it, so its client leaving does not stop it."""
+        task: asyncio.Task[Any] = asyncio.create_task(work, context=unbound_context())
         self._tasks[event_id] = (tenant, task)
         while len(self._tasks) > self.limit:
             oldest = next(iter(self._tasks))
