@@ -53,10 +53,10 @@ class RequestCancelled(MemstreamError):
 class Token:
     """One request's cancellation state, shared by its task and the threads it starts."""
 
-    __slots__ = ("_callbacks", "_committing", "_lock", "_stop", "gone")
+    __slots__ = ("_callbacks", "_committing", "_lock", "_stopped", "gone")
 
     def __init__(self) -> None:
-        self._stop = threading.Event()
+        self._stopped = False  # set once, by the event loop's thread; read by any thread
         self._lock = threading.Lock()
         self._committing = 0
         self._callbacks: list[Callable[[], object]] = []
@@ -64,7 +64,7 @@ class Token:
 
     @property
     def cancelled(self) -> bool:
-        return self._stop.is_set()
+        return self._stopped
 
     @property
     def is_committing(self) -> bool:
@@ -77,7 +77,7 @@ class Token:
             self.gone = True
             if self._committing:
                 return False
-            self._stop.set()
+            self._stopped = True
             callbacks = list(self._callbacks)
         for callback in callbacks:  # e.g. DuckDB's interrupt, from this (another) thread
             with contextlib.suppress(Exception):
@@ -85,7 +85,7 @@ class Token:
         return True
 
     def check(self) -> None:
-        if self._stop.is_set():
+        if self._stopped:
             raise RequestCancelled()
 
     @contextlib.contextmanager
@@ -134,7 +134,7 @@ def bound(token: Token | None) -> Iterator[None]:
 def check() -> None:
     """Raise RequestCancelled if this request's client has gone (cheap: call it per row)."""
     token = _CURRENT.get()
-    if token is not None and token._stop.is_set():
+    if token is not None and token._stopped:
         raise RequestCancelled()
 
 
