@@ -97,6 +97,14 @@ WEBHOOK_LAG = Gauge(
     registry=REGISTRY,
 )
 
+CLIENT_DISCONNECTS = Counter(
+    "memstream_client_disconnects",
+    "Requests whose client disconnected before the answer, by route template and outcome: "
+    "cancelled (the work was stopped) or completed (a write already appending ran to its end)",
+    ["route", "outcome"],
+    registry=REGISTRY,
+)
+
 _appended: dict[str, Any] = {}
 _projected: dict[str, Any] = {}
 _phases: dict[str, Any] = {}

@@ -97,3 +97,20 @@ class Scope:
             separators=(",", ":"),
             ensure_ascii=False,
         ).encode()
+
+    @classmethod
+    def from_key(cls, key: bytes) -> Scope | None:
+        """The scope a log message key names (the inverse of `key`), or None for a key that
+        is not one of memstream's (a foreign producer's, or garbage)."""
+        try:
+            values = json.loads(key)
+        except (ValueError, UnicodeDecodeError):
+            return None
+        if (
+            not isinstance(values, list)
+            or len(values) != 6
+            or not all(isinstance(v, str) for v in values[:2])
+            or not all(v is None or isinstance(v, str) for v in values[2:])
+        ):
+            return None
+        return cls(*values)

@@ -507,7 +507,12 @@ class Memstream:
         as_of: Any = None,
     ) -> MemoryView:
         await self._fresh(consistent)
-        return self.reader.get(tenant or self.tenant, memory_id, as_of=as_of)
+        if as_of is None:  # one indexed row
+            return self.reader.get(tenant or self.tenant, memory_id)
+        # a fold of the memory's events up to the cut: off the event loop (and cancellable)
+        return await asyncio.to_thread(
+            self.reader.get, tenant or self.tenant, memory_id, as_of=as_of
+        )
 
     async def get_all(
         self,
@@ -547,7 +552,7 @@ class Memstream:
         self, memory_id: str, *, tenant: Tenant | None = None, consistent: bool = True
     ) -> list[HistoryEntry]:
         await self._fresh(consistent)
-        return self.reader.history(tenant or self.tenant, memory_id)
+        return await asyncio.to_thread(self.reader.history, tenant or self.tenant, memory_id)
 
     async def stats(
         self,

@@ -39,6 +39,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from memstream.cancellation import unbound_context
 from memstream.crypto import keyed_hash
 from memstream.errors import ValidationError
 from memstream.events import Actor, InferenceFailed, MessagesRecorded, now_ms
@@ -141,7 +142,9 @@ class AsyncAdds(MemoryWriter):
         eid = recorded.event_id
         if eid in self._running:
             return  # this process is settling it already
-        task = asyncio.create_task(self._settle(tenant, recorded))
+        # started by the request that accepted the add, but it must outlive that request:
+        # a client leaving (memstream.cancellation) does not stop an accepted add
+        task = asyncio.create_task(self._settle(tenant, recorded), context=unbound_context())
         self._running[eid] = task
         task.add_done_callback(lambda _: self._running.pop(eid, None))
 

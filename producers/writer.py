@@ -13,7 +13,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from memstream import metrics
+from memstream import cancellation, metrics
 from memstream.crypto import keyed_hash
 from memstream.errors import ConflictError, NotFoundError, ValidationError
 from memstream.events import (
@@ -69,17 +69,20 @@ class _Producer:
     async def _append(
         self, events: list[Event], wait: bool = True, phases: Phases | None = None
     ) -> list[Position]:
-        """Seal each event's data under its subject's key, append, and (by default) wait."""
+        """Seal each event's data under its subject's key, append, and (by default) wait.
+        A client that disconnects does not interrupt the append itself
+        (memstream.cancellation): the batch is in the log whole or not at all."""
         self.projector.check_writable()  # a pinned projection (replay --to-position): 409
         messages = [message_of(e, await self._key(e.scope) if e.SEALED else None) for e in events]
         if phases is not None:
             phases.mark("seal")
-        positions = await self.log.append(messages)
-        if phases is not None:
-            phases.mark("append")
-        metrics.count_appended(e.event_type for e in events)
-        self.projector.note_appended(positions)
-        if wait:
+        with cancellation.committing():
+            positions = await self.log.append(messages)
+            if phases is not None:
+                phases.mark("append")
+            metrics.count_appended(e.event_type for e in events)
+            self.projector.note_appended(positions)
+        if wait:  # the projector applies the events whether anyone waits or not
             await self.projector.wait_for(positions)
         return positions
 
@@ -248,10 +251,11 @@ class MemoryWriter(_Producer):
         await self.projector.catch_up()
         ids: list[MemoryView] = []
         page = 1
-        while True:
-            chunk = self.reader.get_all(
-                tenant, filters, page=page, page_size=1000, show_expired=True
-            )
+        while True:  # off the event loop: resolving a wide filter is an expensive read
+            chunk = await asyncio.to_thread(
+                self.reader.get_all, tenant, filters, page=page, page_size=1000,
+                show_expired=True,
+            )  # fmt: skip
             ids.extend(chunk.results)
             if page * chunk.page_size >= chunk.count:
                 break
@@ -396,16 +400,18 @@ class SubjectEraser(_Producer):
         owned = self.reader.get_all(
             tenant, subject_filters(subject), page=1, page_size=1, show_expired=True
         ).count
-        key_ids = await self.projector.keys.destroy(subject)
-        # keys an earlier erase destroyed before it was killed, leaving its event unwritten
-        dead = (await self.dead_keys(subject)).get(subject, [])
-        earlier = [k for k in dead if k not in key_ids]
-        event = SubjectErased(
-            scope=Scope(tenant.org_id, tenant.project_id, **{field: value}),
-            actor=actor or Actor(), subject_field=field, key_ids=(*key_ids, *earlier),
-            reason=reason,
-        )  # fmt: skip
-        await self._append([event])
+        with cancellation.committing():  # from the keys' destruction to the event: whole
+            key_ids = await self.projector.keys.destroy(subject)
+            # keys an earlier erase destroyed before it was killed, leaving its event unwritten
+            dead = (await self.dead_keys(subject)).get(subject, [])
+            earlier = [k for k in dead if k not in key_ids]
+            event = SubjectErased(
+                scope=Scope(tenant.org_id, tenant.project_id, **{field: value}),
+                actor=actor or Actor(), subject_field=field, key_ids=(*key_ids, *earlier),
+                reason=reason,
+            )  # fmt: skip
+            positions = await self._append([event], wait=False)
+        await self.projector.wait_for(positions)
         return {
             "subject": {field: value},
             "memories_erased": owned,

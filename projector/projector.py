@@ -33,7 +33,7 @@ from memstream.errors import (
 )
 from memstream.events import Event, MemoryAdded, SubjectErased, text_hash
 from memstream.fsutil import drop_scratch
-from memstream.keystore.base import KeyStore
+from memstream.keystore.base import KeyStore, Subject
 from memstream.log.base import EventLog, LogReader, LogRecord, Offsets, Position
 from memstream.projector import compaction, erasure
 from memstream.projector.ahead import AheadVectors
@@ -603,6 +603,16 @@ class Projector:
         for _, reason in poison:
             self.poison.add(reason)
 
+    def _erase_dead_letters(self, subject: Subject) -> None:
+        """Remove the subject's records from the log's dead-letter sink: copies of log bytes
+        that hold its ids, and possibly its text (memstream.log.dead_letters)."""
+        assert self._loop is not None
+        removed = asyncio.run_coroutine_threadsafe(
+            self.log.erase_dead_letters(subject), self._loop
+        ).result(120)
+        if removed:
+            log.info("erasure removed %d dead-lettered record(s) of the subject", removed)
+
     def maintain(self, gen: Generation, *, force: bool = False, unread: bool = False) -> None:
         """Compact small fragments, fold new rows into the scalar indexes, and delete table
         versions older than `keep_versions` (all but the latest when `unread`: a replay's
@@ -644,6 +654,7 @@ class Projector:
         for erased in state.erasures:
             erasure.scrub(gen, self.cache, self.data_dir, erased)
             self._recent.forget(erased.subject())
+            self._erase_dead_letters(erased.subject())
         if gen is self._gen:
             self._scrub_candidates(state.erasures)
             erasure.purge_all(gen, self.cache)

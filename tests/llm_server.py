@@ -29,11 +29,12 @@ class Reply:
     """One scripted answer: `content` (an object, sent as JSON text; or a str sent as is),
     or an error `status`; `delay` seconds first. `repeat` answers this many requests.
     `gate`: held (at most GATE_S) until the test sets it, e.g. while it kills the server
-    waiting for this answer."""
+    waiting for this answer; `hold`: the same, at most 120 s (the disconnect tests)."""
 
     content: Any = None
     status: int = 200
     delay: float = 0.0
+    hold: threading.Event | None = None
     repeat: int = 1
     prompt_tokens: int = 11
     completion_tokens: int = 7
@@ -141,6 +142,8 @@ class ScriptedLLM:
                     reply.gate.wait(GATE_S)
                 if reply.delay:
                     time.sleep(reply.delay)
+                if reply.hold is not None:
+                    reply.hold.wait(timeout=120)
                 if reply.status != 200:
                     msg = json.dumps({"error": {"message": f"scripted HTTP {reply.status}"}})
                     self._send(reply.status, msg.encode())

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from memstream.errors import ValidationError
 
 if TYPE_CHECKING:
-    from memstream.keystore.base import KeyStore
+    from memstream.keystore.base import KeyStore, Subject
 
 MAX_MESSAGE_BYTES = 1_048_000
 """Largest key + value of one message, on every log: it fits Kafka's default broker limit
@@ -143,6 +143,12 @@ class EventLog(ABC):
     def dead_letter_count(self) -> int | None:
         """How many records were dead-lettered so far (None: not known without a scan)."""
         return None
+
+    async def erase_dead_letters(self, subject: Subject) -> int:
+        """Remove what the dead-letter sink holds of `subject` (an erasure; whose a record
+        is: memstream.log.dead_letters); how many records were removed. A sink that cannot
+        remove single records (a Kafka topic: docs/erasure.md) removes nothing."""
+        return 0
 
     def repair(self) -> dict[str, Any]:
         """Quarantine damaged bytes so the log is readable and writable again."""

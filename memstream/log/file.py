@@ -34,13 +34,14 @@ import os
 import threading
 import time
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from memstream.errors import LogCorruptError, LogUnavailableError
 from memstream.fsutil import fsync_dir
+from memstream.keystore.base import Subject
 from memstream.keystore.file import FileKeyStore
 from memstream.log.base import (
     QUARANTINE_HEADER,
@@ -51,6 +52,7 @@ from memstream.log.base import (
     Position,
 )
 from memstream.log.chain import FILE_CHAIN_HEADER
+from memstream.log.dead_letters import belongs_to
 from memstream.log.frames import (
     HEADER,
     KIND_QUARANTINE,
@@ -142,6 +144,18 @@ class QuarantinedRegion:
             "sha256": self.sha256,
             "one_record": self.one_record,
         }
+
+
+def _dead_letter_of(subject: Subject, line: bytes) -> bool:
+    """Whether one line of `dead-letter.jsonl` holds a record of `subject`."""
+    try:
+        entry = json.loads(line)
+        key, value = base64.b64decode(entry["key"]), base64.b64decode(entry["value"])
+        headers = [base64.b64decode(v) for v in (entry.get("headers") or {}).values()]
+        reason = str(entry.get("reason", "")).encode()
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return False
+    return belongs_to(subject, key, value, reason, *headers)
 
 
 class FileEventLog(EventLog):
@@ -299,8 +313,7 @@ class FileEventLog(EventLog):
     def _append_sync(self, messages: list[tuple[bytes, bytes]]) -> list[Position]:
         assert self._lock_fd is not None
         ts = int(time.time() * 1000)
-        with self._thread_lock:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+        with self._locked():
             try:
                 self._check_marker()
                 tail = self._scan_tail()
@@ -337,8 +350,6 @@ class FileEventLog(EventLog):
                 raise LogUnavailableError(
                     f"could not durably append to the event log in {self.directory}: {exc}"
                 ) from exc
-            finally:
-                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
         return [Position(0, first + i) for i in range(len(messages))]
 
     # -- reading -------------------------------------------------------------------------
@@ -396,7 +407,7 @@ class FileEventLog(EventLog):
             }))  # fmt: skip
 
         def write() -> None:
-            with open(self.dead_letter_path, "a") as f:
+            with self._locked(), open(self.dead_letter_path, "a") as f:
                 f.write("".join(line + "\n" for line in lines))
                 f.flush()
                 os.fsync(f.fileno())
@@ -409,6 +420,33 @@ class FileEventLog(EventLog):
                 return sum(1 for line in f if line.strip())
         except FileNotFoundError:
             return 0
+
+    async def erase_dead_letters(self, subject: Subject) -> int:
+        """Rewrite `dead-letter.jsonl` without the subject's records (memstream.log.
+        dead_letters): a new file written beside it, fsynced and renamed over it, under the
+        log's lock, so a reader sees the old file or the new one and no dead letter written
+        meanwhile is lost. A line that is not JSON is kept as it is (it names nobody)."""
+
+        def rewrite() -> int:
+            path = self.dead_letter_path
+            with self._locked():
+                try:
+                    lines = path.read_bytes().splitlines(keepends=True)
+                except FileNotFoundError:
+                    return 0
+                kept = [line for line in lines if not _dead_letter_of(subject, line)]
+                removed = len(lines) - len(kept)
+                if removed:
+                    tmp = path.with_name(f".{path.name}.tmp")
+                    with open(tmp, "wb") as f:
+                        f.write(b"".join(kept))
+                        f.flush()
+                        os.fsync(f.fileno())
+                    os.replace(tmp, path)
+                    fsync_dir(self.directory)
+                return removed
+
+        return await asyncio.to_thread(rewrite)
 
     # -- health and repair ---------------------------------------------------------------
     def health(self) -> dict[str, Any]:
@@ -439,15 +477,23 @@ class FileEventLog(EventLog):
     def repair(self) -> dict[str, Any]:
         """Quarantine every run of bad bytes into `quarantine/`, keep every valid record, and
         make the log writable again. Idempotent; a clean log is left untouched."""
+        with self._locked():
+            try:
+                return self._repair_locked()
+            finally:
+                self._tail = None
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """The log's lock, against this process's threads and every other process."""
         if self._lock_fd is None:
             self.directory.mkdir(parents=True, exist_ok=True)
             self._lock_fd = os.open(self.directory / "log.lock", os.O_RDWR | os.O_CREAT, 0o644)
         with self._thread_lock:
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
             try:
-                return self._repair_locked()
+                yield
             finally:
-                self._tail = None
                 fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
 
     def _repair_locked(self) -> dict[str, Any]:

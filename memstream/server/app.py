@@ -35,6 +35,7 @@ from memstream.server import (
     routes_webhooks,
 )
 from memstream.server.deps import PendingAdds
+from memstream.server.disconnect import CancelOnDisconnect
 from memstream.server.docs_pages import install_docs
 from memstream.server.limits import BodyLimit, RateLimiter, retry_after
 from memstream.service import Memstream
@@ -170,6 +171,7 @@ def create_app(settings: Settings) -> FastAPI:
         app.include_router(module.router)
     install_docs(app)
     mount_dashboard(app)
+    app.add_middleware(CancelOnDisconnect)  # a client that leaves stops its request's work
     app.add_middleware(CollapseLeadingSlashes)
     return app
 

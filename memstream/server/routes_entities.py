@@ -13,6 +13,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
 
+from memstream.cancellation import check as check_cancelled
 from memstream.errors import ValidationError
 from memstream.models import Tenant, iso_ms
 from memstream.query.reader import tenant_predicate
@@ -35,6 +36,7 @@ def _entity_rows(ms: Memstream, tenant: Tenant) -> list[dict[str, Any]]:
     )
     found: dict[tuple[str, str], dict[str, Any]] = {}
     for row in rows:
+        check_cancelled()  # every memory of the project: stop if the client has gone
         for field, kind in zip(ENTITY_FIELDS, ENTITY_TYPES, strict=True):
             name = row[field]
             if name is None:

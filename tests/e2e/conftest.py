@@ -99,6 +99,7 @@ def start_server(
     embedder: str = "hashing",
     keys: dict[str, tuple[str, str, str | None]] | None = None,
     env: dict[str, str] | None = None,
+    log_level: str = "warning",
 ) -> Server:
     """Start `memstream serve`; `keys` (label -> org, project, name) are created meanwhile."""
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -111,7 +112,7 @@ def start_server(
     with open(server.log_path, "wb") as log:
         server.proc = subprocess.Popen(
             [*MEMSTREAM, *global_args, "serve", "--host", "127.0.0.1", "--port", str(port),
-             "--log-level", "warning"],
+             "--log-level", log_level],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             env={**os.environ, **(env or {})},
         )  # fmt: skip

@@ -10,13 +10,14 @@ import base64
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from memstream.avro import MAGIC
 from memstream.events import MemoryAdded, encode_event, message_of, new_id, text_hash
 from memstream.scope import Scope
-from memstream.service import open_log
+from memstream.service import Memstream, open_log
 from memstream.settings import Settings
 
 SCOPE = Scope("local", "default", user_id="poisoned")
@@ -105,3 +106,51 @@ async def read_dead_letters(settings: Settings) -> list[tuple[bytes, str]]:
         return out
     finally:
         await consumer.stop()
+
+
+VICTIM = "victim-7f3a"
+
+
+def test_erasure_removes_the_subjects_dead_letters(tmp_path: Path) -> None:
+    """Dead letters are copies of log bytes: the key names the scope's ids in clear, and a
+    record that is not sealed can hold text. Erasing a subject rewrites dead-letter.jsonl
+    without the records it owns (by key, else by the decoded envelope, else any record that
+    names nobody but contains the id), and keeps everyone else's."""
+    settings = Settings(data_dir=tmp_path / "data", embedder="hashing")
+    victim = Scope("local", "default", user_id=VICTIM)
+    with_agent = Scope("local", "default", user_id=VICTIM, agent_id="bot")  # still the user's
+    bystander = Scope("local", "default", user_id="bystander")
+    namesake = Scope("local", "default", agent_id=VICTIM)  # an agent: another subject
+    secret = MemoryAdded(scope=with_agent, memory_id=new_id(), text="the victim's secret",
+                         hash="h", metadata="not json")  # fmt: skip
+    letters = {
+        "victim's undecodable": ((victim.key(), b"\x00\x01 garbage"), False),
+        "victim's plaintext, impossible": ((b"", encode_event(secret)), False),
+        "a foreign record naming the victim": ((b"k", f"note about {VICTIM}".encode()), False),
+        "a foreign record naming nobody": ((b"k", b"\x00 other garbage"), True),
+        "bystander's undecodable": ((bystander.key(), b"\x00\x01 garbage"), True),
+        "the namesake agent's undecodable": ((namesake.key(), b"\x00\x02 garbage"), True),
+    }
+
+    async def go() -> None:
+        log = open_log(settings)
+        await log.start()
+        try:
+            await log.append([message_of(good(0))] + [m for m, _ in letters.values()])
+        finally:
+            await log.close()
+        async with Memstream(settings) as ms:
+            await ms.add("Lives in Porto", user_id=VICTIM)
+            assert ms.log.dead_letter_count() == len(letters)
+            await ms.erase(user_id=VICTIM, reason="DSR")
+            assert ms.log.dead_letter_count() == sum(kept for _, kept in letters.values())
+
+    asyncio.run(go())
+    path = settings.data_dir / "log" / "dead-letter.jsonl"
+    left = [
+        (base64.b64decode(d["key"]), base64.b64decode(d["value"]))
+        for d in map(json.loads, path.read_text().splitlines())
+    ]
+    assert sorted(left) == sorted(m for m, kept in letters.values() if kept)
+    assert not any(b"secret" in value or VICTIM.encode() in value for _, value in left)
+    assert not list(path.parent.glob(".dead-letter.jsonl*"))  # the rewrite left no temp file
