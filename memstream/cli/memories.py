@@ -28,6 +28,7 @@ from memstream.cli.common import (
     out,
     parse_json,
     run,
+    run_light,
     write_table,
 )
 from memstream.events import Actor
@@ -105,17 +106,25 @@ def search(
     f = entity_filters(
         filters, {"user_id": user_id, "agent_id": agent_id, "app_id": app_id, "run_id": run_id}
     )
-    found = run(
-        lambda ms: ms.search(
-            query,
-            f,
-            top_k=top_k,
-            threshold=threshold,
-            show_expired=show_expired,
-            as_of=as_of,
-            candidate=candidate,
+    found = None
+    if as_of is None and candidate is None:  # the light path reads the live generation now
+        found = run_light(
+            lambda lr: lr.search(
+                query, f, top_k=top_k, threshold=threshold, show_expired=show_expired
+            )
         )
-    )
+    if found is None:
+        found = run(
+            lambda ms: ms.search(
+                query,
+                f,
+                top_k=top_k,
+                threshold=threshold,
+                show_expired=show_expired,
+                as_of=as_of,
+                candidate=candidate,
+            )
+        )
     emit({"results": [m.to_api() for m in found]}, lambda: memory_table(found, f"search: {query}"))
 
 
@@ -136,16 +145,22 @@ def get_all(
     f = entity_filters(
         filters, {"user_id": user_id, "agent_id": agent_id, "app_id": app_id, "run_id": run_id}
     )
-    result = run(
-        lambda ms: ms.get_all(
-            f,
-            page=page,
-            page_size=page_size,
-            show_expired=show_expired,
-            as_of=as_of,
-            candidate=candidate,
+    result = None
+    if as_of is None and candidate is None:  # the light path reads the live generation now
+        result = run_light(
+            lambda lr: lr.get_all(f, page=page, page_size=page_size, show_expired=show_expired)
         )
-    )
+    if result is None:
+        result = run(
+            lambda ms: ms.get_all(
+                f,
+                page=page,
+                page_size=page_size,
+                show_expired=show_expired,
+                as_of=as_of,
+                candidate=candidate,
+            )
+        )
     emit(
         {"count": result.count, "page": result.page, "page_size": result.page_size,
          "results": [m.to_api() for m in result.results]},
