@@ -99,6 +99,7 @@ T = TypeVar("T")
 class State:
     settings: Settings
     json: bool = False
+    no_server: bool = False
 
 
 state = State()
@@ -137,6 +138,13 @@ def main_options(
     as_json: bool = typer.Option(
         False, "--json", help="Print one JSON document (Mem0 REST shape)."
     ),
+    no_server: bool = typer.Option(
+        False,
+        "--no-server",
+        envvar="MEMSTREAM_NO_SERVER",
+        help="Answer here even when a `memstream serve` of this data dir runs (by default "
+        "get-all, search and add are sent to it: it has everything open already).",
+    ),
     llm_base_url: str = typer.Option(
         None,
         "--llm-base-url",
@@ -156,6 +164,7 @@ def main_options(
         llm_api_key=llm_api_key,
     )  # fmt: skip
     state.json = as_json
+    state.no_server = no_server
 
 
 # -- plumbing ----------------------------------------------------------------------------
