@@ -32,6 +32,7 @@ from typing import Any
 
 from memstream.embedders.base import Embedder
 from memstream.embedders.registry import get_embedder
+from memstream.fsutil import drop_scratch
 from memstream.log.file import FileEventLog
 from memstream.models import MemoryView, Page, Tenant
 from memstream.projector import erasure
@@ -110,6 +111,7 @@ async def open_light_reads(settings: Settings) -> LightReads | None:
     if embedder.name != meta.embedder:
         return None
     store.drop_abandoned()  # as every start does: what killed replays left (plaintext)
+    drop_scratch(data_dir)  # and what a crashed export left (plaintext)
     snapshot = LanceSnapshot(store.root / name, meta.dim)
     checkpoint = snapshot.checkpoint()
     if meta.pinned is None:
