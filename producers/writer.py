@@ -33,7 +33,7 @@ from memstream.events import (
     now_ms,
 )
 from memstream.keystore.base import Subject, SubjectKey
-from memstream.log.base import EventLog, Position
+from memstream.log.base import EventLog, Offsets, Position
 from memstream.models import UNSET, MemoryView, Tenant, WriteResult
 from memstream.producers import validation as v
 from memstream.producers.phases import Phases
@@ -420,12 +420,15 @@ class SubjectEraser(_Producer):
             "event_id": event.event_id,
         }
 
-    async def dead_keys(self, subject: Subject | None = None) -> dict[Subject, list[str]]:
-        """Key ids the live projection's rows were sealed under whose key no longer exists,
-        by subject. Rows are read first, the key store refreshed after (a key created in
-        between is then seen alive, never mistaken for a destroyed one)."""
+    async def dead_keys(
+        self, subject: Subject | None = None, *, since: Offsets | None = None
+    ) -> dict[Subject, list[str]]:
+        """Key ids the live projection's rows (or, with `since`, the rows of events at or
+        after that checkpoint) were sealed under whose key no longer exists, by subject. Rows
+        are read first, the key store refreshed after (a key created in between is then seen
+        alive, never mistaken for a destroyed one)."""
         gen = self.projector.generation()
-        scanned = await asyncio.to_thread(erasure.sealed_keys, gen, subject)
+        scanned = await asyncio.to_thread(erasure.sealed_keys, gen, subject, since=since)
         if not scanned:
             return {}
         keys = self.projector.keys
@@ -439,11 +442,25 @@ class SubjectEraser(_Producer):
     async def finish_interrupted(self) -> list[Subject]:
         """Complete erasures killed between destroying the keys and logging `SubjectErased`:
         one `SubjectErased` per subject whose projected rows are sealed under dead keys, so
-        every projector removes that plaintext (run at start; harmless when repeated)."""
+        every projector removes that plaintext (run at start; harmless when repeated).
+
+        The whole projection is read only when a key was destroyed since the generation's
+        last clean scan (or it has none); otherwise only the rows of events projected since
+        (projector/erasure.py, ScanStamp). A scan that finds nothing is recorded."""
         if self.projector.pinned is not None:
             return []
+        gen = self.projector.generation()
+        marker = self.projector.keys.erasure_marker()  # before the scan: a destroy during
+        checkpoint = gen.checkpoint()  # it changes the marker, and the next start rescans
+        stamp = erasure.read_scan_stamp(gen) if marker is not None else None
+        since = stamp.checkpoint if stamp is not None and stamp.marker == marker else None
+        if since is not None and since == checkpoint:
+            return []  # no key destroyed and nothing projected since the last clean scan
+        dead = await self.dead_keys(since=since)
+        if not dead and marker is not None and gen is self.projector.generation():
+            erasure.write_scan_stamp(gen, erasure.ScanStamp(marker, checkpoint))
         done: list[Subject] = []
-        for subject, ids in (await self.dead_keys()).items():
+        for subject, ids in dead.items():
             event = SubjectErased(
                 scope=Scope(subject.org_id, subject.project_id, **{subject.field: subject.value}),
                 actor=Actor(source="memstream:recovery"), subject_field=subject.field,

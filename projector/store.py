@@ -22,12 +22,11 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 
-from memstream.lancedb_import import BTree, lancedb
 from memstream.log.base import Offsets
 from memstream.projector.index import DigestSet
 from memstream.projector.tables import (
@@ -46,6 +45,18 @@ RETIRED_GRACE_S = 300.0  # how long a replaced generation stays for readers stil
 BUILDING = "BUILDING"  # lock file a replay holds (flock) while it builds a generation
 YOUNG_S = 60.0  # a generation (or temp file) this new may still be getting its lock file
 CANDIDATE = "CANDIDATE"  # marker (JSON) of a finished reinfer candidate generation
+
+if TYPE_CHECKING:
+    from types import ModuleType
+
+
+def _lancedb() -> ModuleType:
+    """LanceDB, imported on first use (~1 s even without its REST client, see
+    memstream/lancedb_import.py): a process that only reads a generation through `lance`
+    (memstream/light_reads.py) or never opens one never pays for it."""
+    from memstream.lancedb_import import lancedb
+
+    return lancedb
 
 
 def _atomic_write(path: Path, text: str) -> None:
@@ -74,13 +85,21 @@ class Generation:
     def __init__(self, path: Path, dim: int) -> None:
         self.path = path
         self.dim = dim
-        self.db = lancedb.connect(path / "lance", read_consistency_interval=dt.timedelta(0))
+        self.db = _lancedb().connect(path / "lance", read_consistency_interval=dt.timedelta(0))
         self._memories: Any = None
         self._events: Any = None
         self._policies: Any = None
 
+    def _exists(self, name: str) -> bool:
+        """Whether table `name` was created: one stat, where LanceDB's open_table would
+        raise (and be asked again on every read of a table nobody created, e.g. `policies`
+        in a project without retention policies)."""
+        return (self.path / "lance" / f"{name}.lance").is_dir()
+
     # tables are created lazily, so a read of an empty generation needs no writer
     def _open(self, name: str, schema: pa.Schema, create: bool) -> Any:
+        if not create and not self._exists(name):
+            return None
         try:
             return self.db.open_table(name)
         except (FileNotFoundError, ValueError):
@@ -150,6 +169,8 @@ class Generation:
         table = self.memories()
         if table is None or table.count_rows() == 0:
             return
+        from memstream.lancedb_import import BTree
+
         existing = {tuple(ix.columns) for ix in table.list_indices()}
         for column in ("id", *INDEXED_COLUMNS, "hash"):
             if (column,) not in existing:
@@ -377,7 +398,7 @@ class EmbeddingCache:
     def __init__(self, data_dir: Path, model: str, dim: int, memory_items: int = 100_000) -> None:
         self.model = model
         self.dim = dim
-        self.db = lancedb.connect(data_dir / "cache", read_consistency_interval=dt.timedelta(0))
+        self.db = _lancedb().connect(data_dir / "cache", read_consistency_interval=dt.timedelta(0))
         self.table_name = "embeddings_" + "".join(c if c.isalnum() else "_" for c in model)
         self._mem: dict[str, np.ndarray] = {}
         self._memory_items = memory_items
@@ -414,6 +435,8 @@ class EmbeddingCache:
         if table is None or table.count_rows() == 0:
             return
         if ("key",) not in {tuple(ix.columns) for ix in table.list_indices()}:
+            from memstream.lancedb_import import BTree
+
             table.create_index("key", config=BTree())
 
     def get_many(self, keys: list[str], known: DigestSet | None = None) -> dict[str, np.ndarray]:

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
+from memstream.embedders.base import Embedder
 from memstream.errors import NotFoundError, ValidationError
 from memstream.events import now_ms
 from memstream.models import HistoryEntry, MemoryView, Page, Tenant
-from memstream.projector.projector import Projector
 from memstream.projector.store import Generation
-from memstream.query.explain import explain
 from memstream.query.filters import CompiledFilter, compile_filters, exact_lance_filter
 from memstream.query.retention import date_expired, policy_expires, visible
 from memstream.query.scoped import (
@@ -27,8 +26,11 @@ from memstream.query.scoped import (
     rank,
 )
 from memstream.query.scoped import Scope as ScopeRows
-from memstream.query.timetravel import PointInTime
 from memstream.sqlutil import sql_in, sql_str
+
+if TYPE_CHECKING:  # point-in-time reads (DuckDB) load when an as_of read asks for them
+    from memstream.projector.projector import Projector
+    from memstream.query.timetravel import PointInTime
 
 MEMORY_COLUMNS = [
     "id", "org_id", "project_id", "user_id", "agent_id", "app_id", "run_id", "text", "hash",
@@ -42,26 +44,55 @@ def tenant_predicate(tenant: Tenant) -> str:
     return f"org_id = {sql_str(tenant.org_id)} AND project_id = {sql_str(tenant.project_id)}"
 
 
+class Source(Protocol):
+    """What a reader reads: the live generation and the embedder of search queries (the
+    `Projector`; or a snapshot of the generation read through `lance` alone, see
+    memstream/light_reads.py)."""
+
+    embedder: Embedder
+
+    def generation(self) -> Generation: ...
+
+
+class PlanDeclined(Exception):  # noqa: N818 -- a decision, not a failure
+    """A `scoped_only` reader was asked a read its scoped plan cannot answer (no indexed
+    lead, too many rows under it, or a point-in-time read): the caller asks a full reader."""
+
+
 class MemoryReader:
     """`scoped`: lead with the filter's most selective indexed equality and check the rest
     here (`query/scoped.py`); False sends the whole predicate to Lance (the plan before,
     kept for comparison in tests and bench/). `generation`: read that generation (a reinfer
-    candidate) instead of the live one; as-of reads are not offered on it."""
+    candidate) instead of the live one; as-of reads are not offered on it. `scoped_only`:
+    answer only what the scoped plan answers (through `lance`, never LanceDB's query
+    builder) and raise PlanDeclined for the rest."""
 
     def __init__(
         self,
-        projector: Projector,
+        projector: Source,
         *,
         scoped: bool = True,
         max_search_rows: int = MAX_SEARCH_ROWS,
         max_get_all_rows: int = MAX_GET_ALL_ROWS,
         generation: Generation | None = None,
+        scoped_only: bool = False,
     ) -> None:
         self.projector = projector
         self._fixed = generation  # a reinfer candidate to read instead of the live generation
         self.scoped = scoped
         self.max_search_rows = max_search_rows
         self.max_get_all_rows = max_get_all_rows
+        self.scoped_only = scoped_only
+
+    def _declined(self, why: str) -> None:
+        if self.scoped_only:
+            raise PlanDeclined(why)
+
+    def _point_in_time(self) -> PointInTime:
+        self._declined("a point-in-time read")
+        from memstream.query.timetravel import PointInTime
+
+        return PointInTime(cast("Projector", self.projector))
 
     def _generation(self) -> Generation:
         return self._fixed if self._fixed is not None else self.projector.generation()
@@ -84,7 +115,7 @@ class MemoryReader:
         if not isinstance(memory_id, str) or not memory_id:
             raise ValidationError("memory_id: must be a non-empty string")
         if as_of is not None:  # point-in-time: a fold of the events table (query/timetravel.py)
-            return PointInTime(self.projector).get(tenant, memory_id, as_of)
+            return self._point_in_time().get(tenant, memory_id, as_of)
         rows = self._generation().query_memories(
             f"{tenant_predicate(tenant)} AND id = {sql_str(memory_id)}", MEMORY_COLUMNS
         )
@@ -107,7 +138,7 @@ class MemoryReader:
         if not 1 <= page_size <= MAX_PAGE_SIZE:
             raise ValidationError(f"page_size: must be between 1 and {MAX_PAGE_SIZE}")
         if as_of is not None:
-            return PointInTime(self.projector).get_all(
+            return self._point_in_time().get_all(
                 tenant, filters, as_of, page=page, page_size=page_size, show_expired=show_expired
             )
         compiled = self._compile(tenant, filters)
@@ -123,6 +154,7 @@ class MemoryReader:
             if scope is not None:
                 scope.rows.sort(key=lambda r: (-r["created_at"], r["id"]))
                 return Page.of(scope.rows, page, page_size)
+        self._declined("no indexed lead, or too many rows under it")
         # metadata conditions cannot run inside Lance: prefilter there, decide exactly here
         rows = [
             row
@@ -152,7 +184,7 @@ class MemoryReader:
         if threshold is not None and not 0.0 <= threshold <= 1.0:
             raise ValidationError("threshold: must be between 0 and 1")
         if as_of is not None:
-            return PointInTime(self.projector).search(
+            return self._point_in_time().search(
                 tenant, query, filters, as_of,
                 top_k=top_k, threshold=threshold, show_expired=show_expired,
             )  # fmt: skip
@@ -194,6 +226,8 @@ class MemoryReader:
                 policies=None if show_expired else self.policies(tenant), now_ms=now_ms(),
                 max_rows=self.max_search_rows, with_vectors=True,
             )  # fmt: skip
+        if scope is None and table is not None:
+            self._declined("no indexed lead, or too many rows under it")
         return PreparedSearch(self, tenant, compiled, table, scope, show_expired)
 
     def history(self, tenant: Tenant, memory_id: str) -> list[HistoryEntry]:
@@ -205,6 +239,8 @@ class MemoryReader:
         if not rows:
             raise NotFoundError(f"Memory not found: {memory_id}")
         rows.sort(key=lambda r: (r["occurred_at"], r["partition"], r["offset"]))
+        from memstream.query.explain import explain
+
         why = explain(self._generation(), rows)
         return [HistoryEntry.from_row(r, inference=why.get(r["event_id"])) for r in rows]
 

@@ -155,7 +155,9 @@ def dataset(table: Any) -> Any:
     """The `lance` dataset of a LanceDB table at the table's current version, kept per table:
     a dataset opened afresh starts with cold index and metadata caches (each query would
     read the BTree pages again); a newer version is checked out from the kept one, which
-    shares its caches."""
+    shares its caches. A `lance` dataset (a LanceSnapshot's table) is its own dataset."""
+    if not hasattr(table, "to_lance"):
+        return table
     version = table.version
     with _DATASETS_LOCK:
         ds = _DATASETS.get(table)

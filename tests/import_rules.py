@@ -31,7 +31,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
         "memstream.integrations",
         "memstream.client",
     ),
-    "service": ("memstream.service",),
+    "service": ("memstream.service", "memstream.light_reads"),
     "producers": ("memstream.producers",),
     "query": ("memstream.query",),
     "webhooks": ("memstream.webhooks",),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
@@ -22,7 +23,67 @@ from memstream.models import MemoryView, WriteResult, iso_ms
 from memstream.settings import Settings
 
 if TYPE_CHECKING:  # the ledger stack (LanceDB alone takes ~3 s to import) loads on first use,
-    from memstream.service import Memstream  # so --help and bad input answer at once
+    from memstream.light_reads import LightReads  # so --help and bad input answer at once
+    from memstream.service import Memstream
+
+
+def _lazy_typer_coercion() -> None:
+    """Keep typer from building a pydantic TypeAdapter for parameters whose value it would
+    pass through unchanged.
+
+    typer 0.2x coerces every parameter of a command through a TypeAdapter built on first
+    use, and asks for it before looking at the value: also for each option left unset
+    (None), and for a string given for a `str` option or a default already of its type.
+    With pydantic's import that was ~40% of a `memstream get-all` (issue 16, section 7).
+    Here such values get exactly what typer's coercion returns for them (None, or () for a
+    multi-value parameter; the value itself for a str into `str`, an int into an
+    unconstrained `int`, a float into an unconstrained `float`), and every other value,
+    parser, file or constraint goes through typer's own coercion as before. Nothing is
+    changed if typer's internals are not the ones this knows."""
+    try:
+        from typer.core import _TyperParameter
+    except ImportError:
+        return
+    found = getattr(_TyperParameter, "get_runtime_param", None)
+    if found is None or getattr(found, "_memstream_lazy", False):
+        return
+    build: Callable[[Any], Any] = found
+
+    def unchanged(param: Any, value: Any) -> bool:
+        try:
+            desc = param.type_descriptor
+            info = desc.parameter_info
+            if desc.file_annotation is not None or info.parser is not None:
+                return False
+            if getattr(info, "click_type", None) is not None:
+                return False
+            if desc.annotation is str:
+                return type(value) is str
+            if desc.annotation in (int, float):
+                return type(value) is desc.annotation and info.min is None and info.max is None
+        except AttributeError:  # another typer: let it coerce
+            pass
+        return False
+
+    class Lazy:
+        def __init__(self, param: Any) -> None:
+            self.param = param
+
+        def coerce(self, value: Any, param: Any, ctx: Any) -> Any:
+            if value is None:
+                return () if (param.multiple or param.nargs == -1) else None
+            if unchanged(param, value):
+                return value
+            return build(self.param).coerce(value, param=param, ctx=ctx)
+
+    def get_runtime_param(self: Any) -> Any:
+        return Lazy(self)
+
+    get_runtime_param._memstream_lazy = True  # type: ignore[attr-defined]
+    _TyperParameter.get_runtime_param = get_runtime_param  # type: ignore[method-assign]
+
+
+_lazy_typer_coercion()
 
 app = typer.Typer(
     help="memstream: an event-sourced memory ledger for AI agents (Mem0-compatible).",
@@ -38,6 +99,7 @@ T = TypeVar("T")
 class State:
     settings: Settings
     json: bool = False
+    no_server: bool = False
 
 
 state = State()
@@ -45,10 +107,11 @@ state = State()
 
 @app.callback()
 def main_options(
-    data_dir: Path = typer.Option(
+    data_dir: str = typer.Option(  # a str: typer's Path coercion costs a pydantic import
         None,
         "--data-dir",
         envvar="MEMSTREAM_DATA_DIR",
+        metavar="<path>",
         help="Where the log and projections live.",
         show_default="./memstream-data",
     ),
@@ -75,6 +138,13 @@ def main_options(
     as_json: bool = typer.Option(
         False, "--json", help="Print one JSON document (Mem0 REST shape)."
     ),
+    no_server: bool = typer.Option(
+        False,
+        "--no-server",
+        envvar="MEMSTREAM_NO_SERVER",
+        help="Answer here even when a `memstream serve` of this data dir runs (by default "
+        "get-all, search and add are sent to it: it has everything open already).",
+    ),
     llm_base_url: str = typer.Option(
         None,
         "--llm-base-url",
@@ -89,11 +159,12 @@ def main_options(
     ),
 ) -> None:
     state.settings = Settings.from_env(
-        data_dir=data_dir, kafka_bootstrap=kafka, topic=topic, embedder=embedder,
+        data_dir=Path(data_dir) if data_dir is not None else None, kafka_bootstrap=kafka, topic=topic, embedder=embedder,
         org_id=org_id, project_id=project_id, llm_base_url=llm_base_url, llm_model=llm_model,
         llm_api_key=llm_api_key,
     )  # fmt: skip
     state.json = as_json
+    state.no_server = no_server
 
 
 # -- plumbing ----------------------------------------------------------------------------
@@ -119,6 +190,32 @@ def run(
         fail(exc.message, code=2 if isinstance(exc, ValidationError) else 1)
     except KeyboardInterrupt:
         fail("interrupted", code=130)
+
+
+LIGHT_READS_ENV = "MEMSTREAM_LIGHT_READS"
+
+
+def run_light(body: Callable[[LightReads], T]) -> T | None:
+    """Answer a read from the current projection through `lance` alone (memstream/
+    light_reads.py), or None when only the full path (`run`) can answer it exactly. None too
+    when anything about the data directory surprises it: the full path then reports that.
+    MEMSTREAM_LIGHT_READS=0 always takes the full path (to compare the two)."""
+    if os.environ.get(LIGHT_READS_ENV, "1").strip().lower() in ("0", "false", "no", "off"):
+        return None
+    from memstream.light_reads import PlanDeclined, open_light_reads
+
+    try:
+        reads = asyncio.run(open_light_reads(state.settings))
+    except (MemstreamError, OSError, ValueError, KeyError):
+        return None
+    if reads is None:
+        return None
+    try:
+        return body(reads)
+    except PlanDeclined:
+        return None
+    except MemstreamError as exc:
+        fail(exc.message, code=2 if isinstance(exc, ValidationError) else 1)
 
 
 def fail(message: str, code: int = 2) -> NoReturn:

@@ -28,10 +28,11 @@ from memstream.cli.common import (
     out,
     parse_json,
     run,
+    run_light,
     write_table,
 )
 from memstream.events import Actor
-from memstream.models import UNSET, MemoryView, WriteResult, iso_ms
+from memstream.models import UNSET, MemoryView, Page, WriteResult, iso_ms
 
 if TYPE_CHECKING:
     from memstream.service import Memstream
@@ -80,10 +81,22 @@ def add(
             actor=Actor(source="cli"), wait=not no_wait,
         )  # fmt: skip
 
-    results = run(go)
+    from memstream.cli.forward import NOT_FORWARDED, forward
+
+    results: list[WriteResult] | None = None
+    if not infer:  # an inferred add asks this command's LLM settings, not the server's
+        sent = forward("add", {
+            "messages": messages, "user_id": user_id, "agent_id": agent_id, "app_id": app_id,
+            "run_id": run_id, "metadata": meta, "categories": categories,
+            "expiration_date": expiration_date, "immutable": immutable,
+            "request_id": request_id, "wait": not no_wait,
+        }, write=True)  # fmt: skip
+        if sent is not NOT_FORWARDED:
+            results = [WriteResult(**r) for r in sent]
+    done = results if results is not None else run(go)
     emit(
-        {"results": [r.to_api() for r in results], "inference": inferred},
-        lambda: write_table(results),
+        {"results": [r.to_api() for r in done], "inference": inferred},
+        lambda: write_table(done),
     )
 
 
@@ -105,17 +118,34 @@ def search(
     f = entity_filters(
         filters, {"user_id": user_id, "agent_id": agent_id, "app_id": app_id, "run_id": run_id}
     )
-    found = run(
-        lambda ms: ms.search(
-            query,
-            f,
-            top_k=top_k,
-            threshold=threshold,
-            show_expired=show_expired,
-            as_of=as_of,
-            candidate=candidate,
+    from memstream.cli.forward import NOT_FORWARDED, forward
+
+    found = None
+    sent: Any = NOT_FORWARDED
+    if candidate is None:  # a reinfer candidate is read here (the server reads the live one)
+        sent = forward("search", {"query": query, "filters": f, "top_k": top_k,
+                                  "threshold": threshold, "show_expired": show_expired,
+                                  "as_of": as_of})  # fmt: skip
+    if sent is not NOT_FORWARDED:
+        found = [MemoryView(**m) for m in sent]
+    elif as_of is None and candidate is None:  # the light path reads the live generation now
+        found = run_light(
+            lambda lr: lr.search(
+                query, f, top_k=top_k, threshold=threshold, show_expired=show_expired
+            )
         )
-    )
+    if found is None:
+        found = run(
+            lambda ms: ms.search(
+                query,
+                f,
+                top_k=top_k,
+                threshold=threshold,
+                show_expired=show_expired,
+                as_of=as_of,
+                candidate=candidate,
+            )
+        )
     emit({"results": [m.to_api() for m in found]}, lambda: memory_table(found, f"search: {query}"))
 
 
@@ -136,16 +166,31 @@ def get_all(
     f = entity_filters(
         filters, {"user_id": user_id, "agent_id": agent_id, "app_id": app_id, "run_id": run_id}
     )
-    result = run(
-        lambda ms: ms.get_all(
-            f,
-            page=page,
-            page_size=page_size,
-            show_expired=show_expired,
-            as_of=as_of,
-            candidate=candidate,
+    from memstream.cli.forward import NOT_FORWARDED, forward
+
+    result = None
+    sent: Any = NOT_FORWARDED
+    if candidate is None:  # a reinfer candidate is read here (the server reads the live one)
+        sent = forward("get_all", {"filters": f, "page": page, "page_size": page_size,
+                                   "show_expired": show_expired, "as_of": as_of})  # fmt: skip
+    if sent is not NOT_FORWARDED:
+        result = Page(sent["count"], sent["page"], sent["page_size"],
+                      [MemoryView(**m) for m in sent["results"]])  # fmt: skip
+    elif as_of is None and candidate is None:  # the light path reads the live generation now
+        result = run_light(
+            lambda lr: lr.get_all(f, page=page, page_size=page_size, show_expired=show_expired)
         )
-    )
+    if result is None:
+        result = run(
+            lambda ms: ms.get_all(
+                f,
+                page=page,
+                page_size=page_size,
+                show_expired=show_expired,
+                as_of=as_of,
+                candidate=candidate,
+            )
+        )
     emit(
         {"count": result.count, "page": result.page, "page_size": result.page_size,
          "results": [m.to_api() for m in result.results]},

@@ -117,6 +117,13 @@ class KeyStore(ABC):
     async def destroy(self, subject: Subject) -> list[str]:
         """Destroy every key the subject has (idempotent); return the ids destroyed."""
 
+    def erasure_marker(self) -> str | None:
+        """A cheap value that changes whenever any process destroys a key of this store, so
+        a clean scan for interrupted erasures stays valid while it is the same (see
+        projector/erasure.py, ScanStamp); None when the store cannot tell cheaply (then
+        every start scans the whole projection)."""
+        return None
+
     async def __aenter__(self) -> KeyStore:
         await self.start()
         return self

@@ -150,6 +150,17 @@ class FileKeyStore(KeyStore):
 
     # ------------------------------------------------------------------ journal
 
+    def erasure_marker(self) -> str | None:
+        """The journal's inode and size: every destroy appends its line before it wipes
+        anything, and a journal replaced from outside has another inode."""
+        try:
+            st = self._journal.stat()
+        except FileNotFoundError:
+            return "absent"
+        except OSError:
+            return None
+        return f"{st.st_ino}:{st.st_size}"
+
     def _apply_journal(self) -> None:
         """Drop cached keys of subjects destroyed (by anyone) since the journal was last read."""
         try:

@@ -2,13 +2,29 @@
 
 `get_llm(settings)` is the configured model, or None when no LLM is configured (then
 `add(infer=True)` stores the messages verbatim and says so).
+
+The provider (`openai_compat`, which imports the `openai` SDK: ~1 s) loads when an LLM is
+configured or its names are first used, not when this package is imported: a CLI command
+or server without inference never pays for it (issue 16, section 7).
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from memstream.llm.base import LLM, Completion, LLMUnavailableError, Usage
-from memstream.llm.openai_compat import OpenAICompatibleLLM, endpoint_host
 from memstream.settings import Settings
+
+if TYPE_CHECKING:
+    from memstream.llm.openai_compat import OpenAICompatibleLLM, endpoint_host
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("OpenAICompatibleLLM", "endpoint_host"):
+        from memstream.llm import openai_compat
+
+        return getattr(openai_compat, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def get_llm(settings: Settings) -> OpenAICompatibleLLM | None:
@@ -22,6 +38,8 @@ def get_llm(settings: Settings) -> OpenAICompatibleLLM | None:
             "LLM settings: give both MEMSTREAM_LLM_BASE_URL (--llm-base-url) and "
             "MEMSTREAM_LLM_MODEL (--llm-model), or neither (inference off)"
         )
+    from memstream.llm.openai_compat import OpenAICompatibleLLM
+
     return OpenAICompatibleLLM(
         settings.llm_base_url,
         settings.llm_model,

@@ -188,7 +188,8 @@ def _version() -> str:
 def serve(
     settings: Settings, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info"
 ) -> None:
-    """Run the server until SIGINT/SIGTERM (uvicorn; one process).
+    """Run the server until SIGINT/SIGTERM (uvicorn; one process), also on the local socket
+    the CLI of the same data directory forwards its commands to (server/local_cli.py).
 
     The root logger is configured here, before the app is built, because the MCP SDK's
     server configures it at INFO on construction when nobody has: `--log-level warning`
@@ -196,9 +197,9 @@ def serve(
     """
     import logging
 
-    import uvicorn
+    from memstream.server import local_cli
 
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level, access_log=False)
+    local_cli.serve(create_app(settings), settings, host=host, port=port, log_level=log_level)

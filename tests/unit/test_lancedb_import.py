@@ -18,12 +18,16 @@ def run(code: str) -> str:
 def test_the_service_imports_lancedb_without_the_namespace_client_apis() -> None:
     out = run(
         "import sys, memstream.service\n"
-        "print('lancedb' in sys.modules,\n"
+        "before = 'lancedb' in sys.modules\n"  # loaded by the first generation opened
+        "from memstream.projector.store import Generation\n"
+        "import tempfile, pathlib\n"
+        "Generation(pathlib.Path(tempfile.mkdtemp()), 8)\n"
+        "print(before, 'lancedb' in sys.modules,\n"
         "      'lance_namespace_urllib3_client.models' in sys.modules,\n"
         "      'lance_namespace_urllib3_client.api' in sys.modules,\n"
         "      'httpx' in sys.modules)"
     )
-    assert out == "True True False False"
+    assert out == "False True True False False"
 
 
 def test_the_deferred_client_loads_whole_on_first_use() -> None:
