@@ -8,8 +8,8 @@ computing it for nobody. The REST server gives each request a `Token` in a conte
 - async work stops by asyncio cancellation of the handler's task (awaiting a thread, the
   LLM, the projector: all end at once);
 - work already running in a worker thread cannot be stopped from outside, so its hot loops
-  call `check()` (the filter evaluator once per row, paged reads once per page) and raise
-  `RequestCancelled`; DuckDB queries are interrupted through `interrupting(cursor.interrupt)`.
+  call `check()` (the filter evaluator once per row, the entity list once per memory) and
+  raise `RequestCancelled`; DuckDB queries are interrupted through `interrupting(cursor.interrupt)`.
   `asyncio.to_thread` copies the context, so a thread sees the token of the request that
   started it. Outside a request there is no token and `check()` does nothing.
 
@@ -34,7 +34,6 @@ __all__ = [
     "bound",
     "check",
     "committing",
-    "current",
     "interrupting",
     "unbound_context",
 ]
@@ -53,28 +52,22 @@ class RequestCancelled(MemstreamError):
 class Token:
     """One request's cancellation state, shared by its task and the threads it starts."""
 
-    __slots__ = ("_callbacks", "_committing", "_lock", "_stopped", "gone")
+    __slots__ = ("_callbacks", "_committing", "_lock", "_stopped")
 
     def __init__(self) -> None:
         self._stopped = False  # set once, by the event loop's thread; read by any thread
         self._lock = threading.Lock()
         self._committing = 0
         self._callbacks: list[Callable[[], object]] = []
-        self.gone = False  # the client left, whether or not the work could stop
 
     @property
     def cancelled(self) -> bool:
         return self._stopped
 
-    @property
-    def is_committing(self) -> bool:
-        return self._committing > 0
-
     def cancel(self) -> bool:
         """The client left: stop the work unless a write is committing. True when the work
         is to stop (the caller then cancels the task too); False when it runs to its end."""
         with self._lock:
-            self.gone = True
             if self._committing:
                 return False
             self._stopped = True
@@ -114,11 +107,6 @@ class Token:
 _CURRENT: contextvars.ContextVar[Token | None] = contextvars.ContextVar(
     "memstream_request_token", default=None
 )
-
-
-def current() -> Token | None:
-    """The token of the request this code runs for (None outside a request)."""
-    return _CURRENT.get()
 
 
 @contextlib.contextmanager
