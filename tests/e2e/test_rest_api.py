@@ -292,6 +292,19 @@ def _project_admin(method: str, path: str) -> Callable[[httpx.Client, Victim, Se
     return case
 
 
+def _unsupported(method: str, path: str) -> Callable[[httpx.Client, Victim, Server], None]:
+    """Profiles and summaries are 501 for every key: aimed at project A's user from another
+    project, they answer the same sentence and reveal nothing of A."""
+
+    def case(c: httpx.Client, v: Victim, server: Server) -> None:
+        url = path.format(entity_type="user", entity_id=v.user, job_id="job_0")
+        r = c.request(method, url, json={"user_id": v.user, "filters": {"user_id": v.user}})
+        detail = err(r, 501)
+        assert "\n" not in detail and v.user not in detail and v.snapshot["memory"] not in r.text
+
+    return case
+
+
 PROJECTS = "/api/v1/orgs/organizations/{org_id}/projects/"
 PROJECT = PROJECTS + "{project_id}/"
 MEMBERS = PROJECT + "members/"
@@ -334,6 +347,17 @@ TENANCY_CASES: dict[tuple[str, str], Callable[[httpx.Client, Victim, Server], No
             ("PATCH", PROJECT),
             ("DELETE", PROJECT),
             *((verb, MEMBERS) for verb in ("GET", "POST", "PUT", "DELETE")),
+        )
+    },  # fmt: skip
+    **{
+        (m, p): _unsupported(m, p)
+        for m, p in (
+            ("GET", "/v2/entities/{entity_type}/{entity_id}/profile/"),
+            ("POST", "/v2/profiles/jobs/"),
+            ("GET", "/v2/profiles/jobs/{job_id}/"),
+            ("GET", "/v2/profiles/settings/"),
+            ("POST", "/v2/profiles/settings/"),
+            ("POST", "/v1/summary/"),
         )
     },  # fmt: skip
     ("GET", "/v1/ping/"): t_ping,
