@@ -1,14 +1,14 @@
 """Property-based fuzzing of the whole REST API from its own /openapi.json (schemathesis).
 
 Bounded: every operation gets a fixed number of generated requests, valid per the schema
-(positive) and invalid (negative), 8 of each: CI makes 672 requests (42 operations x 2
+(positive) and invalid (negative), 8 of each: CI makes 768 requests (48 operations x 2
 modes x 8), sent with a valid key to a real `memstream serve` on the file log; no answer may
-be 5xx except the documented 501 of project management (48 of the 672).
+be 5xx except the documented 501s (project management, profiles, summaries: 96 of the 768).
 
-Why 8: measured on the 2-core development machine under a load of 10-13, the test took
-~110 s of its own at 8 (plus the shared server's start), ~210 s at 20 and ~560 s at 40,
-most of it hypothesis generating cases in the test process; 8 was already past the ~90 s
-this test may take, so CI stays at 8. `MEMSTREAM_FUZZ_EXAMPLES=40` (3,360 requests) is the
+Why 8: on the 2-core development machine under a load of 10-14, the test's own calls (the
+shared server's start aside) took 70-110 s at 8, ~92 s at 12, ~210 s at 20 and 240-560 s
+at 40 -- mostly hypothesis generating cases in the test process. 8 is the count that stays
+near the ~90 s this test may take. `MEMSTREAM_FUZZ_EXAMPLES=40` (3,840 requests) is the
 longer run made by hand; its figures are in docs/guarantees.md.
 
 schemathesis' pytest plugin does not run under pytest 9 yet, so each operation is driven
@@ -30,7 +30,7 @@ from memstream.server import create_app
 from memstream.settings import Settings
 from tests.e2e.conftest import Server
 
-# MEMSTREAM_FUZZ_EXAMPLES raises it for a longer run (40: 3,360 requests)
+# MEMSTREAM_FUZZ_EXAMPLES raises it for a longer run (40: 3,840 requests)
 EXAMPLES_PER_MODE = int(os.environ.get("MEMSTREAM_FUZZ_EXAMPLES", "8"))
 
 OPERATIONS = sorted(
