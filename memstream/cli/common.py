@@ -37,9 +37,10 @@ def _lazy_typer_coercion() -> None:
     With pydantic's import that was ~40% of a `memstream get-all` (issue 16, section 7).
     Here such values get exactly what typer's coercion returns for them (None, or () for a
     multi-value parameter; the value itself for a str into `str`, an int into an
-    unconstrained `int`, a float into an unconstrained `float`), and every other value,
-    parser, file or constraint goes through typer's own coercion as before. Nothing is
-    changed if typer's internals are not the ones this knows."""
+    unconstrained `int`, a float into an unconstrained `float`; a flag's environment word,
+    e.g. MEMSTREAM_NO_SERVER=1, as pydantic reads it), and every other value, parser, file
+    or constraint goes through typer's own coercion as before. Nothing is changed if
+    typer's internals are not the ones this knows."""
     try:
         from typer.core import _TyperParameter
     except ImportError:
@@ -49,21 +50,34 @@ def _lazy_typer_coercion() -> None:
         return
     build: Callable[[Any], Any] = found
 
-    def unchanged(param: Any, value: Any) -> bool:
+    def simple(param: Any) -> Any:
+        """The annotation when typer would coerce with no parser, file or click type."""
         try:
             desc = param.type_descriptor
             info = desc.parameter_info
             if desc.file_annotation is not None or info.parser is not None:
-                return False
+                return None
             if getattr(info, "click_type", None) is not None:
-                return False
-            if desc.annotation is str:
-                return type(value) is str
-            if desc.annotation in (int, float):
-                return type(value) is desc.annotation and info.min is None and info.max is None
+                return None
+            if desc.annotation in (int, float) and (info.min, info.max) != (None, None):
+                return None
+            return desc.annotation
         except AttributeError:  # another typer: let it coerce
-            pass
-        return False
+            return None
+
+    def unchanged(param: Any, value: Any) -> bool:
+        annotation = simple(param)
+        return annotation in (str, int, float) and type(value) is annotation
+
+    def env_bool(param: Any, value: Any) -> bool | None:
+        """A flag's environment value as typer reads it ('' is False, then pydantic's
+        words), None for anything else (typer then says what is wrong with it)."""
+        if simple(param) is not bool or type(value) is not str:
+            return None
+        word = value.strip().lower()
+        if word in ("", "0", "off", "f", "false", "n", "no"):
+            return False
+        return True if word in ("1", "on", "t", "true", "y", "yes") else None
 
     class Lazy:
         def __init__(self, param: Any) -> None:
@@ -74,12 +88,15 @@ def _lazy_typer_coercion() -> None:
                 return () if (param.multiple or param.nargs == -1) else None
             if unchanged(param, value):
                 return value
+            if (flag := env_bool(param, value)) is not None:
+                return flag
             return build(self.param).coerce(value, param=param, ctx=ctx)
 
     def get_runtime_param(self: Any) -> Any:
         return Lazy(self)
 
     get_runtime_param._memstream_lazy = True  # type: ignore[attr-defined]
+    get_runtime_param._memstream_typer = build  # type: ignore[attr-defined]  # for the tests
     _TyperParameter.get_runtime_param = get_runtime_param  # type: ignore[method-assign]
 
 
