@@ -76,6 +76,7 @@ __all__ = [
     "compile_filters",
     "exact_lance_filter",
     "ALLOWED_KEYS",
+    "REFERENCE_COLUMNS",
     "And",
     "EntityMatch",
     "IdMatch",

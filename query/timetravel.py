@@ -57,6 +57,7 @@ from memstream.projector.projector import Projector
 from memstream.projector.store import Generation
 from memstream.query.filters import (
     And,
+    REFERENCE_COLUMNS,
     CompiledFilter,
     EntityMatch,
     IdMatch,
@@ -413,7 +414,8 @@ def fold_state(
     """The memories live at `cut` (STATE_COLUMNS plus `hash`), optionally filtered.
 
     `compiled` (from compile_filters for the same tenant) is applied with its DuckDB
-    compilation; without it every live memory of the tenant is returned.
+    compilation, or by the reference evaluator when Lance cannot decide it exactly; without
+    it every live memory of the tenant is returned.
     """
     lead = lead_predicate(compiled.ast, "memory_id") if compiled and memory_id is None else None
     if lead is not None:
@@ -437,11 +439,16 @@ def fold_state(
     events = _scan(gen, " AND ".join(where), EVENT_COLUMNS)
     if events.num_rows == 0:
         return _empty_state()
+    # A filter Lance cannot decide (metadata conditions, long id lists) can be thousands of
+    # nodes: DuckDB spends about a second binding such a statement, and a bind cannot be
+    # interrupted (memstream.cancellation). The reference evaluator decides those per row
+    # instead, as the live reads do, so a client that leaves stops the work at once.
+    by_row = compiled is not None and not compiled.lance_exact
     with duck() as con:
         con.register("cut_events", events)
         sql = FOLD_SQL + "SELECT * FROM state WHERE TRUE"
         params: list[Any] = []
-        if compiled is not None:
+        if compiled is not None and not by_row:
             fsql, fparams = compiled.duckdb
             sql += f" AND ({fsql})"
             params.extend(fparams)
@@ -451,9 +458,13 @@ def fold_state(
             instant = cut.instant_ms if cut.instant_ms is not None else 0
             sql += f" AND ({visible(policies_at(gen, tenant, cut), instant)})"
         sql += " ORDER BY created_at DESC, id"
-        relation = con.sql(sql, params=params)  # parsed and bound: ~1 s for a big filter
+        relation = con.sql(sql, params=params)
         cancellation.check()  # an interrupt that came before the query ran is lost
         state = relation.to_arrow_table()
+    if by_row:
+        assert compiled is not None
+        rows = state.select(list(REFERENCE_COLUMNS)).to_pylist()
+        state = state.filter(pa.array([compiled.matches(row) for row in rows], pa.bool_()))
     hashes = pa.array([text_hash(t) for t in state["text"].to_pylist()], pa.string())
     return state.append_column("hash", hashes)
 
