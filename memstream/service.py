@@ -107,6 +107,8 @@ class Memstream:
             self.log,
             self.embedder,
             keep_versions=dt.timedelta(seconds=self.settings.keep_versions_s),
+            tier_rows=self.settings.tier_rows,
+            tier_age_s=self.settings.tier_age_s,
         )
         self.reader = MemoryReader(self.projector)
         limits = self.settings.limits
@@ -494,7 +496,7 @@ class Memstream:
         if not consistent:
             return
         if self._background is None:
-            await self.projector.catch_up()
+            await self.projector.catch_up(flush=False)  # the reads merge the fresh tier
         elif self._read_your_writes:
             await self.projector.catch_up_own()
 
@@ -507,8 +509,9 @@ class Memstream:
         as_of: Any = None,
     ) -> MemoryView:
         await self._fresh(consistent)
-        if as_of is None:  # one indexed row
+        if as_of is None:  # one indexed row (or the fresh tier's)
             return self.reader.get(tenant or self.tenant, memory_id)
+        await self.projector.flush_tier()  # a point in time is read from the tables
         # a fold of the memory's events up to the cut: off the event loop (and cancellable)
         return await asyncio.to_thread(
             self.reader.get, tenant or self.tenant, memory_id, as_of=as_of
@@ -524,6 +527,8 @@ class Memstream:
     ) -> Page:
         self.settings.limits.check_filters(filters)
         await self._fresh(consistent)
+        if kwargs.get("as_of") is not None:  # a point in time is read from the tables
+            await self.projector.flush_tier()
         reader = await self._reader_for(tenant or self.tenant, _candidate(kwargs))
         return await asyncio.to_thread(reader.get_all, tenant or self.tenant, filters, **kwargs)
 
@@ -539,6 +544,8 @@ class Memstream:
         self.settings.limits.check_query(query)
         self.settings.limits.check_filters(filters)
         await self._fresh(consistent)
+        if kwargs.get("as_of") is not None:  # a point in time is read from the tables
+            await self.projector.flush_tier()
         reader = await self._reader_for(tenant or self.tenant, _candidate(kwargs))
         started = time.perf_counter()
         try:
@@ -577,6 +584,7 @@ class Memstream:
 
                 raise ValidationError(f"by: must be among {', '.join(GROUPINGS)}, got {name!r}")
         await self._fresh(True)
+        await self.projector.flush_tier()  # counted from the tables themselves (DuckDB)
         tenant = tenant or self.tenant
         gen = self.projector.generation()
         policies = self.reader.policies(tenant)
@@ -595,7 +603,7 @@ class Memstream:
         """How far this instance's projection trails the log: events written but not yet
         applied, per partition and in all (0 = reads see everything written)."""
         end = await self.log.end_offsets()
-        done = self.projector.generation().checkpoint()
+        done = self._applied()
         behind = {p: max(0, o - done.get(p, 0)) for p, o in sorted(end.items())}
         return {
             "lag": sum(behind.values()),
@@ -772,8 +780,21 @@ class Memstream:
         """`memstream log repair`: quarantine the log's bad bytes (memstream.log.file)."""
         return self.log.repair()
 
-    async def catch_up(self) -> None:
-        await self.projector.catch_up()
+    async def catch_up(self, *, flush: bool = True) -> None:
+        """Apply the whole log; with `flush`, write the fresh tier to the tables too (a
+        caller that reads through get/get_all/search needs not: they merge the tier)."""
+        await self.projector.catch_up(flush=flush)
+
+    async def settle(self) -> None:
+        """Write this process's fresh tier to the tables (projector/tier.py), for a face
+        that reads the tables themselves (entity lists, analytics)."""
+        await self.projector.flush_tier()
+
+    def _applied(self) -> Offsets:
+        """How far this process's projection has applied the log (tables and fresh tier)."""
+        disk = self.projector.generation().checkpoint()
+        mine = self.projector.checkpoint
+        return {p: max(o, mine.get(p, 0)) for p, o in {**mine, **disk}.items()}
 
     # -- for faces that read the projection or the log themselves (analytics, `memstream log`):
     # they get these handles from the service instead of reaching into the projector.
@@ -808,7 +829,7 @@ class Memstream:
         """The Prometheus text exposition (body, content type), with the projector's lag
         behind the log's end measured now."""
         end = await self.log.end_offsets()
-        metrics.set_projector_lag(end, self.projector.generation().checkpoint())
+        metrics.set_projector_lag(end, self._applied())
         return metrics.exposition()
 
 
