@@ -385,6 +385,8 @@ class PreparedSearch:
             .to_arrow()
             .to_pylist()
         )
+        if not self.shadow and not self.tier:  # no fresh tier: Lance's answer as it is
+            return [_scored(row, float(row["_distance"])) for row in rows]
         found = [
             (float(row.pop("_distance")), row["id"], row)
             for row in rows
