@@ -764,12 +764,16 @@ class Projector:
         # tier, not once per batch: they cannot change while the checkpoint stays at the
         # tier's base, except by another process's half-written batch -- which the flush
         # sees (`tables_at`) and answers by rebuilding the tier on what the tables hold
-        if tier.tables_at is None:
+        if tier.tables_at is None or (tier.index is None and self._tier_applies == 2):
+            # (and once more when the process turns out to be long-running: _index_for
+            # then scans; the index is kept only if it describes the tables the tier read)
             index = self._index_for(gen)
-            tier.tables_at = _versions(gen)
-            tier.index = index
-        else:
-            index = tier.index
+            versions = _versions(gen)
+            if tier.tables_at is None:
+                tier.tables_at = versions
+            if versions == tier.tables_at:
+                tier.index = index
+        index = tier.index
         self._tier_applies += 1
         state = tier.state
         decided = self._load(gen, state, events, index)
