@@ -220,7 +220,10 @@ class Projector:
 
     @contextlib.asynccontextmanager
     async def _flock(self) -> AsyncIterator[None]:
-        await asyncio.to_thread(fcntl.flock, self._lock_fd, fcntl.LOCK_EX)
+        try:  # uncontended (the common case): taken here, without a worker thread's hop
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:  # another process holds it: wait off the event loop
+            await asyncio.to_thread(fcntl.flock, self._lock_fd, fcntl.LOCK_EX)
         try:
             yield
         finally:
