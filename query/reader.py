@@ -16,7 +16,7 @@ from memstream.embedders.base import Embedder
 from memstream.errors import NotFoundError, ValidationError
 from memstream.events import now_ms
 from memstream.models import HistoryEntry, MemoryView, Page, Tenant
-from memstream.projector.store import Generation
+from memstream.projector.store import Generation, vector_matrix
 from memstream.projector.tier import EMPTY, TierView
 from memstream.query.filters import CompiledFilter, compile_filters, exact_lance_filter
 from memstream.query.retention import date_expired, policy_expires, visible
@@ -42,6 +42,7 @@ MEMORY_COLUMNS = [
     "expired_at",
 ]  # fmt: skip
 MAX_PAGE_SIZE = 1000
+TIE_SLACK = 8  # extra candidates a Lance search reads, so rows tied at the last place are seen
 
 
 def tenant_predicate(tenant: Tenant) -> str:
@@ -100,6 +101,10 @@ class MemoryReader:
 
     def _generation(self) -> Generation:
         return self._fixed if self._fixed is not None else self.projector.generation()
+
+    def dim(self) -> int:
+        """The vectors' dimension (the embedder's)."""
+        return int(self.projector.embedder.dim)
 
     def _tier(self, gen: Generation) -> TierView:
         """The projector's fresh tier of `gen` (projector/tier.py), merged into every read
@@ -376,25 +381,30 @@ class PreparedSearch:
             self._predicate = self.reader._live(
                 self.tenant, exact_lance_filter(self.table, self.compiled), self.show_expired
             )
-        rows = (
+        # Lance picks the candidates (a few more than asked: rows the tier hides may take
+        # places, and rows tied at the last place must all be seen), numpy scores them as
+        # the scoped plan does, so ties break by id and a tier row's score is computed as
+        # a table row's is: the answer is the one the tables give once the tier is flushed
+        got = (
             self.table.search(vector)
             .metric("cosine")
             .where(self._predicate, prefilter=True)
-            .select([*MEMORY_COLUMNS, "last_offset", "_distance"])
-            .limit(top_k + len(self.shadow))  # rows the tier hides may take places
+            .select([*MEMORY_COLUMNS, "last_offset", "vector"])
+            .limit(top_k + len(self.shadow) + TIE_SLACK)
             .to_arrow()
-            .to_pylist()
         )
-        if not self.shadow and not self.tier:  # no fresh tier: Lance's answer as it is
-            return [_scored(row, float(row["_distance"])) for row in rows]
+        plain = got.drop_columns([c for c in ("vector", "_distance") if c in got.column_names])
         found = [
-            (float(row.pop("_distance")), row["id"], row)
-            for row in rows
+            (float(d), row["id"], row)
+            for row, d in zip(
+                plain.to_pylist(),
+                cosine_distances(vector_matrix(got["vector"], self.reader.dim()), vector),
+                strict=True,
+            )
             if row["id"] not in self.shadow
         ]
         if self.tier:
-            dim = len(self.tier[0]["vector"])
-            distances = cosine_distances(tier_vectors(self.tier, dim), vector)
+            distances = cosine_distances(tier_vectors(self.tier, self.reader.dim()), vector)
             found += [
                 (float(d), r["id"], {k: v for k, v in r.items() if k != "vector"})
                 for r, d in zip(self.tier, distances, strict=True)
