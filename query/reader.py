@@ -389,7 +389,7 @@ class PreparedSearch:
             self.table.search(vector)
             .metric("cosine")
             .where(self._predicate, prefilter=True)
-            .select([*MEMORY_COLUMNS, "last_offset", "vector"])
+            .select([*MEMORY_COLUMNS, "last_offset", "vector", "_distance"])
             .limit(top_k + len(self.shadow) + TIE_SLACK)
             .to_arrow()
         )
