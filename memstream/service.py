@@ -507,12 +507,11 @@ class Memstream:
         as_of: Any = None,
     ) -> MemoryView:
         await self._fresh(consistent)
-        if as_of is None:  # one indexed row
-            return self.reader.get(tenant or self.tenant, memory_id)
-        # a fold of the memory's events up to the cut: off the event loop (and cancellable)
-        return await asyncio.to_thread(
-            self.reader.get, tenant or self.tenant, memory_id, as_of=as_of
-        )
+        # off the event loop even for one indexed row: a Lance read that meets the projector's
+        # write (a new version, a compaction) can take seconds on a loaded machine, and on the
+        # loop it would stall every other request; as of a cut it is a fold (and cancellable)
+        kwargs: dict[str, Any] = {} if as_of is None else {"as_of": as_of}
+        return await asyncio.to_thread(self.reader.get, tenant or self.tenant, memory_id, **kwargs)
 
     async def get_all(
         self,
