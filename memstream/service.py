@@ -29,7 +29,7 @@ from memstream.fsutil import drop_scratch
 from memstream.keystore.base import KeyStore
 from memstream.keystore.master import MasterKeys, load_master_keys
 from memstream.llm import LLM, get_llm
-from memstream.log.base import EventLog, Offsets
+from memstream.log.base import EventLog, Offsets, Position
 from memstream.log.checkpoint import (
     CheckpointStore,
     VerifyReport,
@@ -53,10 +53,14 @@ from memstream.projector.store import Generation, live_embedder
 from memstream.query.explain import Settlement, caused_by_messages, settlement
 from memstream.query.reader import MemoryReader
 from memstream.settings import Settings
+from memstream.sqlutil import sql_in
 from memstream.webhooks import Webhooks
 
 logger = logging.getLogger("memstream")
 DEFAULT_EMBEDDER = "minilm"
+# how long the webhook dispatcher waits for the projection to decide a batch; past it the
+# worker is restarted (and waits again), so a receiver is never told of an undecided change
+WEBHOOK_WAIT_S = 60.0
 
 
 def open_log(settings: Settings) -> EventLog:
@@ -138,7 +142,9 @@ class Memstream:
         self.project_settings.limits = limits
         self._settings_cache = settings_cache
         self.tenant = Tenant(self.settings.org_id, self.settings.project_id)
-        self.webhooks = Webhooks(self.settings, self.log, self.projector.keys)
+        self.webhooks = Webhooks(
+            self.settings, self.log, self.projector.keys, outcomes=self._event_outcomes
+        )
         self._dispatcher: asyncio.Task[None] | None = None
         self._dispatcher_stop = asyncio.Event()
         self._stop = asyncio.Event()
@@ -218,6 +224,14 @@ class Memstream:
             self._dispatcher = asyncio.create_task(self.webhooks.dispatch(self._dispatcher_stop))
             self._dispatcher.add_done_callback(_report_dispatcher_end)
         return self
+
+    async def _event_outcomes(self, events: Mapping[str, Position]) -> dict[str, str]:
+        """What the projection decided for each event, once it has applied them: the webhook
+        dispatcher delivers only the changes that were applied (webhooks/dispatcher.py)."""
+        await self.projector.wait_for(list(events.values()), timeout_s=WEBHOOK_WAIT_S)
+        gen = self.projector.generation()
+        rows = await asyncio.to_thread(gen.query_events, sql_in("event_id", sorted(events)))
+        return {row["event_id"]: row["outcome"] for row in rows}
 
     async def _sweep_forever(self) -> None:
         while not self._stop.is_set():
