@@ -622,6 +622,16 @@ class FileEventLog(EventLog):
         return region, frame, new_head
 
 
+def _replaced(path: Path, ino: int) -> bool:
+    """Has `memstream log repair` put a new file at `path` since we opened inode `ino`? A
+    reader that finds damage in the file a repair has just replaced must not mark the log
+    corrupt again (the marker would make the repaired log read-only once more)."""
+    try:
+        return os.stat(path).st_ino != ino
+    except FileNotFoundError:
+        return True
+
+
 class FileLogReader(LogReader):
     def __init__(self, log: FileEventLog, offset: int, group_id: str | None) -> None:
         self.log = log
@@ -642,7 +652,9 @@ class FileLogReader(LogReader):
             candidates = [later[0]]
             self.next_offset = later[0]
         base = candidates[-1]
-        data = self.log._read_from(self.log.segment_path(base), 0)
+        path = self.log.segment_path(base)
+        with open(path, "rb") as f:
+            ino, data = os.fstat(f.fileno()).st_ino, f.read()
         pos, index = 0, base
         while index < self.next_offset:
             found = parse_one(data, pos)
@@ -652,6 +664,8 @@ class FileLogReader(LogReader):
             stop = classify(data, pos, at_eof=True)
             if stop is None or stop.torn:
                 return False  # not written yet
+            if _replaced(path, ino):  # repaired meanwhile: look again at the new file
+                return self._locate()
             raise self.log.corruption(base, pos, index, stop.reason)
         self._segment, self._pos = base, pos
         return True
@@ -687,6 +701,12 @@ class FileLogReader(LogReader):
                 out.append(to_record(frame, self.next_offset))
                 self.next_offset += 1
             if stop is not None and not stop.torn:
+                if _replaced(path, stat.st_ino):
+                    # repaired while we read the file it replaced: not damage, read the new one
+                    self._ino = self._segment = None
+                    if not self._locate():
+                        break
+                    continue
                 raise self.log.corruption(segment, self._pos + end, self.next_offset, stop.reason)
             self._pos += end
             if frames:
