@@ -2,6 +2,7 @@
 
     python bench/run.py [--quick] [--scale N] [--embedder hashing|minilm] [--kafka BOOTSTRAP]
                         [--no-kafka] [--writers 64] [--out bench/results/latest.json]
+                        [--stages append,cli | --skip embed,mem0]
 
 Stages (each prints its progress; a stage that fails records its error and the run goes on):
 
@@ -68,6 +69,8 @@ from workload import make_workload  # noqa: E402
 from memstream.embedders import get_embedder  # noqa: E402
 
 RESULTS = BENCH / "results" / "latest.json"
+STAGES = ("embed", "ingest", "append", "corpus", "search", "rest", "mem0", "cli")
+"""The stages `--stages` and `--skip` name (the corpus runs when search, rest or mem0 does)."""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -87,6 +90,11 @@ def main(argv: list[str] | None = None) -> int:
         "--mem0-queries", type=int, default=None, help="timed mem0 searches (default 40/50)"
     )
     parser.add_argument("--skip", default="", help="comma-separated stages to skip")
+    parser.add_argument(
+        "--stages",
+        default="",
+        help=f"comma-separated stages to run, the others skipped (of {','.join(STAGES)})",
+    )
     parser.add_argument("--keep", type=Path, default=None, help="keep the corpus data dir here")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
@@ -97,6 +105,12 @@ def main(argv: list[str] | None = None) -> int:
     # mem0's local Qdrant scans every point per search (seconds at 100k): fewer queries
     args.mem0_queries = args.mem0_queries or min(args.queries, 40 if args.quick else 50)
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
+    if only := {s.strip() for s in args.stages.split(",") if s.strip()}:
+        if unknown := only - set(STAGES):
+            parser.error(
+                f"--stages: no stage {', '.join(sorted(unknown))} (of {', '.join(STAGES)})"
+            )
+        skip |= set(STAGES) - only
 
     run = Run(args)
     load_start = os.getloadavg()
@@ -148,7 +162,8 @@ def main(argv: list[str] | None = None) -> int:
             broker = None
         if "embed" not in skip and "ingest" not in skip:
             run.stage("embed-again", lambda: stage_embed(run, embedder, wl))
-        run.stage("corpus", lambda: stage_corpus(run, wl, data_dir))
+        if "corpus" not in skip or not {"search", "rest", "mem0"} <= skip:
+            run.stage("corpus", lambda: stage_corpus(run, wl, data_dir))
         if "search" not in skip:
             run.stage("search", lambda: stage_search(run, wl, data_dir))
         if "rest" not in skip:
