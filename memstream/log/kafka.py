@@ -78,6 +78,9 @@ GROUP_BATCH_BYTES = 512 * 1024
 the same partition (a larger single record gets a batch of its own): under the broker's
 limit per batch, and large enough that a group of many writers' events is one batch."""
 
+PARTITION_CACHE_KEYS = 100_000
+"""Scopes whose partition `_partition_of` remembers (then it starts over)."""
+
 T = TypeVar("T")
 
 UNCERTAIN = (
@@ -136,6 +139,7 @@ class KafkaEventLog(EventLog):
         self._group = GroupCommit(self._write_group)  # concurrent appends share a produce
         self._dead_letter_ready = False
         self._partitioner = DefaultPartitioner()  # murmur2, as the client would pick
+        self._partition_cache: dict[bytes, int] = {}  # see _partition_of
 
     def __repr__(self) -> str:
         return f"KafkaEventLog({self.bootstrap_servers!r}, topic={self.topic!r})"
@@ -241,6 +245,7 @@ class KafkaEventLog(EventLog):
                 await quietly(meta.stop())
                 raise
             self._partitions = sorted(parts)
+            self._partition_cache.clear()  # keyed by the partitions it was computed for
             self._producer, self._meta = producer, meta
             self._started = True
             if len(self._partitions) != self.num_partitions:
@@ -327,6 +332,18 @@ class KafkaEventLog(EventLog):
         self.check_messages(messages)
         return await self._group.append(messages)
 
+    def _partition_of(self, key: bytes) -> int:
+        """The partition the client's partitioner picks for `key` (murmur2, as the Java
+        client would), remembered per key: aiokafka's murmur2 is pure Python (~20 us a
+        call), and a key is a scope, written to again and again."""
+        partition = self._partition_cache.get(key)
+        if partition is None:
+            if len(self._partition_cache) >= PARTITION_CACHE_KEYS:
+                self._partition_cache.clear()
+            partition = self._partitioner(key, self._partitions, self._partitions)
+            self._partition_cache[key] = partition
+        return partition
+
     async def _write_group(self, messages: list[tuple[bytes, bytes]]) -> list[Position]:
         """One group of concurrent appends (memstream.log.group) as one record batch per
         partition (more when one fills up), each record chained as it is added; returns
@@ -348,7 +365,7 @@ class KafkaEventLog(EventLog):
                 slots: list[tuple[int, int]] = []  # per message: (batch index, record index)
                 for key, value in messages:
                     k, v = bytes(key), bytes(value)
-                    partition = self._partitioner(k, self._partitions, self._partitions)
+                    partition = self._partition_of(k)
                     headers = [(KAFKA_CHAIN_HEADER, self._chain.link(partition, k, v))]
                     at = open_.get(partition)
                     if (

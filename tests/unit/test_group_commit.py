@@ -145,3 +145,18 @@ def test_a_caller_queued_behind_a_failed_group_is_written_by_the_next_write() ->
 def test_bounds_must_be_positive() -> None:
     with pytest.raises(ValueError):
         GroupCommit(MemoryLog([0]).write, max_messages=0)
+
+
+@settings(max_examples=50, deadline=None)
+@given(keys=st.lists(st.binary(max_size=60), max_size=40))
+def test_the_kafka_logs_remembered_partition_is_the_partitioners(keys: list[bytes]) -> None:
+    """KafkaEventLog remembers each key's partition; it must be what murmur2 picks."""
+    from aiokafka.partitioner import DefaultPartitioner
+
+    from memstream.log.kafka import KafkaEventLog
+
+    log = KafkaEventLog("127.0.0.1:9")
+    log._partitions = [0, 1, 2]
+    reference = DefaultPartitioner()
+    for key in keys + keys:  # the second time from memory
+        assert log._partition_of(key) == reference(key, [0, 1, 2], [0, 1, 2])
