@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import random
 import struct
 import subprocess
@@ -14,37 +13,26 @@ import sys
 from pathlib import Path
 
 import httpx
-import pytest
 
 from memstream.events import MemoryAdded, message_of, new_id, text_hash
 from memstream.log.file import FileEventLog
 from memstream.log.frames import Frame, parse_one
 from memstream.scope import Scope
-from tests.e2e.conftest import start_server, stop_server
+from tests.e2e.conftest import log_env, start_server, stop_server
 
 N = 1024
 BAD = 500
 SEGMENT = "00000000000000000000.seg"
 
 
-@pytest.fixture(autouse=True)
-def file_log_only(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every test here is about the file log: a KAFKA_BOOTSTRAP_SERVERS set for a run's Kafka
-    tests must not turn the servers these tests start into Kafka ones."""
-    for name in ("KAFKA_BOOTSTRAP_SERVERS", "MEMSTREAM_TOPIC"):
-        monkeypatch.delenv(name, raising=False)
-
-
 def memstream(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
     """The CLI on `data_dir`'s file log, unless `args` name a broker: a KAFKA_BOOTSTRAP_SERVERS
     or MEMSTREAM_TOPIC in the test run's environment (set for the Kafka tests) must not turn
     a file-log command into a Kafka one."""
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("KAFKA_BOOTSTRAP_SERVERS", "MEMSTREAM_TOPIC")}  # fmt: skip
     return subprocess.run(
         [sys.executable, "-m", "memstream.cli", "--data-dir", str(data_dir), "--embedder",
          "hashing", *args],
-        capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL, env=env,
+        capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL, env=log_env(),
     )  # fmt: skip
 
 

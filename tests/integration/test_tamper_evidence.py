@@ -132,8 +132,6 @@ def test_serve_writes_signed_checkpoints_periodically(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("MEMSTREAM_CHECKPOINT_INTERVAL_S", "0.5")
-    for name in ("KAFKA_BOOTSTRAP_SERVERS", "MEMSTREAM_TOPIC"):  # the file log's checkpoints
-        monkeypatch.delenv(name, raising=False)  # (set for the Kafka tests of a run)
     server = start_server(tmp_path, keys={"k": ("local", "default", None)})
     try:
         r = httpx.post(f"{server.base_url}/v1/memories/", timeout=60,
