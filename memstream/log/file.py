@@ -3,7 +3,9 @@
 Frames are described in memstream.log.frames: each carries a CRC32 and (since the hash
 chain) the sha256 chain link to the log's previous event. Appends from any process are
 serialised by an flock on `log.lock` and fsynced per batch before `append` returns; that
-return is what "acknowledged" means. Offsets are record numbers; a segment file is named by
+return is what "acknowledged" means. Within a process, concurrent appends are written
+together (memstream.log.group): one lock, one write and one fsync per group, each caller
+answered with its own positions only after that fsync. Offsets are record numbers; a segment file is named by
 its first offset.
 
 What damage does (docs/guarantees.md, "Durability and corruption"):
@@ -64,6 +66,7 @@ from memstream.log.frames import (
     encode,
     parse_one,
 )
+from memstream.log.group import GroupCommit
 
 log = logging.getLogger(__name__)
 
@@ -170,6 +173,7 @@ class FileEventLog(EventLog):
         self._thread_lock = threading.Lock()
         self._lock_fd: int | None = None
         self._tail: Tail | None = None
+        self._group = GroupCommit(self._write_group)
 
     # -- lifecycle -----------------------------------------------------------------------
     async def start(self) -> None:
@@ -185,6 +189,7 @@ class FileEventLog(EventLog):
             ) from exc
 
     async def close(self) -> None:
+        await self._group.drain()  # appends already queued are written (or fail) first
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
@@ -343,7 +348,12 @@ class FileEventLog(EventLog):
         self.check_messages(messages)
         if self._lock_fd is None:
             await self.start()
-        return await asyncio.to_thread(self._append_sync, list(messages))
+        return await self._group.append(messages)
+
+    async def _write_group(self, messages: list[tuple[bytes, bytes]]) -> list[Position]:
+        """One group of concurrent appends (memstream.log.group): one lock, one write, one
+        fsync for all of them, in a worker thread."""
+        return await asyncio.to_thread(self._append_sync, messages)
 
     def _append_sync(self, messages: list[tuple[bytes, bytes]]) -> list[Position]:
         assert self._lock_fd is not None

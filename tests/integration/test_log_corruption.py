@@ -21,7 +21,7 @@ from memstream.events import MemoryAdded, message_of, new_id, text_hash
 from memstream.log.file import FileEventLog
 from memstream.log.frames import Frame, parse_one
 from memstream.scope import Scope
-from tests.e2e.conftest import start_server, stop_server
+from tests.e2e.conftest import log_env, start_server, stop_server
 
 N = 1024
 BAD = 500
@@ -29,10 +29,13 @@ SEGMENT = "00000000000000000000.seg"
 
 
 def memstream(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """The CLI on `data_dir`'s file log, unless `args` name a broker: a KAFKA_BOOTSTRAP_SERVERS
+    or MEMSTREAM_TOPIC in the test run's environment (set for the Kafka tests) must not turn
+    a file-log command into a Kafka one."""
     return subprocess.run(
         [sys.executable, "-m", "memstream.cli", "--data-dir", str(data_dir), "--embedder",
          "hashing", *args],
-        capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL,
+        capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL, env=log_env(),
     )  # fmt: skip
 
 
