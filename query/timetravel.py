@@ -56,8 +56,8 @@ from memstream.models import MemoryView, Page, Tenant
 from memstream.projector.projector import Projector
 from memstream.projector.store import Generation
 from memstream.query.filters import (
-    And,
     REFERENCE_COLUMNS,
+    And,
     CompiledFilter,
     EntityMatch,
     IdMatch,
