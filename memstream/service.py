@@ -29,7 +29,7 @@ from memstream.fsutil import drop_scratch
 from memstream.keystore.base import KeyStore
 from memstream.keystore.master import MasterKeys, load_master_keys
 from memstream.llm import LLM, get_llm
-from memstream.log.base import EventLog, Offsets
+from memstream.log.base import EventLog, Offsets, Position
 from memstream.log.checkpoint import (
     CheckpointStore,
     VerifyReport,
@@ -279,6 +279,11 @@ class Memstream:
             return await self.inference.infer(tenant or self.tenant, messages, **kwargs)
         kwargs.pop("messages_event_id", None)
         return await self.writer.add(tenant or self.tenant, messages, **kwargs)
+
+    async def add_results(self, positions: list[Position]) -> list[WriteResult]:
+        """What `add` answers for the events another process appended at `positions` and
+        handed over (memstream/light_writes.py): waits until they are applied."""
+        return await self.writer.results_at(positions)
 
     def inferred_outcomes(
         self, messages_event_id: str, *, tenant: Tenant | None = None
