@@ -597,7 +597,10 @@ def _filtered(
     """`python_fold`'s rows through what fold_state's SQL applies after the fold: the
     filter (its reference evaluator, which DuckDB's compilation is held equal to), the
     retention rules at the cut's instant (`row_visible`, the twin of `visible`), the order
-    (newest first, then id); as an Arrow table of DuckDB's types, with `hash`."""
+    (newest first, then id); as an Arrow table of DuckDB's types, with `hash`. The
+    evaluator stops at its next row once the request is cancelled (memstream.cancellation);
+    the fold before it (at most PYTHON_FOLD_ROWS events) runs to its end."""
+    cancellation.check()
     if compiled is not None:
         rows = [r for r in rows if compiled.matches({k: r.get(k) for k in REFERENCE_COLUMNS})]
     if not show_expired and rows:
