@@ -79,6 +79,8 @@ class OwnAdds(Projector):
         self.own.update((p.partition, p.offset) for p in positions)
 
     def _admit(self, records: list[LogRecord], checkpoint: Offsets) -> list[LogRecord]:
+        if not records:  # another process applied everything meanwhile (a server's projector)
+            return records
         n = 0
         for record in records:
             if (record.position.partition, record.position.offset) not in self.own:

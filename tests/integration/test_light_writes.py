@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from memstream.embedders import get_embedder
 from memstream.events import Actor
 from memstream.light_writes import NotOwn, OwnAdds, light_add
-from memstream.log.base import Position
+from memstream.log.base import LogRecord, Position
 from memstream.log.file import FileEventLog
 from memstream.models import Tenant, WriteResult
 from memstream.producers.writer import MemoryWriter
@@ -217,3 +217,25 @@ def test_a_missing_table_declines_the_facade_creates_none(settings: Settings) ->
     end = _log_end(settings)
     assert _light(settings, "no cache table", user_id="gina") is None
     assert _log_end(settings) == end
+
+
+def test_own_adds_admits_its_own_prefix_and_nothing_else(settings: Settings) -> None:
+    """What `OwnAdds` applies of the next unapplied records: its own ones up to the first
+    foreign one; none at all (a server's projector applied them first); and it refuses a
+    foreign one first."""
+    asyncio.run(_seed(settings))
+    log = FileEventLog(settings.data_dir / "log")
+    projector = OwnAdds(settings.data_dir, log, get_embedder("hashing"), settings)
+    try:
+        projector.note_appended([Position(0, 5), Position(0, 6)])
+
+        def records(*offsets: int) -> list[LogRecord]:
+            return [LogRecord(Position(0, o), b"k", b"v", 0) for o in offsets]
+
+        assert projector._admit([], {0: 7}) == []
+        mine = projector._admit(records(5, 6, 7), {0: 5})
+        assert [r.position.offset for r in mine] == [5, 6]
+        with pytest.raises(NotOwn):
+            projector._admit(records(4, 5, 6), {0: 4})
+    finally:
+        asyncio.run(projector.close())
