@@ -29,6 +29,7 @@ from memstream.log.base import LogRecord, Position
 from memstream.log.file import FileEventLog
 from memstream.models import Tenant, WriteResult
 from memstream.producers.writer import MemoryWriter
+from memstream.projector.compaction import SMALL_FRAGMENTS
 from memstream.query.reader import MemoryReader
 from memstream.service import Memstream
 from memstream.settings import Settings
@@ -239,3 +240,36 @@ def test_own_adds_admits_its_own_prefix_and_nothing_else(settings: Settings) -> 
             projector._admit(records(4, 5, 6), {0: 4})
     finally:
         asyncio.run(projector.close())
+
+
+def test_light_adds_compact_and_index_the_tables_as_the_full_path(settings: Settings) -> None:
+    """Each one-shot add looks at the tables' fragments (Projector.maintain on its first
+    batch); after SMALL_FRAGMENTS light adds compaction is due and runs through the facade:
+    the BTree indexes memstream keeps, fewer fragments, and still the tables a replay of the
+    log builds."""
+    asyncio.run(_seed(settings))
+    for i in range(SMALL_FRAGMENTS + 2):
+        assert _light(settings, f"memory number {i}", user_id=f"u{i % 3}") is not None
+    live = _live(settings)
+    memories = lance.dataset(str(live / "lance" / "memories.lance"))
+    events = lance.dataset(str(live / "lance" / "events.lance"))
+    assert {tuple(d.field_names) for d in memories.describe_indices()} >= {
+        ("id",),
+        ("org_id",),
+        ("project_id",),
+        ("user_id",),
+        ("hash",),
+    }
+    assert {("event_id",), ("user_id",)} <= {
+        tuple(d.field_names) for d in events.describe_indices()
+    }
+    assert len(memories.get_fragments()) < SMALL_FRAGMENTS
+    before = _rows(live, "memories", ("id",))
+
+    async def replay_and_read() -> int:
+        async with Memstream(settings) as ms:
+            await ms.replay()
+            return (await ms.get_all({"user_id": "u1"})).count
+
+    assert asyncio.run(replay_and_read()) == len([r for r in before if r["user_id"] == "u1"])
+    assert _rows(_live(settings), "memories", ("id",)) == before
