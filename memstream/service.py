@@ -294,6 +294,11 @@ class Memstream:
         kwargs.pop("messages_event_id", None)
         return await self.writer.add(tenant or self.tenant, messages, **kwargs)
 
+    async def add_results(self, positions: list[Position]) -> list[WriteResult]:
+        """What `add` answers for the events another process appended at `positions` and
+        handed over (memstream/light_writes.py): waits until they are applied."""
+        return await self.writer.results_at(positions)
+
     def inferred_outcomes(
         self, messages_event_id: str, *, tenant: Tenant | None = None
     ) -> list[dict[str, Any]] | None:
