@@ -2,6 +2,7 @@
 
     python bench/run.py [--quick] [--scale N] [--embedder hashing|minilm] [--kafka BOOTSTRAP]
                         [--no-kafka] [--writers 64] [--out bench/results/latest.json]
+                        [--stages append,cli | --skip embed,mem0]
 
 Stages (each prints its progress; a stage that fails records its error and the run goes on):
 
@@ -24,7 +25,10 @@ Stages (each prints its progress; a stage that fails records its error and the r
 9. append     durable appends by many writers not waiting for projection, against Kafka's
               own kafka-producer-perf-test on the same broker and a plain fsync loop
               (append_eps, log_limit_eps, append_ratio; file_append_ratio)
-10. cli       `memstream --help` / get-all / add / search in fresh processes
+10. visibility  an open-loop stream of adds from writer processes at 50% of the measured
+              projection capacity on Kafka for 60 s (5 s at --quick): append call to
+              searchable (visible_p50/95/99_ms), and one waiting writer beside it
+11. cli       `memstream --help` / get-all / add / search in fresh processes
               (cli_getall_vs_help, cli_add_vs_help)
 
 Every key of issue 16's proof list is in the JSON; one this run did not measure is null,
@@ -63,11 +67,14 @@ from stages.ingest import stage_ingest  # noqa: E402
 from stages.mem0 import stage_mem0  # noqa: E402
 from stages.rest import stage_rest  # noqa: E402
 from stages.search import stage_search  # noqa: E402
+from stages.visibility import stage_visibility  # noqa: E402
 from workload import make_workload  # noqa: E402
 
 from memstream.embedders import get_embedder  # noqa: E402
 
 RESULTS = BENCH / "results" / "latest.json"
+STAGES = ("embed", "ingest", "append", "visibility", "corpus", "search", "rest", "mem0", "cli")
+"""The stages `--stages` and `--skip` name (the corpus runs when search, rest or mem0 does)."""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -78,6 +85,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kafka", default=None, help="bootstrap servers of a running broker")
     parser.add_argument("--no-kafka", action="store_true", help="ingest on the file log")
     parser.add_argument("--writers", type=int, default=64, help="concurrent writers (ingest)")
+    parser.add_argument(
+        "--visibility-writers", type=int, default=3, help="writer processes (visibility)"
+    )
     parser.add_argument("--ingest", type=int, default=None, help="memories per ingest run")
     parser.add_argument("--queries", type=int, default=None, help="timed queries per variant")
     parser.add_argument("--seq-adds", type=int, default=None, help="timed sequential adds")
@@ -87,6 +97,11 @@ def main(argv: list[str] | None = None) -> int:
         "--mem0-queries", type=int, default=None, help="timed mem0 searches (default 40/50)"
     )
     parser.add_argument("--skip", default="", help="comma-separated stages to skip")
+    parser.add_argument(
+        "--stages",
+        default="",
+        help=f"comma-separated stages to run, the others skipped (of {','.join(STAGES)})",
+    )
     parser.add_argument("--keep", type=Path, default=None, help="keep the corpus data dir here")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
@@ -97,6 +112,12 @@ def main(argv: list[str] | None = None) -> int:
     # mem0's local Qdrant scans every point per search (seconds at 100k): fewer queries
     args.mem0_queries = args.mem0_queries or min(args.queries, 40 if args.quick else 50)
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
+    if only := {s.strip() for s in args.stages.split(",") if s.strip()}:
+        if unknown := only - set(STAGES):
+            parser.error(
+                f"--stages: no stage {', '.join(sorted(unknown))} (of {', '.join(STAGES)})"
+            )
+        skip |= set(STAGES) - only
 
     run = Run(args)
     load_start = os.getloadavg()
@@ -123,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if "embed" not in skip:
             run.stage("embed", lambda: stage_embed(run, embedder, wl))
-        wants_kafka = "ingest" not in skip or "append" not in skip
+        wants_kafka = bool({"ingest", "append", "visibility"} - skip)
         if kafka is None and not args.no_kafka and wants_kafka:
             if shutil.which(os.environ.get("JAVA", "java")) is None:
                 run.notes.append("no Java: ingest and pipeline ran on the file log, not Kafka")
@@ -143,12 +164,15 @@ def main(argv: list[str] | None = None) -> int:
             run.stage("ingest", lambda: stage_ingest(run, wl, kafka))
         if "append" not in skip:
             run.stage("append", lambda: stage_append(run, wl, kafka))
+        if "visibility" not in skip:
+            run.stage("visibility", lambda: stage_visibility(run, wl, kafka))
         if broker is not None:
             broker.stop()
             broker = None
         if "embed" not in skip and "ingest" not in skip:
             run.stage("embed-again", lambda: stage_embed(run, embedder, wl))
-        run.stage("corpus", lambda: stage_corpus(run, wl, data_dir))
+        if "corpus" not in skip or not {"search", "rest", "mem0"} <= skip:
+            run.stage("corpus", lambda: stage_corpus(run, wl, data_dir))
         if "search" not in skip:
             run.stage("search", lambda: stage_search(run, wl, data_dir))
         if "rest" not in skip:

@@ -27,6 +27,7 @@ filter, too many rows under it) raises `PlanDeclined`: ask `Memstream` then.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,13 +38,13 @@ from memstream.log.file import FileEventLog
 from memstream.models import MemoryView, Page, Tenant
 from memstream.projector import erasure
 from memstream.projector.lance_snapshot import LanceSnapshot
-from memstream.projector.store import Generation, ProjectionStore
+from memstream.projector.store import Generation, GenerationMeta, ProjectionStore
 from memstream.projector.tables import PROJECTION_VERSION
 from memstream.projector.waiting import covers
 from memstream.query.reader import MemoryReader, PlanDeclined
 from memstream.settings import Settings
 
-__all__ = ["LightReads", "PlanDeclined", "open_light_reads"]
+__all__ = ["Current", "LightReads", "PlanDeclined", "open_current", "open_light_reads"]
 
 
 class LightReads:
@@ -94,6 +95,30 @@ async def open_light_reads(settings: Settings) -> LightReads | None:
     """The light reader of `settings`' data directory, or None when only the full path can
     answer exactly (see the module doc). Raises what reading the files raises (OSError,
     LogCorruptError, ...): the caller falls back to the full path, which reports it."""
+    current = await open_current(settings)
+    if current is None:
+        return None
+    return LightReads(settings, current.snapshot, current.embedder)
+
+
+@dataclass(frozen=True)
+class Current:
+    """The data directory's live generation, found current (see `open_current`)."""
+
+    log: FileEventLog
+    store: ProjectionStore
+    meta: GenerationMeta
+    snapshot: LanceSnapshot
+    embedder: Embedder
+
+
+async def open_current(settings: Settings) -> Current | None:
+    """The live generation of `settings`' file log, when it is exactly what `Memstream`
+    would read after its start: of the current projection format, built from this log with
+    the embedder the settings name, covering the log's end (or pinned), with no interrupted
+    erasure to complete. None otherwise: only the full path can go on. Also tidies what
+    every start tidies (killed replays' generations, a crashed export's scratch).
+    Shared by the light reads and the light add (memstream/light_writes.py)."""
     if settings.kafka_bootstrap:
         return None
     data_dir = Path(settings.data_dir)
@@ -120,7 +145,7 @@ async def open_light_reads(settings: Settings) -> LightReads | None:
             return None
         if not await _no_erasure_to_finish(log, snapshot, checkpoint):
             return None
-    return LightReads(settings, snapshot, embedder)
+    return Current(log, store, meta, snapshot, embedder)
 
 
 async def _no_erasure_to_finish(

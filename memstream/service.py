@@ -29,7 +29,7 @@ from memstream.fsutil import drop_scratch
 from memstream.keystore.base import KeyStore
 from memstream.keystore.master import MasterKeys, load_master_keys
 from memstream.llm import LLM, get_llm
-from memstream.log.base import EventLog, Offsets
+from memstream.log.base import EventLog, Offsets, Position
 from memstream.log.checkpoint import (
     CheckpointStore,
     VerifyReport,
@@ -53,10 +53,14 @@ from memstream.projector.store import Generation, live_embedder
 from memstream.query.explain import Settlement, caused_by_messages, settlement
 from memstream.query.reader import MemoryReader
 from memstream.settings import Settings
+from memstream.sqlutil import sql_in
 from memstream.webhooks import Webhooks
 
 logger = logging.getLogger("memstream")
 DEFAULT_EMBEDDER = "minilm"
+# how long the webhook dispatcher waits for the projection to decide a batch; past it the
+# worker is restarted (and waits again), so a receiver is never told of an undecided change
+WEBHOOK_WAIT_S = 60.0
 
 
 def open_log(settings: Settings) -> EventLog:
@@ -140,7 +144,9 @@ class Memstream:
         self.project_settings.limits = limits
         self._settings_cache = settings_cache
         self.tenant = Tenant(self.settings.org_id, self.settings.project_id)
-        self.webhooks = Webhooks(self.settings, self.log, self.projector.keys)
+        self.webhooks = Webhooks(
+            self.settings, self.log, self.projector.keys, outcomes=self._event_outcomes
+        )
         self._dispatcher: asyncio.Task[None] | None = None
         self._dispatcher_stop = asyncio.Event()
         self._stop = asyncio.Event()
@@ -221,6 +227,14 @@ class Memstream:
             self._dispatcher.add_done_callback(_report_dispatcher_end)
         return self
 
+    async def _event_outcomes(self, events: Mapping[str, Position]) -> dict[str, str]:
+        """What the projection decided for each event, once it has applied them: the webhook
+        dispatcher delivers only the changes that were applied (webhooks/dispatcher.py)."""
+        await self.projector.wait_for(list(events.values()), timeout_s=WEBHOOK_WAIT_S)
+        gen = self.projector.generation()
+        rows = await asyncio.to_thread(gen.query_events, sql_in("event_id", sorted(events)))
+        return {row["event_id"]: row["outcome"] for row in rows}
+
     async def _sweep_forever(self) -> None:
         while not self._stop.is_set():
             with contextlib.suppress(TimeoutError):
@@ -281,6 +295,11 @@ class Memstream:
             return await self.inference.infer(tenant or self.tenant, messages, **kwargs)
         kwargs.pop("messages_event_id", None)
         return await self.writer.add(tenant or self.tenant, messages, **kwargs)
+
+    async def add_results(self, positions: list[Position]) -> list[WriteResult]:
+        """What `add` answers for the events another process appended at `positions` and
+        handed over (memstream/light_writes.py): waits until they are applied."""
+        return await self.writer.results_at(positions)
 
     def inferred_outcomes(
         self, messages_event_id: str, *, tenant: Tenant | None = None
@@ -509,13 +528,13 @@ class Memstream:
         as_of: Any = None,
     ) -> MemoryView:
         await self._fresh(consistent)
-        if as_of is None:  # one indexed row (or the fresh tier's)
-            return self.reader.get(tenant or self.tenant, memory_id)
-        await self.projector.flush_tier()  # a point in time is read from the tables
-        # a fold of the memory's events up to the cut: off the event loop (and cancellable)
-        return await asyncio.to_thread(
-            self.reader.get, tenant or self.tenant, memory_id, as_of=as_of
-        )
+        if as_of is not None:  # a point in time is read from the tables
+            await self.projector.flush_tier()
+        # off the event loop even for one indexed row: a Lance read that meets the projector's
+        # write (a new version, a compaction) can take seconds on a loaded machine, and on the
+        # loop it would stall every other request; as of a cut it is a fold (and cancellable)
+        kwargs: dict[str, Any] = {} if as_of is None else {"as_of": as_of}
+        return await asyncio.to_thread(self.reader.get, tenant or self.tenant, memory_id, **kwargs)
 
     async def get_all(
         self,

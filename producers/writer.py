@@ -107,6 +107,16 @@ class MemoryWriter(_Producer):
             return None
         return self._results_of(rows)
 
+    async def results_at(self, positions: list[Position]) -> list[WriteResult]:
+        """The answer of an add whose events are at `positions` (appended by a process that
+        could not wait for them, memstream/light_writes.py): once they are applied, the
+        projector's decisions, as `add` would have answered."""
+        await self.projector.wait_for(positions)
+        rows = await asyncio.to_thread(
+            self.reader.events_at, [(p.partition, p.offset) for p in positions]
+        )
+        return [_result_of(row) for row in rows]
+
     def _results_of(self, rows: list[dict[str, Any]]) -> list[WriteResult]:
         """The answer a request gave, rebuilt from its audit rows."""
         return [_result_of(row) for row in rows if row["event_type"] != "DeleteAllRequested"]

@@ -46,9 +46,11 @@ from memstream.projector.rows import table_versions, write_rows
 from memstream.projector.store import (
     FLUSH_ITEMS,
     RETIRED_GRACE_S,
+    Connect,
     EmbeddingCache,
     Generation,
     ProjectionStore,
+    connect_lancedb,
 )
 from memstream.projector.tables import PROJECTION_VERSION
 from memstream.projector.tier import EMPTY, FreshTier, TierView, holds
@@ -105,7 +107,10 @@ class Projector:
         keep_versions: dt.timedelta = KEEP_VERSIONS,
         tier_rows: int | None = None,
         tier_age_s: float | None = None,
+        connect: Connect = connect_lancedb,
     ) -> None:
+        """`connect` opens the tables (LanceDB's connection, or projector/lance_tables.py's
+        `LanceConnection` for a process that must not import LanceDB)."""
         self.data_dir = data_dir
         self.keep_versions = keep_versions
         self.log = log_
@@ -113,8 +118,10 @@ class Projector:
         self.keys = keys if keys is not None else log_.subject_keys()
         self.embedder = embedder
         self.batch_size = batch_size
-        self.store = ProjectionStore(data_dir, embedder.dim, embedder.name, log_.identity)
-        self.cache = EmbeddingCache(data_dir, embedder.name, embedder.dim)
+        self.store = ProjectionStore(
+            data_dir, embedder.dim, embedder.name, log_.identity, connect=connect
+        )
+        self.cache = EmbeddingCache(data_dir, embedder.name, embedder.dim, connect=connect)
         self._gen: Generation | None = None
         self._gen_name: str | None = None
         self._reader: LogReader | None = None
@@ -402,6 +409,7 @@ class Projector:
                     self.checkpoint = cp
                     self._progress.set()
                     return 0
+                fresh = self._admit(fresh, cp)
                 if fresh:
                     if disk != self._wrote:  # another process applied batches meanwhile
                         self._keys_stale = True
@@ -429,6 +437,13 @@ class Projector:
                     await self._reader.commit(flushed)
             self._progress.set()
             return len(fresh)
+
+    def _admit(self, records: list[LogRecord], checkpoint: Offsets) -> list[LogRecord]:
+        """Which of the next unapplied records (in log order, from `checkpoint`) this
+        projector applies now: all of them. A subclass may apply a prefix (the rest stays
+        for the next step, here or in another process) or raise before anything is
+        written (memstream/light_writes.py applies only its own adds)."""
+        return records
 
     async def _read(self, max_records: int, timeout_s: float) -> list[LogRecord]:
         assert self._reader is not None

@@ -24,7 +24,8 @@ def write_rows(
     *,
     append: bool,
 ) -> None:
-    """Write a batch's audit rows, then its memories and policies.
+    """Write a batch's audit rows, then its memories and policies (the policies table is
+    created first, when the batch has any).
 
     With `append`, rows the table cannot hold yet are appended (`table.add`, one new
     fragment) instead of merged: audit rows whose event_id was not recorded before
@@ -32,6 +33,11 @@ def write_rows(
     loaded every row of the ids it touches, so any other id is new). `merge_insert`
     then runs only for rows that exist, and a delete only for ids the table holds.
     """
+    if state.policies:
+        # before the audit rows: a generation holding a POLICY_SET/POLICY_REMOVED row always
+        # has a policies table, so as-of reads of one without it skip looking for policies
+        # (query/timetravel.py, policies_at)
+        gen.policies(create=True)
     if audits:
         table = gen.events(create=True)
         if append:

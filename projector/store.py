@@ -20,6 +20,7 @@ import os
 import shutil
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -59,6 +60,26 @@ def _lancedb() -> ModuleType:
     return lancedb
 
 
+Connect = Callable[[Path], Any]
+"""Opens a directory of tables: LanceDB's connection (`connect_lancedb`, the default), or
+`projector.lance_tables.LanceConnection` (the same tables through `lance` alone)."""
+
+
+def connect_lancedb(path: Path) -> Any:
+    """LanceDB's connection to the tables in `path`, each read at its latest version."""
+    return _lancedb().connect(path, read_consistency_interval=dt.timedelta(0))
+
+
+def create_btree(table: Any, column: str) -> None:
+    """A BTree index on `column`, through the table's own API (LanceDB's or the facade's)."""
+    if hasattr(table, "create_btree"):  # projector.lance_tables.LanceTable
+        table.create_btree(column)
+        return
+    from memstream.lancedb_import import BTree
+
+    table.create_index(column, config=BTree())
+
+
 def _atomic_write(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + f".{uuid.uuid4().hex}.tmp")
     with open(tmp, "w") as f:
@@ -82,10 +103,11 @@ class GenerationMeta:
 class Generation:
     """One LanceDB database + its checkpoint. Only the projector writes to it."""
 
-    def __init__(self, path: Path, dim: int) -> None:
+    def __init__(self, path: Path, dim: int, connect: Connect = connect_lancedb) -> None:
         self.path = path
         self.dim = dim
-        self.db = _lancedb().connect(path / "lance", read_consistency_interval=dt.timedelta(0))
+        self.connect = connect
+        self.db = connect(path / "lance")
         self._memories: Any = None
         self._events: Any = None
         self._policies: Any = None
@@ -169,19 +191,17 @@ class Generation:
         table = self.memories()
         if table is None or table.count_rows() == 0:
             return
-        from memstream.lancedb_import import BTree
-
         existing = {tuple(ix.columns) for ix in table.list_indices()}
         for column in ("id", *INDEXED_COLUMNS, "hash"):
             if (column,) not in existing:
-                table.create_index(column, config=BTree())
+                create_btree(table, column)
         events = self.events()
         if events is not None and events.count_rows() > 0:
             existing = {tuple(ix.columns) for ix in events.list_indices()}
             # user_id, agent_id, run_id: the leads of as-of reads (query/scoped.py)
             for column in ("event_id", "memory_id", "project_id", "request_id", *EVENT_LEADS):
                 if (column,) not in existing:
-                    events.create_index(column, config=BTree())
+                    create_btree(events, column)
 
 
 def vector_matrix(column: pa.ChunkedArray, dim: int) -> np.ndarray:
@@ -203,8 +223,16 @@ def live_embedder(data_dir: Path) -> str | None:
 class ProjectionStore:
     """Finds the live generation and creates new ones (for replay)."""
 
-    def __init__(self, data_dir: Path, dim: int, embedder: str, log_identity: str) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        dim: int,
+        embedder: str,
+        log_identity: str,
+        connect: Connect = connect_lancedb,
+    ) -> None:
         self.root = data_dir / "projections"
+        self.connect = connect  # how its generations open their tables
         self.dim = dim
         self.embedder = embedder
         self.log_identity = log_identity
@@ -232,7 +260,7 @@ class ProjectionStore:
         if name is None or not (self.root / name).exists():
             name = self._create(promote=True)
         meta = self.meta(name)
-        return Generation(self.root / name, meta.dim)
+        return Generation(self.root / name, meta.dim, self.connect)
 
     def meta(self, name: str) -> GenerationMeta:
         data = json.loads((self.root / name / "meta.json").read_text())
@@ -280,7 +308,7 @@ class ProjectionStore:
         fd = os.open(self.root / name / BUILDING, os.O_RDWR | os.O_CREAT, 0o644)
         fcntl.flock(fd, fcntl.LOCK_EX)
         self._building[name] = fd
-        return Generation(self.root / name, self.dim)
+        return Generation(self.root / name, self.dim, self.connect)
 
     def _release(self, name: str) -> None:
         fd = self._building.pop(name, None)
@@ -346,7 +374,7 @@ class ProjectionStore:
 
     def open(self, name: str) -> Generation:
         """An existing generation by name (for reading a candidate)."""
-        return Generation(self.root / name, self.meta(name).dim)
+        return Generation(self.root / name, self.meta(name).dim, self.connect)
 
     def drop(self, name: str) -> None:
         """Delete a generation that is not live (a discarded or swapped-in candidate)."""
@@ -395,10 +423,17 @@ LOOKUP_CHUNK = 10_000
 class EmbeddingCache:
     """(model, sha256(text)) -> vector, in LanceDB beside the generations, plus an in-memory map."""
 
-    def __init__(self, data_dir: Path, model: str, dim: int, memory_items: int = 100_000) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        model: str,
+        dim: int,
+        memory_items: int = 100_000,
+        connect: Connect = connect_lancedb,
+    ) -> None:
         self.model = model
         self.dim = dim
-        self.db = _lancedb().connect(data_dir / "cache", read_consistency_interval=dt.timedelta(0))
+        self.db = connect(data_dir / "cache")
         self.table_name = "embeddings_" + "".join(c if c.isalnum() else "_" for c in model)
         self._mem: dict[str, np.ndarray] = {}
         self._memory_items = memory_items
@@ -435,9 +470,7 @@ class EmbeddingCache:
         if table is None or table.count_rows() == 0:
             return
         if ("key",) not in {tuple(ix.columns) for ix in table.list_indices()}:
-            from memstream.lancedb_import import BTree
-
-            table.create_index("key", config=BTree())
+            create_btree(table, "key")
 
     def get_many(self, keys: list[str], known: DigestSet | None = None) -> dict[str, np.ndarray]:
         """The stored vectors of `keys`. `known`, if given, holds every key the table holds

@@ -333,6 +333,28 @@ class MemoryReader:
         rows.sort(key=lambda r: (r["partition"], r["offset"]))
         return rows
 
+    def events_at(self, positions: list[tuple[int, int]]) -> list[dict[str, Any]]:
+        """The audit rows of the events at these (partition, offset) positions, in log
+        order (none for a position not projected yet)."""
+        by_partition: dict[int, list[int]] = {}
+        for p, o in positions:
+            by_partition.setdefault(p, []).append(o)
+        if not by_partition:
+            return []
+        where = " OR ".join(
+            f"(partition = {p} AND `offset` IN ({', '.join(str(o) for o in sorted(offs))}))"
+            for p, offs in sorted(by_partition.items())
+        )
+        gen = self._generation()
+        wanted = {(p, o) for p, o in positions}
+        rows = audits_where(  # and the fresh tier's (projector/tier.py)
+            gen.query_events(where),
+            self._tier(gen),
+            lambda a: (a["partition"], a["offset"]) in wanted,
+        )
+        rows.sort(key=lambda r: (r["partition"], r["offset"]))
+        return rows
+
     def outcomes(self, event_ids: list[str]) -> dict[str, dict[str, Any]]:
         gen = self._generation()
         wanted = set(event_ids)

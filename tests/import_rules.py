@@ -31,7 +31,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
         "memstream.integrations",
         "memstream.client",
     ),
-    "service": ("memstream.service", "memstream.light_reads"),
+    "service": ("memstream.service", "memstream.light_reads", "memstream.light_writes"),
     "producers": ("memstream.producers",),
     "query": ("memstream.query",),
     "webhooks": ("memstream.webhooks",),

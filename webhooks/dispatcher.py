@@ -28,6 +28,7 @@ import contextlib
 import json
 import logging
 import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -59,6 +60,15 @@ USER_AGENT = "memstream-webhooks/1"
 RESTART_S = 2.0  # pause before a failed worker starts again
 KEYS_REFRESH_S = 1.0  # at most this stale, an erasure stops texts from being sent
 MAX_ERROR = 500
+
+# What the projection decided an event changed nothing: a second copy of a racing add
+# (DUPLICATE), an update or delete of a memory that had changed since it was decided
+# (CONFLICT) or is gone (NOOP), an inference that kept nothing (NONE) or failed. A
+# receiver is told of changes to memories, so these are not delivered.
+UNAPPLIED = frozenset({"DUPLICATE", "CONFLICT", "NOOP", "NONE", "FAILED"})
+
+Outcomes = Callable[[Mapping[str, Position]], Awaitable[dict[str, str]]]
+"""The projection's outcome of each event (event id -> its log position), once applied."""
 
 
 @dataclass(frozen=True)
@@ -92,6 +102,7 @@ class Dispatcher:
         policy: DeliveryPolicy | None = None,
         *,
         transport: httpx.AsyncBaseTransport | None = None,
+        outcomes: Outcomes | None = None,
     ) -> None:
         self.log = log_
         self.keys = keys
@@ -99,6 +110,8 @@ class Dispatcher:
         self.deliveries = deliveries
         self.policy = policy or DeliveryPolicy()
         self._transport = transport
+        # None: no projection here (`memstream webhooks run`): every change event is sent
+        self._outcomes = outcomes
         self._keys_at = 0.0
         self._batch_at = 0.0
         self.progress: dict[str, Offsets] = {}  # webhook id -> next offsets it will read
@@ -188,8 +201,13 @@ class Dispatcher:
                     continue
                 batch = await reader.next_batch(self.policy.batch, 0.5)
                 self._batch_at = time.monotonic()
-                for rec in batch:
-                    if stop.is_set() or not await self._handle(hook_id, prefix, rec, client, stop):
+                events = await self._decode_batch(hook_id, prefix, batch)
+                for rec, event in zip(batch, events, strict=True):
+                    if stop.is_set():
+                        break
+                    if event is not None and not await self._handle(
+                        hook_id, event, rec, client, stop
+                    ):
                         break
                     done[rec.position.partition] = rec.position.offset + 1
                 if done != saved:
@@ -201,29 +219,50 @@ class Dispatcher:
                     await reader.commit(dict(done))
             await reader.close()
 
+    async def _decode_batch(
+        self, hook_id: str, prefix: bytes, batch: Sequence[LogRecord]
+    ) -> list[Event | None]:
+        """The events of `batch` this webhook is to receive (None where it is not): its
+        project's, of a type it subscribes to now, and (with a projection here) changes the
+        projection applied, so a receiver never hears of a memory that does not exist."""
+        events: list[Event | None] = []
+        hook = self.registry.current(hook_id)
+        for rec in batch:
+            if hook is None:
+                events.append(None)  # deleted: the worker stops at the next record
+                continue
+            if not rec.key.startswith(prefix):
+                events.append(None)  # another project's event: never decoded
+                continue
+            try:
+                event = await self._decode(rec)
+            except Exception as exc:  # poison: the projector dead-letters it (guarantees.md)
+                log.warning("webhooks: skipping the undecodable record at %d:%d: %s",
+                            rec.position.partition, rec.position.offset, exc)  # fmt: skip
+                events.append(None)
+                continue
+            kind = mem0_type(event)
+            events.append(event if kind is not None and kind in hook.event_types else None)
+        wanted = {e.event_id: r.position for r, e in zip(batch, events, strict=True) if e}
+        if self._outcomes is None or not wanted:
+            return events
+        decided = await self._outcomes(wanted)
+        return [None if e is None or decided.get(e.event_id) in UNAPPLIED else e for e in events]
+
     async def _handle(
         self,
         hook_id: str,
-        prefix: bytes,
+        event: Event,
         rec: LogRecord,
         client: httpx.AsyncClient,
         stop: asyncio.Event,
     ) -> bool:
-        """Deliver `rec` if the webhook wants it; False if stopped before it was finished."""
-        if not rec.key.startswith(prefix):
-            return True  # another project's event
+        """Deliver `event`; False if stopped before it was finished."""
         hook = self.registry.current(hook_id)
         if hook is None:
             return False
-        try:
-            event = await self._decode(rec)
-        except Exception as exc:  # poison: the projector dead-letters it (docs/guarantees.md)
-            log.warning("webhooks: skipping the undecodable record at %d:%d: %s",
-                        rec.position.partition, rec.position.offset, exc)  # fmt: skip
-            return True
         kind = mem0_type(event)
-        if kind is None or kind not in hook.event_types:
-            return True
+        assert kind is not None  # _decode_batch keeps only subscribed types
         return await self._deliver(hook, event, kind, rec.position, client, stop)
 
     async def _decode(self, rec: LogRecord) -> Event:

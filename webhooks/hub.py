@@ -21,7 +21,7 @@ from memstream.log.base import EventLog, Offsets
 from memstream.models import Tenant
 from memstream.settings import Settings
 from memstream.webhooks.deliveries import STATUSES, Delivery, DeliveryStore
-from memstream.webhooks.dispatcher import DeliveryPolicy, Dispatcher
+from memstream.webhooks.dispatcher import DeliveryPolicy, Dispatcher, Outcomes
 from memstream.webhooks.registry import (
     Webhook,
     WebhookRegistry,
@@ -36,10 +36,20 @@ MAX_PAGE = 1000
 
 
 class Webhooks:
-    def __init__(self, settings: Settings, memory_log: EventLog, keys: KeyStore) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        memory_log: EventLog,
+        keys: KeyStore,
+        outcomes: Outcomes | None = None,
+    ) -> None:
+        """`outcomes`: the projection's decisions (the service's), so that only changes it
+        applied are delivered; without one (`memstream webhooks run`, no projection) every
+        change event in the log is (docs/webhooks.md)."""
         self.settings = settings
         self.memory_log = memory_log
         self.keys = keys
+        self.outcomes = outcomes
         self.dir = settings.data_dir / "webhooks"
         self.registry = WebhookRegistry(webhooks_log(settings))
         self._deliveries: DeliveryStore | None = None
@@ -172,8 +182,9 @@ class Webhooks:
             if stop.is_set():
                 return
             dispatcher = Dispatcher(
-                self.memory_log, self.keys, self.registry, self.deliveries, policy or self.policy()
-            )
+                self.memory_log, self.keys, self.registry, self.deliveries,
+                policy or self.policy(), outcomes=self.outcomes,
+            )  # fmt: skip
             await dispatcher.run(stop)
         finally:
             os.close(fd)  # releases the lock

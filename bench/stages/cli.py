@@ -5,8 +5,9 @@ A small store (file log, hashing embedder) gets a few memories; then, in turns (
 each, rotating order), `--help`, `get-all`, `add` and `search`:
 
 - by itself (no server running): get-all and search of the current projection through
-  `lance` alone (memstream/light_reads.py), add through the whole ledger; and get-all with
-  MEMSTREAM_LIGHT_READS=0 (the whole ledger, as before light reads) for a before/after;
+  `lance` alone (memstream/light_reads.py), add written and applied through `lance` alone
+  (memstream/light_writes.py); and get-all with MEMSTREAM_LIGHT_READS=0 and add with
+  MEMSTREAM_LIGHT_ADD=0 (the whole ledger, as before) for a before/after;
 - with a `memstream serve` of the same data directory running: the commands are sent to it
   over its local socket (memstream/cli/forward.py), `--help` measured again in these turns
   (`details.cli.served_vs_help`: cli_getall_served_vs_help, ...).
@@ -101,7 +102,8 @@ async def stage_cli(run: Run, reps: int = 5) -> None:
     with tempfile.TemporaryDirectory(prefix="memstream-cli-") as tmp:
         data = Path(tmp) / "data"
         env = {**os.environ, "MEMSTREAM_DATA_DIR": str(data), "MEMSTREAM_EMBEDDER": "hashing"}
-        for name in ("KAFKA_BOOTSTRAP_SERVERS", "MEMSTREAM_NO_SERVER", "MEMSTREAM_LIGHT_READS"):
+        for name in ("KAFKA_BOOTSTRAP_SERVERS", "MEMSTREAM_NO_SERVER", "MEMSTREAM_LIGHT_READS",
+                     "MEMSTREAM_LIGHT_ADD"):  # fmt: skip
             env.pop(name, None)
         cli = [sys.executable, "-m", "memstream.cli"]
         for i in range(5):
@@ -112,10 +114,11 @@ async def stage_cli(run: Run, reps: int = 5) -> None:
             "add": [*cli, "add", "another memory about tea", "--user-id", "alice"],
             "search": [*cli, "search", "tea", "--user-id", "alice"],
         }
-        full = {**env, "MEMSTREAM_LIGHT_READS": "0"}
+        full = {**env, "MEMSTREAM_LIGHT_READS": "0", "MEMSTREAM_LIGHT_ADD": "0"}
         alone, alone_cpu = _turns(
-            {**commands, "get_all_full": commands["get_all"]}, env, reps, {"get_all_full": full}
-        )
+            {**commands, "get_all_full": commands["get_all"], "add_full": commands["add"]},
+            env, reps, {"get_all_full": full, "add_full": full},
+        )  # fmt: skip
         with _server(cli, env, data):
             served, served_cpu = _turns(commands, env, reps)
     load_after = os.getloadavg()
@@ -134,15 +137,18 @@ async def stage_cli(run: Run, reps: int = 5) -> None:
         "served_median_cpu_s": served_cpu,
         "reps": reps,
         "getall_full_vs_help": ratio(alone["get_all_full"], alone["help"], 2),
+        "add_full_vs_help": ratio(alone["add_full"], alone["help"], 2),
         "cpu_ratios": {name: ratio(alone_cpu[name], alone_cpu["help"], 2) for name in alone_cpu}
         | {f"{name}_served": ratio(served_cpu[name], served_cpu["help"], 2) for name in served_cpu},
         "load_avg_before_after": [round(load_before[0], 2), round(load_after[0], 2)],
         "what": "wall time of `python -m memstream.cli ...` in a fresh process (file log, "
         "hashing, a store of a few memories), commands in rotating order; alone: no server "
-        "(get-all/search through lance alone, add through the whole ledger; get_all_full: "
-        "MEMSTREAM_LIGHT_READS=0); served: a `memstream serve` of the data dir answers",
+        "(get-all/search/add through lance alone; get_all_full/add_full: "
+        "MEMSTREAM_LIGHT_READS=0 MEMSTREAM_LIGHT_ADD=0, the whole ledger); served: a "
+        "`memstream serve` of the data dir answers",
     }
     say(f"cli alone: help {alone['help']} s, get-all {alone['get_all']} s (whole ledger "
-        f"{alone['get_all_full']} s), add {alone['add']} s, search {alone['search']} s; "
+        f"{alone['get_all_full']} s), add {alone['add']} s (whole ledger {alone['add_full']} s), "
+        f"search {alone['search']} s; "
         f"served: help {served['help']} s, get-all {served['get_all']} s, add {served['add']} s, "
         f"search {served['search']} s")  # fmt: skip

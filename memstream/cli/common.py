@@ -210,6 +210,11 @@ def run(
 
 
 LIGHT_READS_ENV = "MEMSTREAM_LIGHT_READS"
+LIGHT_ADD_ENV = "MEMSTREAM_LIGHT_ADD"
+
+
+def _switched_off(name: str) -> bool:
+    return os.environ.get(name, "1").strip().lower() in ("0", "false", "no", "off")
 
 
 def run_light(body: Callable[[LightReads], T]) -> T | None:
@@ -217,7 +222,7 @@ def run_light(body: Callable[[LightReads], T]) -> T | None:
     light_reads.py), or None when only the full path (`run`) can answer it exactly. None too
     when anything about the data directory surprises it: the full path then reports that.
     MEMSTREAM_LIGHT_READS=0 always takes the full path (to compare the two)."""
-    if os.environ.get(LIGHT_READS_ENV, "1").strip().lower() in ("0", "false", "no", "off"):
+    if _switched_off(LIGHT_READS_ENV):
         return None
     from memstream.light_reads import PlanDeclined, open_light_reads
 
@@ -233,6 +238,24 @@ def run_light(body: Callable[[LightReads], T]) -> T | None:
         return None
     except MemstreamError as exc:
         fail(exc.message, code=2 if isinstance(exc, ValidationError) else 1)
+
+
+def run_light_add(messages: Any, **kwargs: Any) -> list[WriteResult] | None:
+    """An add (no inference) written and applied through `lance` alone (memstream/
+    light_writes.py), or None when it did not start (nothing appended: `run` the full
+    path). Events it appended but could not apply are finished by the full path, never
+    appended twice. MEMSTREAM_LIGHT_ADD=0 always takes the full path."""
+    if _switched_off(LIGHT_ADD_ENV):
+        return None
+    from memstream.light_writes import AddHandedOff, light_add
+
+    try:
+        return asyncio.run(light_add(state.settings, messages, **kwargs))
+    except AddHandedOff as handed:
+        positions = handed.positions
+    except KeyboardInterrupt:
+        fail("interrupted", code=130)
+    return run(lambda ms: ms.add_results(positions))
 
 
 def fail(message: str, code: int = 2) -> NoReturn:

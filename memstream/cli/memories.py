@@ -29,6 +29,7 @@ from memstream.cli.common import (
     parse_json,
     run,
     run_light,
+    run_light_add,
     write_table,
 )
 from memstream.events import Actor
@@ -93,6 +94,12 @@ def add(
         }, write=True)  # fmt: skip
         if sent is not NOT_FORWARDED:
             results = [WriteResult(**r) for r in sent]
+        else:  # no server: through `lance` alone when the projection is current
+            results = run_light_add(
+                messages, user_id=user_id, agent_id=agent_id, app_id=app_id, run_id=run_id,
+                metadata=meta, categories=categories, expiration_date=expiration_date,
+                immutable=immutable, request_id=request_id, wait=not no_wait,
+            )  # fmt: skip
     done = results if results is not None else run(go)
     emit(
         {"results": [r.to_api() for r in done], "inference": inferred},

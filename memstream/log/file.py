@@ -3,7 +3,9 @@
 Frames are described in memstream.log.frames: each carries a CRC32 and (since the hash
 chain) the sha256 chain link to the log's previous event. Appends from any process are
 serialised by an flock on `log.lock` and fsynced per batch before `append` returns; that
-return is what "acknowledged" means. Offsets are record numbers; a segment file is named by
+return is what "acknowledged" means. Within a process, concurrent appends are written
+together (memstream.log.group): one lock, one write and one fsync per group, each caller
+answered with its own positions only after that fsync. Offsets are record numbers; a segment file is named by
 its first offset.
 
 What damage does (docs/guarantees.md, "Durability and corruption"):
@@ -64,6 +66,7 @@ from memstream.log.frames import (
     encode,
     parse_one,
 )
+from memstream.log.group import GroupCommit
 
 log = logging.getLogger(__name__)
 
@@ -173,6 +176,7 @@ class FileEventLog(EventLog):
         # readers of this process waiting for the next append (see `appended`): woken at
         # once instead of at their next poll; other processes' appends are still polled
         self._waiters: list[asyncio.Future[None]] = []
+        self._group = GroupCommit(self._write_group)
 
     # -- lifecycle -----------------------------------------------------------------------
     async def start(self) -> None:
@@ -188,6 +192,7 @@ class FileEventLog(EventLog):
             ) from exc
 
     async def close(self) -> None:
+        await self._group.drain()  # appends already queued are written (or fail) first
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
@@ -346,8 +351,14 @@ class FileEventLog(EventLog):
         self.check_messages(messages)
         if self._lock_fd is None:
             await self.start()
+        return await self._group.append(messages)
+
+    async def _write_group(self, messages: list[tuple[bytes, bytes]]) -> list[Position]:
+        """One group of concurrent appends (memstream.log.group): one lock, one write, one
+        fsync for all of them, in a worker thread; then this process's waiting readers
+        are woken (see `appended`)."""
         try:
-            return await asyncio.to_thread(self._append_sync, list(messages))
+            return await asyncio.to_thread(self._append_sync, messages)
         finally:
             waiters, self._waiters = self._waiters, []
             for w in waiters:
@@ -643,6 +654,16 @@ class FileEventLog(EventLog):
         return region, frame, new_head
 
 
+def _replaced(path: Path, ino: int) -> bool:
+    """Has `memstream log repair` put a new file at `path` since we opened inode `ino`? A
+    reader that finds damage in the file a repair has just replaced must not mark the log
+    corrupt again (the marker would make the repaired log read-only once more)."""
+    try:
+        return os.stat(path).st_ino != ino
+    except FileNotFoundError:
+        return True
+
+
 class FileLogReader(LogReader):
     def __init__(self, log: FileEventLog, offset: int, group_id: str | None) -> None:
         self.log = log
@@ -663,7 +684,9 @@ class FileLogReader(LogReader):
             candidates = [later[0]]
             self.next_offset = later[0]
         base = candidates[-1]
-        data = self.log._read_from(self.log.segment_path(base), 0)
+        path = self.log.segment_path(base)
+        with open(path, "rb") as f:
+            ino, data = os.fstat(f.fileno()).st_ino, f.read()
         pos, index = 0, base
         while index < self.next_offset:
             found = parse_one(data, pos)
@@ -673,6 +696,8 @@ class FileLogReader(LogReader):
             stop = classify(data, pos, at_eof=True)
             if stop is None or stop.torn:
                 return False  # not written yet
+            if _replaced(path, ino):  # repaired meanwhile: look again at the new file
+                return self._locate()
             raise self.log.corruption(base, pos, index, stop.reason)
         self._segment, self._pos = base, pos
         return True
@@ -708,6 +733,12 @@ class FileLogReader(LogReader):
                 out.append(to_record(frame, self.next_offset))
                 self.next_offset += 1
             if stop is not None and not stop.torn:
+                if _replaced(path, stat.st_ino):
+                    # repaired while we read the file it replaced: not damage, read the new one
+                    self._ino = self._segment = None
+                    if not self._locate():
+                        break
+                    continue
                 raise self.log.corruption(segment, self._pos + end, self.next_offset, stop.reason)
             self._pos += end
             if frames:

@@ -54,6 +54,7 @@ class Server:
             text=True,
             timeout=120,
             stdin=subprocess.DEVNULL,
+            env=log_env(),
         )
         if check and proc.returncode != 0:
             raise AssertionError(
@@ -72,7 +73,7 @@ class Server:
             args += ["--name", name] if name else []
             procs.append(subprocess.Popen(
                 [*MEMSTREAM, *self.global_args, *args], stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
+                stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True, env=log_env(),
             ))  # fmt: skip
         keys = []
         for proc in procs:
@@ -90,6 +91,14 @@ class Server:
         if self.log_path is None or not self.log_path.exists():
             return ""
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def log_env() -> dict[str, str]:
+    """The environment for a `memstream` process whose log the arguments name: without
+    KAFKA_BOOTSTRAP_SERVERS / MEMSTREAM_TOPIC, which a run's Kafka tests may set (they would
+    turn a file-log server into a Kafka one; a Kafka server gets `--kafka` and `--topic`)."""
+    hidden = ("KAFKA_BOOTSTRAP_SERVERS", "MEMSTREAM_TOPIC")
+    return {k: v for k, v in os.environ.items() if k not in hidden}
 
 
 def start_server(
@@ -114,7 +123,7 @@ def start_server(
             [*MEMSTREAM, *global_args, "serve", "--host", "127.0.0.1", "--port", str(port),
              "--log-level", log_level],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env={**os.environ, **(env or {})},
+            env={**log_env(), **(env or {})},
         )  # fmt: skip
     if keys:
         server.keys.update(zip(keys, server.create_keys(list(keys.values())), strict=True))

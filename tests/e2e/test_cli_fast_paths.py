@@ -2,8 +2,9 @@
 imports only what it uses.
 
 Real `python -m memstream.cli` processes on a real data directory. `get-all` and `search` of
-a current projection are answered through `lance` alone (memstream/light_reads.py); with
-MEMSTREAM_LIGHT_READS=0 they take the full path (`Memstream`), so the two can be compared
+a current projection are answered through `lance` alone (memstream/light_reads.py), and so
+is `add` applied (memstream/light_writes.py); with MEMSTREAM_LIGHT_READS=0 and
+MEMSTREAM_LIGHT_ADD=0 they take the full path (`Memstream`), so the two can be compared
 byte for byte. No timings here: bench/stages/cli.py measures them.
 """
 
@@ -40,7 +41,8 @@ def run(
     data: Path, *args: str, light: bool = True, modules: Path | None = None
 ) -> subprocess.CompletedProcess[str]:
     env = {**clean_env(), "MEMSTREAM_DATA_DIR": str(data), "MEMSTREAM_EMBEDDER": "hashing",
-           "MEMSTREAM_LIGHT_READS": "1" if light else "0", "MEMSTREAM_NO_SERVER": "1"}  # fmt: skip
+           "MEMSTREAM_LIGHT_READS": "1" if light else "0",
+           "MEMSTREAM_LIGHT_ADD": "1" if light else "0", "MEMSTREAM_NO_SERVER": "1"}  # fmt: skip
     if modules is not None:
         env["MODULES_OUT"] = str(modules)
         cmd = [sys.executable, "-c", RECORDING, *args]
@@ -107,3 +109,42 @@ def test_an_interrupted_erasure_is_finished_before_a_read(store: Path) -> None:
     kill_child(Settings(data_dir=store, embedder="hashing"), "after-destroy")
     found = json.loads(run(store, "--json", "get-all", "--user-id", "alice").stdout)
     assert found["count"] == 0
+
+
+def _results(done: subprocess.CompletedProcess[str]) -> list[dict[str, object]]:
+    found: list[dict[str, object]] = json.loads(done.stdout)["results"]
+    return found
+
+
+def test_an_add_imports_no_lancedb_and_answers_as_the_full_path(
+    store: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "modules.json"
+    added = _results(run(store, "--json", "add", "dave drinks oolong", "--user-id", "dave",
+                         "--metadata", '{"cup": 2}', modules=out))  # fmt: skip
+    assert not imported(out) & set(HEAVY)
+    assert "lance" in imported(out)  # it did write (through lance)
+    assert [(r["event"], r["memory"]) for r in added] == [("ADD", "dave drinks oolong")]
+    # the same text again, light and full: the projector's decision, naming the first memory
+    for light in (True, False):
+        again = _results(run(store, "--json", "add", "dave drinks oolong", "--user-id", "dave",
+                             light=light))  # fmt: skip
+        assert again == [{**added[0], "event": "NONE"}]
+    for light in (True, False):  # applied: every read path sees it at once
+        found = json.loads(run(store, "--json", "get-all", "--user-id", "dave", light=light).stdout)
+        assert [(m["id"], m["metadata"]) for m in found["results"]] == [
+            (added[0]["id"], {"cup": 2})
+        ]
+    # a table of results as the full path prints it
+    light_table = run(store, "add", "dave likes rain", "--user-id", "dave").stdout
+    full_table = run(store, "add", "dave likes snow", "--user-id", "dave", light=False).stdout
+    assert light_table.split()[0] == full_table.split()[0] == "ADD"
+    assert "dave likes rain" in light_table
+
+
+def test_an_add_behind_an_unprojected_one_takes_the_full_path(store: Path) -> None:
+    run(store, "add", "erin is pending", "--user-id", "erin", "--no-wait")
+    out = run(store, "--json", "add", "erin is applied", "--user-id", "erin")
+    assert [r["event"] for r in _results(out)] == ["ADD"]
+    found = json.loads(run(store, "--json", "get-all", "--user-id", "erin").stdout)
+    assert sorted(m["memory"] for m in found["results"]) == ["erin is applied", "erin is pending"]

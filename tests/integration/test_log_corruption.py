@@ -11,14 +11,17 @@ import struct
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import httpx
+import pytest
 
+import memstream.log.file as file_log
 from memstream.events import MemoryAdded, message_of, new_id, text_hash
 from memstream.log.file import FileEventLog
 from memstream.log.frames import Frame, parse_one
 from memstream.scope import Scope
-from tests.e2e.conftest import start_server, stop_server
+from tests.e2e.conftest import log_env, start_server, stop_server
 
 N = 1024
 BAD = 500
@@ -26,10 +29,13 @@ SEGMENT = "00000000000000000000.seg"
 
 
 def memstream(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """The CLI on `data_dir`'s file log, unless `args` name a broker: a KAFKA_BOOTSTRAP_SERVERS
+    or MEMSTREAM_TOPIC in the test run's environment (set for the Kafka tests) must not turn
+    a file-log command into a Kafka one."""
     return subprocess.run(
         [sys.executable, "-m", "memstream.cli", "--data-dir", str(data_dir), "--embedder",
          "hashing", *args],
-        capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL,
+        capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL, env=log_env(),
     )  # fmt: skip
 
 
@@ -233,3 +239,45 @@ def test_frame_length_0x7fffffff_is_corruption_at_that_record(tmp_path: Path) ->
     assert region["bytes"] == len(original) and region["one_record"]
     assert memstream(tmp_path, "replay").returncode == 0
     assert count(tmp_path) == N - 1
+
+
+def test_a_reader_that_meets_the_damage_as_repair_replaces_the_file_reads_the_new_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The race a live server's projector runs with `memstream log repair`: it opened the
+    damaged segment, the repair replaced the file and cleared the CORRUPT marker, and only
+    then did the projector parse what it had read. That damage is gone: marking the log
+    corrupt again would make the repaired log read-only once more (every add 503)."""
+    write_log(tmp_path)
+    flip_bit_in(tmp_path / "log" / SEGMENT, BAD)
+    real = file_log.parse_frames
+    repairs: list[dict[str, Any]] = []
+
+    def parse_then_repair(data: bytes, *args: Any, **kwargs: Any) -> Any:
+        parsed = real(data, *args, **kwargs)
+        stop = parsed[2]
+        if stop is not None and not stop.torn and not repairs:  # between the read and the verdict
+            repairs.append(log.repair())
+        return parsed
+
+    async def read_all() -> list[int]:
+        reader = await log.reader({0: 0})
+        offsets: list[int] = []
+        for _ in range(100):
+            batch = await reader.next_batch(1000, 0.1)
+            if not batch:
+                break
+            offsets.extend(r.position.offset for r in batch)
+        await reader.close()
+        return offsets
+
+    async def go() -> list[int]:
+        async with log:
+            monkeypatch.setattr(file_log, "parse_frames", parse_then_repair)
+            return await read_all()
+
+    log = FileEventLog(tmp_path / "log")
+    offsets = asyncio.run(go())
+    assert [r["offset"] for r in repairs[0]["quarantined"]] == [f"0:{BAD}"]
+    assert not log.corrupt_marker.exists()
+    assert offsets == list(range(N)), offsets[BAD - 2 : BAD + 2]  # the marker keeps 0:500

@@ -123,6 +123,33 @@ async def _in_order_despite_failures(settings: Settings) -> None:
             assert ids(receiver.accepted()[expected:]) == later
 
 
+def test_only_changes_the_projection_applied_are_delivered(settings: Settings) -> None:
+    asyncio.run(_only_applied(settings))
+
+
+async def _only_applied(settings: Settings) -> None:
+    """The same fact added twice is two MemoryAdded events in the log, and the projection
+    keeps one memory: the receiver hears of that one, never of a memory that does not exist."""
+    with receiving() as receiver:
+        async with Memstream(settings) as ms:
+            await ms.webhooks.create(ACME, name="applied", url=receiver.url, event_types=TYPES)
+            [first] = await ms.add("carol likes green tea", tenant=ACME, user_id="carol")
+            [again] = await ms.add("carol likes green tea", tenant=ACME, user_id="carol")
+            [jazz] = await ms.add("carol likes jazz", tenant=ACME, user_id="carol")
+            gone = await ms.delete(jazz.id, tenant=ACME)
+            assert (first.event, again.event) == ("ADD", "NONE")  # decided a duplicate
+            assert again.id == first.id and again.event_id != first.event_id  # both logged
+            audit = await ms.history(first.id, tenant=ACME)
+            assert [h.event for h in audit] == ["ADD", "NONE"]  # the second changed nothing
+
+            async with dispatching(ms):
+                # in log order per scope: the duplicate lies between the first and the jazz
+                await receiver.until(lambda got: len(got) >= 3)
+            got = receiver.accepted()
+            assert ids(got) == [first.event_id, jazz.event_id, gone.event_id]
+            assert [r.json["event_details"]["event"] for r in got] == ["ADD", "ADD", "DELETE"]
+
+
 def test_a_new_webhook_replays_history_or_starts_now(settings: Settings) -> None:
     asyncio.run(_replay_history(settings))
 
