@@ -27,6 +27,8 @@ TARGETS: dict[str, tuple[str, float, str]] = {
     "cli_getall_vs_help": ("<=", 2, "a small store, file log (issue 16)"),
     "cli_add_vs_help": ("<=", 3, "a small store, file log (issue 16)"),
     "append_ratio": (">=", 0.5, "real Kafka (issue 16)"),
+    "vs_mem0_add_sync": (">=", 1, "the same model on both sides (issue 16)"),
+    "rest_add_vs_floor": ("<=", 1.2, "fsynced append + single-text embed (issue 16)"),
     "visible_p95_ms": (
         "<=",
         250,
@@ -74,7 +76,8 @@ KEYS = [
     ("search_overhead_ratio", "x"), ("search_best_raw_p50_ms", "ms"), ("search_vs_best_raw", "x"),
     ("search_recall", "share"), ("search_plan_speedup", "x"), ("getall_p50_ms", "ms"),
     ("getall_plan_speedup", "x"), ("replay_eps", "events/s"), ("asof_ms", "ms"),
-    ("rest_search_p50_ms", "ms"), ("rest_add_p50_ms", "ms"), ("pipeline_eps", "memories/s"),
+    ("rest_search_p50_ms", "ms"), ("rest_add_p50_ms", "ms"), ("rest_add_floor_ms", "ms"),
+    ("rest_add_vs_floor", "x"), ("pipeline_eps", "memories/s"),
     ("mem0_add_ps", "memories/s"), ("mem0_search_p50_ms", "ms"), ("vs_mem0_add", "x"),
     ("vs_mem0_search", "x"), ("rss_mb_peak", "MB"),
     ("seq_add_ps", "memories/s"), ("seq_add_durable_ps", "memories/s"),

@@ -71,6 +71,7 @@ class OwnAdds(Projector):
         super().__init__(
             data_dir, log, embedder, connect=LanceConnection,
             keep_versions=dt.timedelta(seconds=settings.keep_versions_s),  # as Memstream's
+            tier_rows=0,  # one batch, then the process exits: no fresh tier (projector/tier.py)
         )  # fmt: skip
         self.own: set[tuple[int, int]] = set()
 

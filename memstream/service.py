@@ -111,6 +111,8 @@ class Memstream:
             self.log,
             self.embedder,
             keep_versions=dt.timedelta(seconds=self.settings.keep_versions_s),
+            tier_rows=self.settings.tier_rows,
+            tier_age_s=self.settings.tier_age_s,
         )
         self.reader = MemoryReader(self.projector)
         limits = self.settings.limits
@@ -513,7 +515,7 @@ class Memstream:
         if not consistent:
             return
         if self._background is None:
-            await self.projector.catch_up()
+            await self.projector.catch_up(flush=False)  # the reads merge the fresh tier
         elif self._read_your_writes:
             await self.projector.catch_up_own()
 
@@ -526,6 +528,8 @@ class Memstream:
         as_of: Any = None,
     ) -> MemoryView:
         await self._fresh(consistent)
+        if as_of is not None:  # a point in time is read from the tables
+            await self.projector.flush_tier()
         # off the event loop even for one indexed row: a Lance read that meets the projector's
         # write (a new version, a compaction) can take seconds on a loaded machine, and on the
         # loop it would stall every other request; as of a cut it is a fold (and cancellable)
@@ -542,6 +546,8 @@ class Memstream:
     ) -> Page:
         self.settings.limits.check_filters(filters)
         await self._fresh(consistent)
+        if kwargs.get("as_of") is not None:  # a point in time is read from the tables
+            await self.projector.flush_tier()
         reader = await self._reader_for(tenant or self.tenant, _candidate(kwargs))
         return await asyncio.to_thread(reader.get_all, tenant or self.tenant, filters, **kwargs)
 
@@ -557,6 +563,8 @@ class Memstream:
         self.settings.limits.check_query(query)
         self.settings.limits.check_filters(filters)
         await self._fresh(consistent)
+        if kwargs.get("as_of") is not None:  # a point in time is read from the tables
+            await self.projector.flush_tier()
         reader = await self._reader_for(tenant or self.tenant, _candidate(kwargs))
         started = time.perf_counter()
         try:
@@ -595,6 +603,7 @@ class Memstream:
 
                 raise ValidationError(f"by: must be among {', '.join(GROUPINGS)}, got {name!r}")
         await self._fresh(True)
+        await self.projector.flush_tier()  # counted from the tables themselves (DuckDB)
         tenant = tenant or self.tenant
         gen = self.projector.generation()
         policies = self.reader.policies(tenant)
@@ -613,7 +622,7 @@ class Memstream:
         """How far this instance's projection trails the log: events written but not yet
         applied, per partition and in all (0 = reads see everything written)."""
         end = await self.log.end_offsets()
-        done = self.projector.generation().checkpoint()
+        done = self._applied()
         behind = {p: max(0, o - done.get(p, 0)) for p, o in sorted(end.items())}
         return {
             "lag": sum(behind.values()),
@@ -790,8 +799,21 @@ class Memstream:
         """`memstream log repair`: quarantine the log's bad bytes (memstream.log.file)."""
         return self.log.repair()
 
-    async def catch_up(self) -> None:
-        await self.projector.catch_up()
+    async def catch_up(self, *, flush: bool = True) -> None:
+        """Apply the whole log; with `flush`, write the fresh tier to the tables too (a
+        caller that reads through get/get_all/search needs not: they merge the tier)."""
+        await self.projector.catch_up(flush=flush)
+
+    async def settle(self) -> None:
+        """Write this process's fresh tier to the tables (projector/tier.py), for a face
+        that reads the tables themselves (entity lists, analytics)."""
+        await self.projector.flush_tier()
+
+    def _applied(self) -> Offsets:
+        """How far this process's projection has applied the log (tables and fresh tier)."""
+        disk = self.projector.generation().checkpoint()
+        mine = self.projector.checkpoint
+        return {p: max(o, mine.get(p, 0)) for p, o in {**mine, **disk}.items()}
 
     # -- for faces that read the projection or the log themselves (analytics, `memstream log`):
     # they get these handles from the service instead of reaching into the projector.
@@ -826,7 +848,7 @@ class Memstream:
         """The Prometheus text exposition (body, content type), with the projector's lag
         behind the log's end measured now."""
         end = await self.log.end_offsets()
-        metrics.set_projector_lag(end, self.projector.generation().checkpoint())
+        metrics.set_projector_lag(end, self._applied())
         return metrics.exposition()
 
 

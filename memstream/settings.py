@@ -87,6 +87,20 @@ class Limits:
             )
 
 
+DEFAULT_TIER_ROWS = 2000
+DEFAULT_TIER_AGE_S = 1.0
+
+
+def tier_rows_from_env() -> int:
+    """MEMSTREAM_TIER_ROWS: events the fresh tier holds before it is flushed (0: no tier)."""
+    return int(_env_number("MEMSTREAM_TIER_ROWS", DEFAULT_TIER_ROWS))
+
+
+def tier_age_from_env() -> float:
+    """MEMSTREAM_TIER_AGE_S: seconds an event stays in the fresh tier at most (0: no tier)."""
+    return _env_number("MEMSTREAM_TIER_AGE_S", DEFAULT_TIER_AGE_S)
+
+
 @dataclass(frozen=True)
 class Settings:
     data_dir: Path = Path("./memstream-data")
@@ -98,6 +112,12 @@ class Settings:
     org_id: str = "local"
     project_id: str = "default"
     keep_versions_s: float = 300.0  # superseded LanceDB table versions kept this long
+    # the projector's fresh tier (projector/tier.py, docs/configuration.md): applied events
+    # wait in memory, searchable, and are written to LanceDB in batches of up to
+    # `tier_rows` events or after `tier_age_s` seconds; either 0 turns the tier off.
+    # Defaults read from the environment, so every Settings (tests too) follows it.
+    tier_rows: int = field(default_factory=tier_rows_from_env)
+    tier_age_s: float = field(default_factory=tier_age_from_env)
     # inference (docs/inference.md): an OpenAI-compatible chat-completions endpoint, or off
     llm_base_url: str | None = None
     llm_model: str | None = None

@@ -355,7 +355,7 @@ class InferenceWriter(MemoryWriter):
         (implicit null scoping: a user's add never sees that user's agent- or run-scoped
         memories). Runs while the LLM extracts facts: its phases are charged as overlapped."""
         started = time.perf_counter()
-        await self.projector.catch_up()
+        await self.projector.catch_up(flush=False)  # prepare_search merges the fresh tier
         caught = time.perf_counter()
         phases.overlap("catch_up", caught - started)
         search = await asyncio.to_thread(self.reader.prepare_search, tenant, scope_filters(scope))

@@ -101,7 +101,7 @@ class MemoryWriter(_Producer):
         """The original results of a retried request (same request_id), or None if it is new."""
         if request_id is None:
             return None
-        await self.projector.catch_up()
+        await self.projector.catch_up(flush=False)  # the reader merges the fresh tier
         rows = self.reader.events_for_request(tenant, request_id)
         if not rows:
             return None
@@ -200,7 +200,7 @@ class MemoryWriter(_Producer):
         rid = v.request_id(request_id)
         if previous := await self._replayed(tenant, rid):  # [] = the id only named a delete_all
             return previous[0]
-        await self.projector.catch_up()
+        await self.projector.catch_up(flush=False)  # the reader merges the fresh tier
         current = self.reader.get(tenant, memory_id)
         if current.immutable:
             raise ConflictError(f"memory {memory_id} is immutable and cannot be updated")
@@ -230,7 +230,7 @@ class MemoryWriter(_Producer):
         rid = v.request_id(request_id)
         if previous := await self._replayed(tenant, rid):  # [] = the id only named a delete_all
             return previous[0]
-        await self.projector.catch_up()
+        await self.projector.catch_up(flush=False)  # the reader merges the fresh tier
         current = self.reader.get(tenant, memory_id)
         event = MemoryDeleted(
             scope=Scope.of_row(current), memory_id=memory_id, actor=actor or Actor(), request_id=rid,
@@ -258,7 +258,7 @@ class MemoryWriter(_Producer):
         rid = v.request_id(request_id)
         if (previous := await self._replayed(tenant, rid)) is not None:
             return len(previous)
-        await self.projector.catch_up()
+        await self.projector.catch_up(flush=False)  # the reader merges the fresh tier
         ids: list[MemoryView] = []
         page = 1
         while True:  # off the event loop: resolving a wide filter is an expensive read
@@ -303,7 +303,7 @@ class MemoryWriter(_Producer):
         actor: Actor | None = None,
     ) -> FeedbackGiven:
         """Record a rating of a memory (its reason is the caller's text, so it is sealed)."""
-        await self.projector.catch_up()
+        await self.projector.catch_up(flush=False)  # the reader merges the fresh tier
         current = self.reader.get(tenant, memory_id)
         event = FeedbackGiven(
             scope=Scope.of_row(current), memory_id=current.id, actor=actor or Actor(),
@@ -406,7 +406,7 @@ class SubjectEraser(_Producer):
         assert value is not None
         self.projector.check_writable()  # before the keys go: an erasure is a write
         subject = Subject(tenant.org_id, tenant.project_id, field, value)
-        await self.projector.catch_up()
+        await self.projector.catch_up()  # flushed: dead_keys below scans the tables
         owned = self.reader.get_all(
             tenant, subject_filters(subject), page=1, page_size=1, show_expired=True
         ).count

@@ -67,6 +67,10 @@ class BatchState:
     duplicates: set[str] = field(default_factory=set)
 
     def load(self, row: dict[str, Any]) -> None:
+        """Take in a row read from the table, unless this state holds the id already (a
+        fresh tier's row is newer than the table's: projector/tier.py)."""
+        if row["id"] in self.rows:
+            return
         self.rows[row["id"]] = row
         self.loaded.add(row["id"])
         self.index(row)

@@ -18,7 +18,7 @@ import os
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -31,7 +31,7 @@ from memstream.errors import (
     MemstreamError,
     ValidationError,
 )
-from memstream.events import Event, MemoryAdded, SubjectErased, text_hash
+from memstream.events import Event, MemoryAdded, MemoryUpdated, SubjectErased, text_hash
 from memstream.fsutil import drop_scratch
 from memstream.keystore.base import KeyStore, Subject
 from memstream.log.base import EventLog, LogReader, LogRecord, Offsets, Position
@@ -53,6 +53,7 @@ from memstream.projector.store import (
     connect_lancedb,
 )
 from memstream.projector.tables import PROJECTION_VERSION
+from memstream.projector.tier import EMPTY, FreshTier, TierView, holds
 from memstream.projector.waiting import (
     Progress,
     ProjectionTimeout,
@@ -60,6 +61,7 @@ from memstream.projector.waiting import (
     describe_pin,
     required_offsets,
 )
+from memstream.settings import tier_age_from_env, tier_rows_from_env
 from memstream.sqlutil import sql_in
 
 # re-exported: callers import the waiting vocabulary from here, where the projector is
@@ -73,6 +75,7 @@ __all__ = [
 ]
 
 log = logging.getLogger("memstream.projector")
+_T = TypeVar("_T")
 Rewrite = Callable[[list[tuple[Event, Position]]], list[tuple[Event, Position]]]
 
 # Superseded LanceDB versions older than this are deleted when a table is compacted (Lance's
@@ -84,6 +87,7 @@ MAINTAIN_EVERY = 8  # live batches between two looks at the tables' fragment sta
 RESCAN_EVERY = 32  # batches between two index scans when other writers keep moving the tables
 REPLAY_BATCH = 10_000  # events per batch in a replay (the per-batch cost is paid 10x less often)
 REPLAY_GC_THRESHOLD = 50_000  # gen-0 collection threshold while a replay runs (default 700)
+REBUILD_TIMEOUT_S = 120.0  # reading back the events of a tier being rebuilt (see _rebuild_tier)
 
 
 class _KeysUnseen(Exception):
@@ -101,6 +105,8 @@ class Projector:
         batch_size: int = 1000,
         keys: KeyStore | None = None,
         keep_versions: dt.timedelta = KEEP_VERSIONS,
+        tier_rows: int | None = None,
+        tier_age_s: float | None = None,
         connect: Connect = connect_lancedb,
     ) -> None:
         """`connect` opens the tables (LanceDB's connection, or projector/lance_tables.py's
@@ -152,6 +158,12 @@ class Projector:
         self._keys_stale = True
         self._wrote: Offsets | None = None
         self.appended: Offsets = {}  # after the last event this process appended, per partition
+        # the fresh tier (projector/tier.py): flushed every tier_rows events or tier_age_s
+        # seconds; either 0 turns it off (every batch is then written at once, as before)
+        self.tier_rows = tier_rows_from_env() if tier_rows is None else tier_rows
+        self.tier_age_s = tier_age_from_env() if tier_age_s is None else tier_age_s
+        self._tier: FreshTier | None = None
+        self._tier_applies = 0  # batches decided into a tier (a long-running process's sign)
 
     # -- generations ---------------------------------------------------------------------
     def generation(self) -> Generation:
@@ -173,6 +185,9 @@ class Projector:
                     "re-embed everything with the new model, or configure the old one"
                 )
             self._gen, self._gen_name = gen, gen.path.name
+            # a replay (here or in another process) swapped the generation: it was built to
+            # the log's end, past everything the old generation's tier held
+            self._tier = None
             self.pinned = meta.pinned
             self.checkpoint = gen.checkpoint()
             self._reset_reader()
@@ -212,11 +227,130 @@ class Projector:
 
     @contextlib.asynccontextmanager
     async def _flock(self) -> AsyncIterator[None]:
-        await asyncio.to_thread(fcntl.flock, self._lock_fd, fcntl.LOCK_EX)
+        try:  # uncontended (the common case): taken here, without a worker thread's hop
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:  # another process holds it: wait off the event loop
+            await asyncio.to_thread(fcntl.flock, self._lock_fd, fcntl.LOCK_EX)
         try:
             yield
         finally:
             fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+
+    # -- the fresh tier (projector/tier.py) ---------------------------------------------
+    @property
+    def tiered(self) -> bool:
+        """Whether applied events wait in the fresh tier before they are written."""
+        return self.tier_rows > 0 and self.tier_age_s > 0
+
+    def tier_view(self, gen: Generation) -> TierView:
+        """What this process's readers merge with `gen`'s tables (query/tiered.py): the
+        tier's published view when it belongs to `gen`, else nothing. Safe from any thread
+        (the view is immutable and replaced whole)."""
+        tier = self._tier
+        if tier is None:
+            return EMPTY
+        view = tier.view
+        return view if view.gen == gen.path else EMPTY
+
+    def _tier_at(self, gen: Generation, disk: Offsets) -> FreshTier | None:
+        """The live generation's tier (a new, empty one on the checkpoint `disk`)."""
+        if not self.tiered:
+            return None
+        if self._tier is None or self._tier.gen != gen.path:
+            self._tier = FreshTier(gen.path, disk)
+        return self._tier
+
+    def _applied_upto(self, gen: Generation, disk: Offsets) -> Offsets:
+        """Where this process has applied to: the tier's end, or the tables' checkpoint."""
+        tier = self._tier
+        if tier is not None and tier.gen == gen.path and tier.pending and tier.base == disk:
+            return dict(tier.end)
+        return disk
+
+    def _stale_tier(self, gen: Generation, disk: Offsets) -> bool:
+        """Whether the tier no longer sits on the tables: another process moved the
+        checkpoint (it applied the log itself), or a flush failed half-way."""
+        tier = self._tier
+        return (
+            tier is not None
+            and tier.gen == gen.path
+            and (tier.broken or (tier.pending and tier.base != disk))
+        )
+
+    async def flush_tier(self) -> None:
+        """Write the tier to the tables now: before a read of the tables themselves (as-of,
+        analytics, exports, expiry) and at close. A no-op without a pending tier."""
+        tier = self._tier
+        if tier is None or not (tier.pending or tier.broken):
+            return
+        async with self._alock:
+            flushed = await self._flush_locked()
+        if flushed is not None and self._reader is not None:
+            with contextlib.suppress(Exception):  # the group offset is informational
+                await self._reader.commit(flushed)
+
+    async def _flush_locked(self) -> Offsets | None:
+        """`flush_tier` with the _alock held: the checkpoint written, or None."""
+        gen = self.generation()
+        tier = self._tier
+        if tier is None or tier.gen != gen.path or not (tier.pending or tier.broken):
+            return None
+        async with self._flock():
+            for _ in range(3):  # a tier found stale by the flush itself is rebuilt, then written
+                if self._stale_tier(gen, gen.checkpoint()):
+                    await self._rebuild_tier(gen)
+                tier = self._tier
+                if tier is None or not tier.pending:
+                    return None
+                flushed = await asyncio.to_thread(self._flush_sync, gen, tier)
+                if not tier.broken:
+                    return flushed
+            raise ConflictError("the fresh tier could not be written: the tables keep changing")
+
+    async def _rebuild_tier(self, gen: Generation) -> None:
+        """Put the tier back on the tables as they are now (under the _alock and the flock).
+
+        Another process applied part or all of what the tier holds (a CLI command catching
+        up, another server), or a flush failed half-way: the tier's decisions no longer sit
+        on the tables' checkpoint. The events from that checkpoint to the tier's end are
+        read from the log again and decided on the tables into a new tier, which replaces
+        the old one whole -- so this process's readers never see less than before: until
+        the swap they read the old view, which is the fold of the same log (of the
+        partitions the tables have not passed; nothing, if an erasure was applied since).
+        """
+        old = self._tier
+        assert old is not None
+        disk = gen.checkpoint()
+        target = dict(old.end)
+        self._reset_reader()
+        if covers(disk, target):  # the tables hold everything the tier did
+            self._tier = FreshTier(gen.path, disk)
+            return
+        erased = await asyncio.to_thread(_erased_since, gen, old.base)
+        old.view = _unpassed(old.view, disk, target, erased)
+        new = FreshTier(gen.path, disk)
+        reader = await self.log.reader(disk)
+        must_flush = False
+        try:
+            deadline = time.monotonic() + REBUILD_TIMEOUT_S
+            while not covers(new.end, target):
+                if time.monotonic() > deadline:
+                    raise LogUnavailableError(
+                        f"could not read the log back to {sorted(target.items())} "
+                        f"within {REBUILD_TIMEOUT_S:.0f}s to rebuild the fresh tier"
+                    )
+                records = [
+                    r
+                    for r in await reader.next_batch(self.batch_size, 0.5)
+                    if r.position.offset < target.get(r.position.partition, 0)
+                ]
+                if records:
+                    must_flush |= await self._applied(self._apply_into, gen, new, records)
+        finally:
+            await reader.close()
+        self._tier = new
+        if must_flush:
+            await asyncio.to_thread(self._flush_sync, gen, new)
 
     # -- the loop ------------------------------------------------------------------------
     async def step(self, timeout_s: float = 0.0) -> int:
@@ -232,18 +366,40 @@ class Projector:
                 self._progress.set()
                 await asyncio.sleep(timeout_s)  # as a read that found nothing would wait
                 return 0
-            if self._reader is None or disk != self._unapplied_from():
+            self._tier_at(gen, disk)
+            if self._stale_tier(gen, disk):
+                async with self._flock():
+                    await self._rebuild_tier(gen)
+                disk = gen.checkpoint()
+            applied = self._applied_upto(gen, disk)
+            if self._reader is None or applied != self._unapplied_from():
                 self._reset_reader()
-                self._reader = await self.log.reader(disk, group_id=self._group_id())
-                self._reader_next = dict(disk)
+                self._reader = await self.log.reader(applied, group_id=self._group_id())
+                self._reader_next = dict(applied)
             batch = await self._next_batch(timeout_s)
             if not batch:
-                self.checkpoint = disk
+                self.checkpoint = applied
+                tier = self._tier
+                flushed = None
+                if tier is not None and tier.due(self.tier_rows, self.tier_age_s):
+                    flushed = await self._flush_locked()
+                    self.checkpoint = self._applied_upto(gen, gen.checkpoint())
+                if flushed is not None and self._reader is not None:
+                    with contextlib.suppress(Exception):  # the group offset is informational
+                        await self._reader.commit(flushed)
                 self._progress.set()
                 return 0
+            flushed = None
             async with self._flock():
                 gen = self.generation()
-                cp = gen.checkpoint()
+                disk = gen.checkpoint()
+                tier = self._tier_at(gen, disk)
+                if self._stale_tier(gen, disk):  # another process applied meanwhile
+                    await self._rebuild_tier(gen)
+                    self.checkpoint = self._applied_upto(gen, gen.checkpoint())
+                    self._progress.set()
+                    return 0
+                cp = self._applied_upto(gen, disk)
                 fresh = [r for r in batch if r.position.offset >= cp.get(r.position.partition, 0)]
                 firsts: dict[int, int] = {}
                 for r in fresh:
@@ -255,18 +411,30 @@ class Projector:
                     return 0
                 fresh = self._admit(fresh, cp)
                 if fresh:
-                    if cp != self._wrote:  # another process applied batches meanwhile
+                    if disk != self._wrote:  # another process applied batches meanwhile
                         self._keys_stale = True
-                    apply = asyncio.ensure_future(self._applied(self._apply_sync, gen, fresh, cp))
+                    apply: asyncio.Future[Offsets]
+                    if tier is None:
+                        apply = asyncio.ensure_future(
+                            self._applied(self._apply_sync, gen, fresh, cp)
+                        )
+                    else:
+                        apply = asyncio.ensure_future(
+                            self._applied(self._apply_tier_sync, gen, tier, fresh)
+                        )
                     try:
                         if self._background:
                             await self._read_ahead(apply)
                     finally:  # never leave the flock while the batch is being written
-                        cp = self._wrote = await apply
+                        cp = await apply
+                    written = gen.checkpoint()
+                    if written != disk:
+                        flushed = self._wrote = written
                 self.checkpoint = cp
-            if fresh:
+            if flushed is not None and self._reader is not None:
+                # the committed group offset is the last FLUSHED position, never the tier's
                 with contextlib.suppress(Exception):  # the group offset is informational
-                    await self._reader.commit(cp)
+                    await self._reader.commit(flushed)
             self._progress.set()
             return len(fresh)
 
@@ -385,8 +553,9 @@ class Projector:
                 stale = not await self._progress.wait(0.25)
                 if stale and not covers(self.checkpoint, required):
                     # no progress here for a while: another process may be the one
-                    # projecting, so look at the disk
-                    self.checkpoint = self.generation().checkpoint()
+                    # projecting, so look at the disk (and this process's tier on it)
+                    gen = self.generation()
+                    self.checkpoint = self._applied_upto(gen, gen.checkpoint())
             elif self._alock.locked():
                 # another waiter is stepping: let its batch cover us too (group commit)
                 # instead of queueing for a step of our own that would apply almost nothing
@@ -410,13 +579,18 @@ class Projector:
         if self.pinned is None and self.appended:
             await self._wait_until(dict(self.appended), timeout_s)
 
-    async def catch_up(self, timeout_s: float = 600.0) -> Offsets:
-        """Apply everything appended so far (on a pinned generation: nothing)."""
+    async def catch_up(self, timeout_s: float = 600.0, *, flush: bool = True) -> Offsets:
+        """Apply everything appended so far (on a pinned generation: nothing), and with
+        `flush` write the fresh tier too: the caller reads the tables themselves. A caller
+        that reads through MemoryReader's get/get_all/search/history (which merge the tier)
+        passes flush=False."""
         self.generation()
         if self.pinned is not None:
             return self.checkpoint
         end = await self.log.end_offsets()
         await self._wait_until({p: o for p, o in end.items() if o > 0}, timeout_s)
+        if flush:
+            await self.flush_tier()
         return self.checkpoint
 
     async def run_forever(self, stop: asyncio.Event) -> None:
@@ -449,6 +623,10 @@ class Projector:
             self._background = False
 
     async def close(self) -> None:
+        try:  # the log keeps the tier's events: a failure here loses nothing
+            await self.flush_tier()
+        except Exception:
+            log.exception("could not write the fresh tier at close; the next start applies it")
         ahead, self._ahead_task = self._ahead_task, None
         if ahead is not None:
             await asyncio.gather(ahead, return_exceptions=True)
@@ -464,7 +642,7 @@ class Projector:
         os.close(self._lock_fd)
 
     # -- applying ------------------------------------------------------------------------
-    async def _applied(self, apply: Callable[..., Offsets], *args: Any, **kwargs: Any) -> Offsets:
+    async def _applied(self, apply: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
         """Run `apply` (a batch) in a worker thread with the key store as fresh as it must be.
 
         A refresh costs a broker round trip with Kafka (~4 ms, tens under load, and it was
@@ -516,12 +694,163 @@ class Projector:
         ):
             return self._index
         self._index = self._index_at = None
-        long_running = self._background or self._batches >= 2
+        long_running = self._background or self._batches >= 2 or self._tier_applies >= 2
         due = self._scanned_at is None or self._batches - self._scanned_at >= RESCAN_EVERY
         if long_running and due:
             self._index = TableIndex.scan(gen.memories(), gen.events(), self.cache.table())
             self._scanned_at = self._batches
         return self._index
+
+    def _open(
+        self, records: list[LogRecord], keys_fresh: bool
+    ) -> tuple[list[tuple[Event, Position]], list[tuple[LogRecord, str]]]:
+        """Decode a batch: its events, and its poison records (quarantine markers counted).
+        Unless `keys_fresh`, an event whose key is not found raises _KeysUnseen."""
+        events: list[tuple[Event, Position]] = []
+        poison: list[tuple[LogRecord, str]] = []
+        markers = 0
+        for r in records:
+            event, reason = open_record(r, self.keys.lookup)
+            if event is not None:
+                events.append((event, r.position))
+            elif reason is None:
+                markers += 1
+            else:
+                poison.append((r, reason))
+        if not keys_fresh and any(e.erased for e, _ in events):
+            raise _KeysUnseen
+        self.poison.quarantined += markers
+        return events, poison
+
+    def _load(
+        self,
+        gen: Generation,
+        state: BatchState,
+        events: list[tuple[Event, Position]],
+        index: TableIndex | None,
+    ) -> dict[str, str]:
+        """Load into `state` the table rows the events touch (not those `state` holds
+        already: a tier's rows are newer than the table's), by id and by text hash; return
+        the outcomes the events table already records for these events."""
+        ids = [e.memory_id for e, _ in events if e.memory_id and e.memory_id not in state.rows]
+        adds = [e for e, _ in events if isinstance(e, MemoryAdded)]
+        eids = [e.event_id for e, _ in events]
+        if index is None:
+            load_ids, load_hashes, known_eids = ids, {e.hash for e in adds}, eids
+        else:
+            load_ids = index.ids.known(ids)
+            load_hashes = {e.hash for e in index.keys.known_of(adds, event_key)}
+            known_eids = index.events.known(eids)
+        where = " OR ".join(
+            p for p in (sql_in("id", load_ids), sql_in("hash", load_hashes)) if p != "false"
+        )
+        if where:
+            for row in gen.query_memories(where):
+                state.load(row)
+        decided: dict[str, str] = {}
+        if known_eids:
+            decided = {
+                row["event_id"]: row["outcome"]
+                for row in gen.query_events(sql_in("event_id", known_eids))
+            }
+        load_settled(gen, state, events)  # async adds: only the first settling applies
+        return decided
+
+    def _apply_tier_sync(
+        self, gen: Generation, tier: FreshTier, records: list[LogRecord], *, keys_fresh: bool
+    ) -> Offsets:
+        """Apply a live batch into the tier (in a worker thread, under the flock), and
+        flush the tier when the batch must be written at once or the tier is due."""
+        if self._apply_into(gen, tier, records, keys_fresh=keys_fresh) or tier.due(
+            self.tier_rows, self.tier_age_s
+        ):
+            return self._flush_sync(gen, tier)
+        return dict(tier.end)
+
+    def _apply_into(
+        self, gen: Generation, tier: FreshTier, records: list[LogRecord], *, keys_fresh: bool
+    ) -> bool:
+        """Decide a batch into the tier's state and publish it to this process's readers;
+        True when the batch must be written at once (see tier.holds).
+
+        The texts are embedded before anything in the tier changes, so a failing model
+        leaves the tier as it was (the batch is retried); deciding itself does no I/O."""
+        events, poison = self._open(records, keys_fresh)
+        if poison:
+            self._dead_letter(poison)
+        # the tables' versions (and the index of what they hold) are looked at once per
+        # tier, not once per batch: they cannot change while the checkpoint stays at the
+        # tier's base, except by another process's half-written batch -- which the flush
+        # sees (`tables_at`) and answers by rebuilding the tier on what the tables hold
+        if tier.tables_at is None or (tier.index is None and self._tier_applies == 2):
+            # (and once more when the process turns out to be long-running: _index_for
+            # then scans; the index is kept only if it describes the tables the tier read)
+            index = self._index_for(gen)
+            versions = _versions(gen)
+            if tier.tables_at is None:
+                tier.tables_at = versions
+            if versions == tier.tables_at:
+                tier.index = index
+        index = tier.index
+        self._tier_applies += 1
+        state = tier.state
+        decided = self._load(gen, state, events, index)
+        texts = [
+            e.text
+            for e, _ in events
+            if isinstance(e, MemoryAdded | MemoryUpdated) and e.text is not None and not e.erased
+        ]
+        found = self.embed_texts(
+            texts, defer=True, cached=index.cached if index is not None else None
+        )
+        vectors = {text_hash(t): v for t, v in zip(texts, found, strict=True)}
+        audits = [apply_event(state, e, pos, decided.get(e.event_id)) for e, pos in events]
+        for mid in state.needs_vector:
+            row = state.rows[mid]
+            if row is not None:  # a row this batch made: no reader holds it yet
+                key = text_hash(row["text"])
+                vec = vectors.get(key)
+                row["vector"] = vec if vec is not None else self.embed_texts([row["text"]])[0]
+        state.needs_vector.clear()
+        self._recent.record(audits)
+        tier.absorb(records, [e for e, _ in events], audits, decided)
+        changed = list(state.changed) if state.erasures else [e.memory_id or "" for e, _ in events]
+        tier.publish(changed)
+        return bool(poison) or not holds(e for e, _ in events)
+
+    def _flush_sync(self, gen: Generation, tier: FreshTier) -> Offsets:
+        """Write the tier to the tables in one batch (in a worker thread, under the flock):
+        audit rows, memories, policies, erasure scrubs, then the checkpoint. A failure
+        leaves the tier marked broken (the tables may hold part of it): it is rebuilt
+        from the log before anything else is applied or flushed (see _rebuild_tier)."""
+        state = tier.state
+        if tier.tables_at is not None and _versions(gen) != tier.tables_at:
+            # another process wrote the tables without moving the checkpoint (it died
+            # half-way through a batch): the tier's loads are stale, rebuild it first
+            tier.broken = True
+            return dict(tier.end)
+        index = tier.index if tier.tables_at is not None else self._index_for(gen)
+        try:
+            write_rows(gen, state, tier.audits, tier.decided, {}, append=True)
+            self._scrub(gen, state)
+            if index is not None:
+                index.record(tier.eids, state.upserts())
+            gen.write_checkpoint(tier.end)
+        except BaseException:
+            tier.broken = True
+            raise
+        if state.erasures:
+            self._keys_stale = True
+        # counted once written: a flush that failed and is redone counts its events once
+        metrics.count_projected(tier.types, len(tier.types))
+        self._wrote = dict(tier.end)
+        self._tier = FreshTier(gen.path, tier.end)
+        if self._batches % MAINTAIN_EVERY == 0:
+            self.maintain(gen)
+        self._batches += 1
+        if index is not None:
+            self._index_at = (gen.path, table_versions(gen, self.cache))
+        return dict(tier.end)
 
     def _apply_batch(
         self,
@@ -545,47 +874,14 @@ class Projector:
         `_applied`) instead of being applied as erased. `rewrite` (a reinfer candidate's
         fold, projector/candidate.py) changes the decoded events before they are applied.
         """
-        events: list[tuple[Event, Position]] = []
-        poison: list[tuple[LogRecord, str]] = []
-        markers = 0
-        for r in records:
-            event, reason = open_record(r, self.keys.lookup)
-            if event is not None:
-                events.append((event, r.position))
-            elif reason is None:
-                markers += 1
-            else:
-                poison.append((r, reason))
-        if not keys_fresh and any(e.erased for e, _ in events):
-            raise _KeysUnseen
+        events, poison = self._open(records, keys_fresh)
         if rewrite is not None:
             events = rewrite(events)
-        self.poison.quarantined += markers
         if poison:
             self._dead_letter(poison)
-        ids = [e.memory_id for e, _ in events if e.memory_id]
-        adds = [e for e, _ in events if isinstance(e, MemoryAdded)]
         eids = [e.event_id for e, _ in events]
-        if index is None:
-            load_ids, load_hashes, known_eids = ids, {e.hash for e in adds}, eids
-        else:
-            load_ids = index.ids.known(ids)
-            load_hashes = {e.hash for e in index.keys.known_of(adds, event_key)}
-            known_eids = index.events.known(eids)
         state = BatchState()
-        where = " OR ".join(
-            p for p in (sql_in("id", load_ids), sql_in("hash", load_hashes)) if p != "false"
-        )
-        if where:
-            for row in gen.query_memories(where):
-                state.load(row)
-        decided: dict[str, str] = {}
-        if known_eids:
-            decided = {
-                row["event_id"]: row["outcome"]
-                for row in gen.query_events(sql_in("event_id", known_eids))
-            }
-        load_settled(gen, state, events)  # async adds: only the first settling applies
+        decided = self._load(gen, state, events, index)
         audits = [apply_event(state, e, pos, decided.get(e.event_id)) for e, pos in events]
         vectors = self._vectors(state, index.cached if live and index is not None else None)
         if live:
@@ -865,3 +1161,34 @@ def _fewer_collections() -> Iterator[None]:
         yield
     finally:
         gc.set_threshold(*before)
+
+
+def _unpassed(view: TierView, disk: Offsets, end: Offsets, erased: bool) -> TierView:
+    """The part of a stale tier's view readers may still use while it is rebuilt: the rows
+    of partitions the tables have not reached the tier's end on (the others' table rows are
+    as new or newer); nothing once an erasure was applied since the tier's base."""
+    if erased:
+        return TierView(view.gen)
+    keep = {p for p, o in end.items() if disk.get(p, 0) < o}
+
+    def kept(row: dict[str, Any] | None, mid: str) -> bool:
+        part = row["partition"] if row is not None else None
+        return part is None or part in keep
+
+    rows = {mid: row for mid, row in view.rows.items() if kept(row, mid)}
+    audits = tuple(a for a in view.audits if a["partition"] in keep)
+    return TierView(view.gen, rows, audits, view.by)
+
+
+def _erased_since(gen: Generation, base: Offsets) -> bool:
+    """Whether the events table records an erasure at or after `base` (applied by another
+    process while this one's tier was built on `base`). Erasures are rare: all are read."""
+    return any(
+        row["offset"] >= base.get(row["partition"], 0)
+        for row in gen.query_events("event_type = 'SubjectErased'")
+    )
+
+
+def _versions(gen: Generation) -> tuple[int | None, ...]:
+    """The versions of the tables a tier's decisions were read from (memories, events)."""
+    return tuple(t.version if t is not None else None for t in (gen.memories(), gen.events()))

@@ -479,7 +479,8 @@ class EmbeddingCache:
         missing = [k for k in keys if k not in found]
         if known is not None:
             missing = known.known(missing)
-        table = self._tbl(create=False)
+        # opening a table that does not exist yet costs ~0.5 ms: only when a key is asked
+        table = self._tbl(create=False) if missing else None
         if missing and table is not None:
             for i in range(0, len(missing), LOOKUP_CHUNK):
                 chunk = missing[i : i + LOOKUP_CHUNK]

@@ -10,11 +10,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
+import numpy as np
+
 from memstream.embedders.base import Embedder
 from memstream.errors import NotFoundError, ValidationError
 from memstream.events import now_ms
 from memstream.models import HistoryEntry, MemoryView, Page, Tenant
-from memstream.projector.store import Generation
+from memstream.projector.store import Generation, vector_matrix
+from memstream.projector.tier import EMPTY, TierView
 from memstream.query.filters import CompiledFilter, compile_filters, exact_lance_filter
 from memstream.query.retention import date_expired, policy_expires, visible
 from memstream.query.scoped import (
@@ -26,6 +29,7 @@ from memstream.query.scoped import (
     rank,
 )
 from memstream.query.scoped import Scope as ScopeRows
+from memstream.query.tiered import audits_where, merge, of_tenant, tier_matches, tier_vectors
 from memstream.sqlutil import sql_in, sql_str
 
 if TYPE_CHECKING:  # point-in-time reads (DuckDB) load when an as_of read asks for them
@@ -38,6 +42,7 @@ MEMORY_COLUMNS = [
     "expired_at",
 ]  # fmt: skip
 MAX_PAGE_SIZE = 1000
+TIE_SLACK = 8  # extra candidates a Lance search reads, so rows tied at the last place are seen
 
 
 def tenant_predicate(tenant: Tenant) -> str:
@@ -97,6 +102,19 @@ class MemoryReader:
     def _generation(self) -> Generation:
         return self._fixed if self._fixed is not None else self.projector.generation()
 
+    def dim(self) -> int:
+        """The vectors' dimension (the embedder's)."""
+        return int(self.projector.embedder.dim)
+
+    def _tier(self, gen: Generation) -> TierView:
+        """The projector's fresh tier of `gen` (projector/tier.py), merged into every read
+        of memories and audit rows; nothing for a candidate or a snapshot (no tier)."""
+        view = getattr(self.projector, "tier_view", None)
+        if view is None or self._fixed is not None:
+            return EMPTY
+        got: TierView = view(gen)
+        return got
+
     def _compile(self, tenant: Tenant, filters: Mapping[str, Any] | None) -> CompiledFilter:
         return compile_filters(filters, org_id=tenant.org_id, project_id=tenant.project_id)
 
@@ -116,7 +134,17 @@ class MemoryReader:
             raise ValidationError("memory_id: must be a non-empty string")
         if as_of is not None:  # point-in-time: a fold of the events table (query/timetravel.py)
             return self._point_in_time().get(tenant, memory_id, as_of)
-        rows = self._generation().query_memories(
+        gen = self._generation()
+        view = self._tier(gen)
+        if memory_id in view.rows:  # the tier changed it: its row, or gone
+            row = view.rows[memory_id]
+            if row is None or (row["org_id"], row["project_id"]) != (
+                tenant.org_id,
+                tenant.project_id,
+            ):
+                raise NotFoundError(f"Memory not found: {memory_id}")
+            return MemoryView.from_row({c: row[c] for c in MEMORY_COLUMNS})
+        rows = gen.query_memories(
             f"{tenant_predicate(tenant)} AND id = {sql_str(memory_id)}", MEMORY_COLUMNS
         )
         if not rows:
@@ -143,26 +171,32 @@ class MemoryReader:
             )
         compiled = self._compile(tenant, filters)
         gen = self._generation()
+        view = self._tier(gen)
         lead = lead_predicate(compiled.ast) if self.scoped else None
         table = gen.memories() if lead is not None else None
+        policies = None if show_expired else self.policies(tenant)
+        now = now_ms()
+        rows: list[dict[str, Any]] | None = None
         if lead is not None and table is not None:  # the scoped plan (query/scoped.py)
             scope = fetch_scope(
-                table, lead, MEMORY_COLUMNS, compiled.ast,
-                policies=None if show_expired else self.policies(tenant), now_ms=now_ms(),
+                table, lead, MEMORY_COLUMNS, compiled.ast, policies=policies, now_ms=now,
                 max_rows=self.max_get_all_rows,
             )  # fmt: skip
             if scope is not None:
-                scope.rows.sort(key=lambda r: (-r["created_at"], r["id"]))
-                return Page.of(scope.rows, page, page_size)
-        self._declined("no indexed lead, or too many rows under it")
-        # metadata conditions cannot run inside Lance: prefilter there, decide exactly here
-        rows = [
-            row
-            for row in gen.query_memories(
-                self._live(tenant, compiled.lance_prefilter, show_expired), MEMORY_COLUMNS
-            )
-            if compiled.lance_exact or compiled.matches(row)
-        ]
+                rows = scope.rows
+        if rows is None:
+            self._declined("no indexed lead, or too many rows under it")
+            # metadata conditions cannot run inside Lance: prefilter there, decide exactly here
+            rows = [
+                row
+                for row in gen.query_memories(
+                    self._live(tenant, compiled.lance_prefilter, show_expired), MEMORY_COLUMNS
+                )
+                if compiled.lance_exact or compiled.matches(row)
+            ]
+        if view:
+            found = tier_matches(view, compiled.ast, MEMORY_COLUMNS, policies=policies, now_ms=now)
+            rows = merge(rows, view, found)
         rows.sort(key=lambda r: (-r["created_at"], r["id"]))
         return Page.of(rows, page, page_size)
 
@@ -207,7 +241,7 @@ class MemoryReader:
         """The nearest live rows with every projection column and `score` (0..1), nearest
         first. Inference reads these: it needs each memory's version (`last_offset`)."""
         prepared = self.prepare_search(tenant, filters, show_expired=show_expired)
-        if prepared.table is None:
+        if prepared.table is None and prepared.scope is None:
             return []
         return prepared.rows(self.projector.embedder.embed_one(query.strip()), top_k)
 
@@ -217,24 +251,51 @@ class MemoryReader:
         """A search of `filters` with the projection read once, to rank any number of query
         vectors (see `PreparedSearch`)."""
         compiled = self._compile(tenant, filters)
-        table = self._generation().memories()
+        gen = self._generation()
+        view = self._tier(gen)
+        table = gen.memories()
         scope = None
+        columns = [*MEMORY_COLUMNS, "last_offset"]
+        policies = None if show_expired else self.policies(tenant)
+        now = now_ms()
         lead = lead_predicate(compiled.ast) if self.scoped and table is not None else None
         if lead is not None:  # the scoped plan (query/scoped.py): exact, ties broken by id
             scope = fetch_scope(
-                table, lead, [*MEMORY_COLUMNS, "last_offset"], compiled.ast,
-                policies=None if show_expired else self.policies(tenant), now_ms=now_ms(),
+                table, lead, columns, compiled.ast, policies=policies, now_ms=now,
                 max_rows=self.max_search_rows, with_vectors=True,
             )  # fmt: skip
         if scope is None and table is not None:
             self._declined("no indexed lead, or too many rows under it")
-        return PreparedSearch(self, tenant, compiled, table, scope, show_expired)
+        tier: list[dict[str, Any]] = []
+        if view:
+            tier = tier_matches(view, compiled.ast, columns, policies=policies, now_ms=now)
+            dim = gen.dim
+            if scope is not None or table is None:  # one scope: the tier's rows join it
+                base = scope or ScopeRows([], np.zeros((0, dim), dtype=np.float32))
+                assert base.vectors is not None
+                keep = [i for i, r in enumerate(base.rows) if r["id"] not in view.rows]
+                scope = ScopeRows(
+                    merge([base.rows[i] for i in keep], view, tier),
+                    np.concatenate([base.vectors[keep], tier_vectors(tier, dim)]),
+                )
+                tier = []
+        return PreparedSearch(
+            self, tenant, compiled, table, scope, show_expired, tier=tier, shadow=view.rows
+        )
 
     def history(self, tenant: Tenant, memory_id: str) -> list[HistoryEntry]:
         """Every event of a memory, in log order: the log is the audit trail."""
-        rows = self._generation().query_events(
-            f"{tenant_predicate(tenant)} AND (memory_id = {sql_str(memory_id)} "
-            f"OR resolved_memory_id = {sql_str(memory_id)})"
+        gen = self._generation()
+        rows = audits_where(
+            gen.query_events(
+                f"{tenant_predicate(tenant)} AND (memory_id = {sql_str(memory_id)} "
+                f"OR resolved_memory_id = {sql_str(memory_id)})"
+            ),
+            self._tier(gen),
+            lambda a: (
+                of_tenant(tenant.org_id, tenant.project_id)(a)
+                and memory_id in (a["memory_id"], a["resolved_memory_id"])
+            ),
         )
         if not rows:
             raise NotFoundError(f"Memory not found: {memory_id}")
@@ -261,8 +322,13 @@ class MemoryReader:
         return sorted(due.values(), key=lambda d: (d[0]["created_at"], d[0]["id"]))
 
     def events_for_request(self, tenant: Tenant, request_id: str) -> list[dict[str, Any]]:
-        rows = self._generation().query_events(
-            f"{tenant_predicate(tenant)} AND request_id = {sql_str(request_id)}"
+        gen = self._generation()
+        rows = audits_where(
+            gen.query_events(f"{tenant_predicate(tenant)} AND request_id = {sql_str(request_id)}"),
+            self._tier(gen),
+            lambda a: (
+                of_tenant(tenant.org_id, tenant.project_id)(a) and a["request_id"] == request_id
+            ),
         )
         rows.sort(key=lambda r: (r["partition"], r["offset"]))
         return rows
@@ -279,12 +345,24 @@ class MemoryReader:
             f"(partition = {p} AND `offset` IN ({', '.join(str(o) for o in sorted(offs))}))"
             for p, offs in sorted(by_partition.items())
         )
-        rows = self._generation().query_events(where)
+        gen = self._generation()
+        wanted = {(p, o) for p, o in positions}
+        rows = audits_where(  # and the fresh tier's (projector/tier.py)
+            gen.query_events(where),
+            self._tier(gen),
+            lambda a: (a["partition"], a["offset"]) in wanted,
+        )
         rows.sort(key=lambda r: (r["partition"], r["offset"]))
         return rows
 
     def outcomes(self, event_ids: list[str]) -> dict[str, dict[str, Any]]:
-        rows = self._generation().query_events(sql_in("event_id", event_ids))
+        gen = self._generation()
+        wanted = set(event_ids)
+        rows = audits_where(
+            gen.query_events(sql_in("event_id", event_ids)),
+            self._tier(gen),
+            lambda a: a["event_id"] in wanted,
+        )
         return {r["event_id"]: r for r in rows}
 
 
@@ -306,31 +384,55 @@ class PreparedSearch:
     table: Any  # None: the generation has no memories table yet (nothing to find)
     scope: ScopeRows | None  # the scoped plan's rows and vectors, or None: ask Lance per vector
     show_expired: bool
+    # the fresh tier's matching rows (with vectors) when the scope is asked of Lance per
+    # vector, and the ids the tier changed (hidden from Lance's answer)
+    tier: list[dict[str, Any]] = field(default_factory=list, repr=False)
+    shadow: Mapping[str, Any] = field(default_factory=dict, repr=False)
     _predicate: str | None = field(default=None, repr=False)
 
     def rows(self, vector: Any, top_k: int) -> list[dict[str, Any]]:
         """The `top_k` nearest rows to `vector` (each a fresh dict with `score`)."""
-        if self.table is None:
-            return []
         if self.scope is not None:
             assert self.scope.vectors is not None
             distances = cosine_distances(self.scope.vectors, vector)
             ranked = rank([r["id"] for r in self.scope.rows], distances, top_k)
             return [_scored(self.scope.rows[i], float(distances[i])) for i in ranked]
+        if self.table is None:
+            return []
         if self._predicate is None:
             self._predicate = self.reader._live(
                 self.tenant, exact_lance_filter(self.table, self.compiled), self.show_expired
             )
-        rows = (
+        # Lance picks the candidates (a few more than asked: rows the tier hides may take
+        # places, and rows tied at the last place must all be seen), numpy scores them as
+        # the scoped plan does, so ties break by id and a tier row's score is computed as
+        # a table row's is: the answer is the one the tables give once the tier is flushed
+        got = (
             self.table.search(vector)
             .metric("cosine")
             .where(self._predicate, prefilter=True)
-            .select([*MEMORY_COLUMNS, "last_offset", "_distance"])
-            .limit(top_k)
+            .select([*MEMORY_COLUMNS, "last_offset", "vector", "_distance"])
+            .limit(top_k + len(self.shadow) + TIE_SLACK)
             .to_arrow()
-            .to_pylist()
         )
-        return [_scored(row, float(row["_distance"])) for row in rows]
+        plain = got.drop_columns([c for c in ("vector", "_distance") if c in got.column_names])
+        found = [
+            (float(d), row["id"], row)
+            for row, d in zip(
+                plain.to_pylist(),
+                cosine_distances(vector_matrix(got["vector"], self.reader.dim()), vector),
+                strict=True,
+            )
+            if row["id"] not in self.shadow
+        ]
+        if self.tier:
+            distances = cosine_distances(tier_vectors(self.tier, self.reader.dim()), vector)
+            found += [
+                (float(d), r["id"], {k: v for k, v in r.items() if k != "vector"})
+                for r, d in zip(self.tier, distances, strict=True)
+            ]
+        found.sort(key=lambda t: (t[0], t[1]))
+        return [_scored(row, d) for d, _, row in found[:top_k]]
 
 
 def _scored(row: dict[str, Any], distance: float) -> dict[str, Any]:

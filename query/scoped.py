@@ -43,6 +43,7 @@ __all__ = [
     "Scope",
     "cosine_distances",
     "fetch_scope",
+    "lead_of",
     "lead_predicate",
     "rank",
 ]
@@ -74,12 +75,22 @@ def lead_predicate(ast: Node, id_column: str = "id") -> str | None:
     outside the list. Among candidates the earliest column of LEAD_COLUMNS wins, then the
     shortest list. `id_column` names the memory id column (`memory_id` on `events`).
     """
-    best: tuple[int, int, str] | None = None
+    lead = lead_of(ast)
+    if lead is None:
+        return None
+    column, ids = lead
+    return sql_in(id_column if column == "id" else column, ids)
+
+
+def lead_of(ast: Node) -> tuple[str, tuple[str, ...]] | None:
+    """`lead_predicate`'s choice as (column, values): every row `ast` accepts has one of
+    the values in that column (the fresh tier's index is looked up by it too)."""
+    best: tuple[int, int, str, tuple[str, ...]] | None = None
     for node in _conjuncts(ast):
         if isinstance(node, IdMatch | EntityMatch) and len(node.ids) > LANCE_IN_MAX:
             continue  # Lance's IN grows faster than its list (query/dialects.py)
         if isinstance(node, IdMatch) and node.ids:
-            column, ids = "id", node.ids
+            column, ids = "id", tuple(node.ids)
         elif (
             isinstance(node, EntityMatch)
             and node.ids
@@ -87,17 +98,13 @@ def lead_predicate(ast: Node, id_column: str = "id") -> str | None:
             and not node.null
             and node.field in LEAD_COLUMNS
         ):
-            column, ids = node.field, node.ids
+            column, ids = node.field, tuple(node.ids)
         else:
             continue
-        key = (
-            LEAD_COLUMNS.index(column),
-            len(ids),
-            sql_in(id_column if column == "id" else column, ids),
-        )
+        key = (LEAD_COLUMNS.index(column), len(ids), column, ids)
         if best is None or key[:2] < best[:2]:
             best = key
-    return None if best is None else best[2]
+    return None if best is None else (best[2], best[3])
 
 
 @dataclass(frozen=True)

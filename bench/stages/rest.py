@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import sys
 import time
@@ -79,6 +80,11 @@ async def stage_rest(run: Run, wl: Workload, data_dir: Path) -> None:
                 lat_a.append(d * 1000)
         run.result["rest_search_p50_ms"] = p50(lat_s)
         run.result["rest_add_p50_ms"] = p50(lat_a)
+        floor = add_floor_ms(data_dir.parent, a.embedder, [m.text for m in extra])
+        run.result["rest_add_floor_ms"] = floor
+        run.result["rest_add_vs_floor"] = (
+            round(p50(lat_a) / floor, 2) if floor and p50(lat_a) is not None else None
+        )
         run.details["rest"] = {
             "client": f"httpx {version('httpx')} AsyncClient, keep-alive, one request at a time",
             "searches": len(lat_s),
@@ -86,6 +92,9 @@ async def stage_rest(run: Run, wl: Workload, data_dir: Path) -> None:
             "adds": len(lat_a),
             "add_p95_ms": p95(lat_a),
             "add_is": "POST /v3/memories/add/ (synchronous: answers after projection)",
+            "add_floor_is": "p50 of one fsynced append of the text (a 0.5 KB record) to a "
+            "file plus the embedder's single-text embed of it, in the bench process: "
+            "issue 16 section 6's target is rest_add_vs_floor <= 1.2",
             "search_is": 'POST /v3/memories/search/ {"query", "filters": {"user_id": X}, "top_k": 10}',
         }
         run.result["rss_mb_peak"] = vm_hwm_mb(server.pid)
@@ -99,3 +108,27 @@ async def stage_rest(run: Run, wl: Workload, data_dir: Path) -> None:
         except subprocess.TimeoutExpired:
             server.kill()
             server.wait()
+
+
+def add_floor_ms(scratch: Path, embedder_name: str, texts: list[str]) -> float | None:
+    """The physical floor of a synchronous add (issue 16, section 6): an fsynced append of
+    the record plus one embed of its text, p50 over `texts` (same texts as the REST adds)."""
+    from memstream.embedders import get_embedder
+
+    if not texts:
+        return None
+    embedder = get_embedder(embedder_name)
+    embedder.embed_one(texts[0])  # warm
+    path = scratch / "floor.log"
+    lat: list[float] = []
+    with open(path, "ab") as f:
+        for text in texts:
+            record = text.encode().ljust(512, b" ")
+            t = time.perf_counter()
+            f.write(record)
+            f.flush()
+            os.fsync(f.fileno())
+            embedder.embed_one(text)
+            lat.append((time.perf_counter() - t) * 1000)
+    path.unlink(missing_ok=True)
+    return p50(lat)

@@ -92,7 +92,7 @@ async def local_cli(request: Request) -> JSONResponse:
 
 async def _run(ms: Memstream, op: str, tenant: Tenant, a: dict[str, Any]) -> Any:
     if op == "get_all":
-        await ms.catch_up()
+        await ms.catch_up(flush=False)  # get_all merges the fresh tier (as_of flushes it)
         page = await ms.get_all(
             a["filters"], tenant=tenant, page=a["page"], page_size=a["page_size"],
             show_expired=a["show_expired"], as_of=a["as_of"],
@@ -100,7 +100,7 @@ async def _run(ms: Memstream, op: str, tenant: Tenant, a: dict[str, Any]) -> Any
         return {"count": page.count, "page": page.page, "page_size": page.page_size,
                 "results": [dataclasses.asdict(m) for m in page.results]}  # fmt: skip
     if op == "search":
-        await ms.catch_up()
+        await ms.catch_up(flush=False)  # search merges the fresh tier (as_of flushes it)
         found = await ms.search(
             a["query"], a["filters"], tenant=tenant, top_k=a["top_k"], threshold=a["threshold"],
             show_expired=a["show_expired"], as_of=a["as_of"],

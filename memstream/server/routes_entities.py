@@ -75,6 +75,7 @@ async def list_entities(
     """Sorted by type, then name. Without page/page_size every entity comes in one answer
     (what `MemoryClient.users()` expects); with them, DRF-style pages with next/previous.
     `count` and the `total_*` figures are always over all entities."""
+    await ms.settle()  # the entity list reads the memories table itself
     results = await asyncio.to_thread(_entity_rows, ms, caller.tenant)
     totals = {
         f"total_{kind}s": sum(1 for r in results if r["type"] == kind) for kind in ENTITY_TYPES

@@ -97,6 +97,9 @@ def test_reads_in_worker_threads_stop_when_the_token_is_cancelled(
             [{"role": "user", "content": f"fact {i}"} for i in range(20)],
             user_id="reader", metadata={"n": 1},
         )  # fmt: skip
+            # in the tables: the reader's as_of read is of the tables (the service writes
+            # the fresh tier first, projector/tier.py; this test calls the reader itself)
+            await ms.projector.flush_tier()
             wide = {"user_id": "reader", "OR": [{"metadata": {"n": -i}} for i in range(50)]}
             reads = {
                 "get_all": lambda: ms.reader.get_all(ms.tenant, wide),

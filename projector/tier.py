@@ -1,0 +1,157 @@
+"""The fresh tier: events applied but not written to LanceDB yet (issue 16, section 6).
+
+Why: every LanceDB write pays a fixed cost (a fragment per table, a new version, the
+checkpoint file): ~20-40 ms a batch whatever its size, so one writer waiting for its own
+add paid it on every add. Here, as in an LSM tree's memtable, a live batch of plain
+memory events (add, update, delete) is decided into an in-memory `BatchState` that spans
+many batches, and the tables are written once per `rows` events or `age_s` seconds
+(`flush`), in one large batch. A waiting writer is released once its event is in the tier.
+
+What stays true:
+- Durability is the log's: the tier is derived state. The generation's checkpoint is the
+  last FLUSHED position, so a process that dies with a non-empty tier re-applies those
+  events from the log at its next start; nothing is lost.
+- Readers of this process see tables + tier (query/tiered.py): every memory the tier
+  changed hides its table row, its current row (or its absence) taking the row's place;
+  the merge is exact because the tier's rows are the fold of the same log over the
+  tables the tier was built on.
+- Readers of other processes read the tables: they see the tier's events once it is
+  flushed, or by applying the log themselves (a CLI command catches up before it reads,
+  which moves the checkpoint; this process then rebuilds its tier on the new base, see
+  `Projector._rebuild_tier`). The tier never holds the cross-process lock between batches.
+- Only plain memory events are held (`holds`); a batch with anything else (erasure,
+  expiry, policies, inference, delete-all audit, poison) is applied together with the tier
+  and flushed at once, so erasure scrubs, policies and audits of those events are in the
+  tables exactly as before.
+
+`TierView` is what a reader gets: an immutable snapshot, replaced (never mutated) after
+each batch, so readers on worker threads need no lock.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from memstream.events import Event, MemoryAdded, MemoryDeleted, MemoryUpdated
+from memstream.log.base import LogRecord, Offsets
+from memstream.projector.apply import BatchState
+from memstream.projector.index import TableIndex
+
+INDEXED = ("id", "run_id", "user_id", "agent_id", "app_id")
+"""Columns a reader may look tier rows up by (query/scoped.py's lead columns)."""
+
+
+@dataclass(frozen=True)
+class TierView:
+    """The tier as readers see it. `rows`: every memory id the tier changed -> its row (all
+    projection columns and its `vector`) or None (deleted since the tier's base: the
+    table's row, if any, is hidden). `audits`: the events-table rows of the tier's events.
+    `by`: (column, value) -> ids of `rows` with that value (INDEXED columns), for scoped
+    reads. `gen`: the generation (path) the view belongs to."""
+
+    gen: Path | None = None
+    rows: Mapping[str, dict[str, Any] | None] = field(default_factory=dict)
+    audits: tuple[dict[str, Any], ...] = ()
+    by: Mapping[tuple[str, str], tuple[str, ...]] = field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        return bool(self.rows) or bool(self.audits)
+
+    def candidates(self, column: str | None, values: Iterable[str] | None) -> list[str]:
+        """Ids of rows that may have `column` in `values` (all ids without a column)."""
+        if column is None or values is None:
+            return list(self.rows)
+        out: dict[str, None] = {}
+        for v in values:
+            for mid in self.by.get((column, v), ()):
+                out[mid] = None
+        return list(out)
+
+
+EMPTY = TierView()
+
+
+def holds(events: Iterable[Event]) -> bool:
+    """Whether a batch of these events may stay in the tier: plain memory events only (an
+    inferred change names its decision, which is audited with it: flushed at once)."""
+    return all(
+        isinstance(e, MemoryAdded | MemoryUpdated | MemoryDeleted) and e.decision_id is None
+        for e in events
+    )
+
+
+class FreshTier:
+    """The events applied since the last flush, on top of the tables at checkpoint `base`;
+    `end` is the next position to apply. Used under the projector's write lock only."""
+
+    def __init__(self, gen: Path, base: Offsets) -> None:
+        self.gen = gen
+        self.base: Offsets = dict(base)
+        self.end: Offsets = dict(base)
+        self.state = BatchState()
+        self.audits: list[dict[str, Any]] = []
+        self.decided: dict[str, str] = {}  # event ids the events table already records
+        self.eids: list[str] = []
+        self.types: list[str] = []  # event types, counted in metrics once flushed
+        self.started: float | None = None  # monotonic time of the first unflushed record
+        self.view: TierView = TierView(gen)
+        self.broken = False  # a flush failed half-way: rebuild from the log before use
+        # the tables' versions when the tier's first batch read them, and the projector's
+        # index of what they held then (see Projector._apply_into)
+        self.tables_at: tuple[int | None, ...] | None = None
+        self.index: TableIndex | None = None
+
+    @property
+    def pending(self) -> bool:
+        """Whether the tier holds anything the tables' checkpoint does not cover."""
+        return self.end != self.base
+
+    def due(self, rows: int, age_s: float, now: float | None = None) -> bool:
+        if not self.pending:
+            return False
+        if len(self.eids) >= rows:
+            return True
+        now = time.monotonic() if now is None else now
+        return self.started is not None and now - self.started >= age_s
+
+    def absorb(
+        self,
+        records: list[LogRecord],
+        events: list[Event],
+        audits: list[dict[str, Any]],
+        decided: Mapping[str, str],
+    ) -> None:
+        """Take a decided batch in (its state changes are already in `self.state`)."""
+        if self.started is None:
+            self.started = time.monotonic()
+        self.audits.extend(audits)
+        self.decided.update(decided)
+        self.eids.extend(e.event_id for e in events)
+        self.types.extend(e.event_type for e in events)
+        for r in records:
+            p = r.position.partition
+            self.end[p] = max(self.end.get(p, 0), r.position.offset + 1)
+
+    def publish(self, ids: Iterable[str]) -> None:
+        """Replace the readers' view with the tier as it is now, given the memory ids the
+        last batch may have changed (copy-on-write: only those entries are written)."""
+        old = self.view
+        rows = dict(old.rows)
+        by = dict(old.by)
+        for mid in ids:
+            if mid not in self.state.changed:
+                continue
+            row = self.state.rows[mid]
+            if row is not None and rows.get(mid) is None:
+                for col in INDEXED:
+                    value = row[col]
+                    if value is not None and mid not in by.get((col, value), ()):
+                        by[(col, value)] = (*by.get((col, value), ()), mid)
+            rows[mid] = row
+        audits = old.audits + tuple(self.audits[len(old.audits) :])
+        self.view = TierView(self.gen, MappingProxyType(rows), audits, MappingProxyType(by))

@@ -1,0 +1,315 @@
+"""The fresh tier (projector/tier.py, query/tiered.py): reads over tables + tier are exactly
+the reads of a projection built without a tier from the same log, at every point.
+
+The reference is a second `Projector` with the tier off, folding the same log into its own
+data directory (sharing the subject keys, so erasures are the same), read by its own
+`MemoryReader`: get_all (several filters, with and without expired memories, both read
+plans), search (both plans), get of every id ever made, history. Operations: adds (with
+duplicates, expiry dates in the past, metadata), updates, deletes, delete_all, erasures,
+expiry sweeps, flushes and replays, in random order (hypothesis).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from memstream.errors import NotFoundError
+from memstream.models import Tenant
+from memstream.projector.projector import Projector
+from memstream.query.reader import MemoryReader
+from memstream.service import Memstream
+from memstream.settings import Settings
+
+TENANT = Tenant("local", "default")
+USERS = ("ann", "bob")
+AGENTS = (None, "bot")
+TEXTS = tuple(f"likes {w}" for w in ("tea", "coffee", "chess", "rain", "jazz", "maps"))
+FILTERS: tuple[dict[str, Any], ...] = (
+    {"user_id": "ann"},
+    {"user_id": "bob"},
+    {"user_id": "ann", "agent_id": "*"},
+    {"user_id": {"in": ["ann", "bob"]}, "agent_id": "bot"},
+    {"OR": [{"user_id": "ann"}, {"user_id": "bob"}]},
+    {"AND": [{"user_id": "bob", "agent_id": "*"}, {"metadata": {"n": 1}}]},
+)
+
+OP = st.one_of(
+    st.tuples(
+        st.just("add"),
+        st.sampled_from(USERS),
+        st.sampled_from(AGENTS),
+        st.integers(0, len(TEXTS) - 1),
+        st.integers(0, 2),
+        st.booleans(),
+    ),  # fmt: skip
+    st.tuples(st.just("update"), st.integers(0, 40), st.integers(0, len(TEXTS) - 1)),
+    st.tuples(st.just("delete"), st.integers(0, 40)),
+    st.tuples(st.just("delete_all"), st.sampled_from(USERS)),
+    st.tuples(st.just("erase"), st.sampled_from(USERS)),
+    st.tuples(st.just("expire")),
+    st.tuples(st.just("flush")),
+    st.tuples(st.just("replay")),
+    st.tuples(st.just("check")),
+)
+
+
+def views(items: list[Any]) -> list[dict[str, Any]]:
+    return [dataclasses.asdict(m) for m in items]
+
+
+async def same_reads(ms: Memstream, ref: Projector, ids: list[str], *, scoped: bool = True) -> None:
+    """Every read of `ms` (tables + its tier) equals the reference projection's."""
+    await ref.catch_up()
+    mine = MemoryReader(ms.projector, scoped=scoped)
+    theirs = MemoryReader(ref, scoped=scoped)
+    for f in FILTERS:
+        for show in (False, True):
+            a = await asyncio.to_thread(mine.get_all, TENANT, f, page_size=1000, show_expired=show)
+            b = await asyncio.to_thread(
+                theirs.get_all, TENANT, f, page_size=1000, show_expired=show
+            )
+            assert views(a.results) == views(b.results), (f, show)
+            assert a.count == b.count
+        for q in TEXTS[:3]:
+            a_s = await asyncio.to_thread(mine.search, TENANT, q, f, top_k=4)
+            b_s = await asyncio.to_thread(theirs.search, TENANT, q, f, top_k=4)
+            assert views(a_s) == views(b_s), (f, q, scoped)
+    for mid in ids:
+        try:
+            got: Any = dataclasses.asdict(mine.get(TENANT, mid))
+        except NotFoundError:
+            got = None
+        try:
+            want: Any = dataclasses.asdict(theirs.get(TENANT, mid))
+        except NotFoundError:
+            want = None
+        assert got == want, mid
+        try:
+            got_h: Any = views(mine.history(TENANT, mid))
+        except NotFoundError:
+            got_h = None
+        try:
+            want_h: Any = views(theirs.history(TENANT, mid))
+        except NotFoundError:
+            want_h = None
+        assert got_h == want_h, mid
+
+
+async def run_ops(root: Path, ops: list[tuple[Any, ...]]) -> None:
+    settings_ = Settings(data_dir=root / "data", embedder="hashing", tier_rows=100_000,
+                         tier_age_s=3600.0)  # fmt: skip
+    async with Memstream(settings_) as ms:
+        ref = Projector(root / "ref", ms.log, ms.embedder, keys=ms.projector.keys, tier_rows=0)
+        ids: list[str] = []
+        in_tier = 0
+        try:
+            for n, op in enumerate(ops):
+                kind = op[0]
+                if kind == "add":
+                    _, user, agent, t, meta, past = op
+                    out = await ms.add(
+                        TEXTS[t], user_id=user, agent_id=agent, metadata={"n": meta},
+                        expiration_date="2001-01-01" if past else None,
+                    )  # fmt: skip
+                    for r in out:
+                        ids.append(r.id)
+                        if r.event == "ADD":  # the fast path is the one under test
+                            view = ms.projector.tier_view(ms.projector.generation())
+                            assert view.rows.get(r.id) is not None
+                            in_tier += 1
+                elif kind == "update" and ids:
+                    mid = ids[op[1] % len(ids)]
+                    with contextlib.suppress(NotFoundError):
+                        await ms.update(mid, text=f"{TEXTS[op[2]]} now {n}")
+                elif kind == "delete" and ids:
+                    with contextlib.suppress(NotFoundError):
+                        await ms.delete(ids[op[1] % len(ids)])
+                elif kind == "delete_all":
+                    await ms.delete_all({"user_id": op[1]})
+                elif kind == "erase":
+                    await ms.erase(user_id=op[1])
+                elif kind == "expire":
+                    await ms.expire()
+                elif kind == "flush":
+                    await ms.projector.flush_tier()
+                    assert not ms.projector.tier_view(ms.projector.generation())
+                elif kind == "replay":  # both: a replay opens events erased since
+                    await ms.replay()
+                    await ref.replay()
+                elif kind == "check":
+                    await same_reads(ms, ref, ids)
+                # the reference applies each event when ms does (before an erasure destroys
+                # the keys it was sealed under, as ms did)
+                await ref.catch_up()
+            await same_reads(ms, ref, ids)
+            await same_reads(ms, ref, ids, scoped=False)
+        finally:
+            await ref.close()
+
+
+@settings(max_examples=25)
+@given(ops=st.lists(OP, min_size=1, max_size=18))
+def test_reads_over_tier_and_tables_equal_a_projection_without_tier(
+    ops: list[tuple[Any, ...]],
+) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        asyncio.run(run_ops(Path(tmp), ops))
+
+
+# -- crash: a process killed with a non-empty tier loses nothing -----------------------------
+
+CHILD = """
+import asyncio, json, sys
+from pathlib import Path
+from memstream.service import Memstream
+from memstream.settings import Settings
+
+async def main() -> None:
+    fields = json.loads(sys.argv[1])
+    fields["data_dir"] = Path(fields["data_dir"])
+    ms = await Memstream(Settings(**fields)).start()
+    ids = [(await ms.add(f"fact {i}", user_id="ann"))[0].id for i in range(int(sys.argv[2]))]
+    gen = ms.projector.generation()
+    held = [i for i in ids if ms.projector.tier_view(gen).rows.get(i) is not None]
+    print(json.dumps({"ids": ids, "held": held, "flushed": sum(gen.checkpoint().values())}),
+          flush=True)
+    await asyncio.sleep(3600)  # killed here, the tier full
+
+asyncio.run(main())
+"""
+
+
+def test_a_process_killed_with_a_full_tier_loses_nothing(settings: Settings) -> None:
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    fields = {
+        "data_dir": str(settings.data_dir), "embedder": "hashing", "tier_rows": 100_000,
+        "tier_age_s": 3600.0, "kafka_bootstrap": settings.kafka_bootstrap,
+        "topic": settings.topic,
+    }  # fmt: skip
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD, json.dumps(fields), "12"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert child.stdout is not None
+        said = json.loads(child.stdout.readline())
+    finally:
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait()
+    assert len(said["ids"]) == 12 and said["held"] == said["ids"]  # all in the tier
+    assert said["flushed"] < 12  # ... and not in the tables when the process died
+
+    async def after_restart() -> list[str]:
+        async with Memstream(settings) as ms:
+            page = await ms.get_all({"user_id": "ann"}, page_size=100)
+            return sorted(m.id for m in page.results)
+
+    assert asyncio.run(after_restart()) == sorted(said["ids"])
+
+
+# -- other processes (another Memstream on the data directory, e.g. a CLI command) -----------
+
+
+def test_other_processes_read_their_own_and_the_tiers_writes(settings: Settings) -> None:
+    async def go() -> None:
+        tiered = dataclasses.replace(settings, tier_rows=100_000, tier_age_s=3600.0)
+        async with Memstream(tiered) as a:
+            first = (await a.add("likes tea", user_id="ann"))[0].id
+            assert a.projector.tier_view(a.projector.generation()).rows.get(first) is not None
+            # another process (no tier: as an older CLI would) projects the log itself
+            async with Memstream(dataclasses.replace(settings, tier_rows=0)) as b:
+                seen = await b.get_all({"user_id": "ann"})
+                assert [m.id for m in seen.results] == [first]
+                second = (await b.add("likes jazz", user_id="ann"))[0].id
+            # the tier now sits on a stale checkpoint: rebuilt, nothing lost, nothing twice
+            page = await a.get_all({"user_id": "ann"})
+            assert sorted(m.id for m in page.results) == sorted([first, second])
+            more = [(await a.add(f"likes {w}", user_id="ann"))[0].id for w in "abcde"]
+            everything = sorted([first, second, *more])
+            # another process applies part of the tier's events (one small step) ...
+            async with Memstream(dataclasses.replace(settings, tier_rows=0)) as b:
+                b.projector.batch_size = 2
+                for _ in range(50):  # a Kafka consumer's first reads may come back empty
+                    if await b.projector.step(timeout_s=0.5):
+                        break
+                part = b.reader.get_all(TENANT, {"user_id": "ann"}, page_size=100)
+                assert 2 < part.count < len(everything)
+            # ... meanwhile this process's readers still see all of it, exactly once
+            mine = a.reader.get_all(TENANT, {"user_id": "ann"}, page_size=100)
+            assert sorted(m.id for m in mine.results) == everything
+            await a.projector.step()  # rebuilds the tier on the moved checkpoint
+            mine = a.reader.get_all(TENANT, {"user_id": "ann"}, page_size=100)
+            assert sorted(m.id for m in mine.results) == everything
+            hits = a.reader.search(TENANT, "likes tea", {"user_id": "ann"}, top_k=20)
+            assert sorted(m.id for m in hits) == everything
+        # closed: the tier was flushed; a fresh process reads everything from the tables
+        async with Memstream(dataclasses.replace(settings, tier_rows=0)) as c:
+            assert sum(c.projector.generation().checkpoint().values()) == len(everything)
+            page = await c.get_all({"user_id": "ann"}, page_size=100)
+            assert sorted(m.id for m in page.results) == everything
+
+    asyncio.run(go())
+
+
+# -- a flush that fails half-way ---------------------------------------------------------------
+
+
+def test_a_failed_flush_is_redone_from_the_log_once(settings: Settings, monkeypatch: Any) -> None:
+    from memstream import metrics
+    from memstream.projector import projector as projector_module
+
+    real = projector_module.write_rows
+    failures = [1]
+
+    def fails_after_writing(*args: Any, **kwargs: Any) -> None:
+        real(*args, **kwargs)  # the rows are in the tables, the checkpoint is not
+        if failures:
+            failures.pop()
+            raise OSError("disk went away")
+
+    def projected() -> float:
+        return sum(
+            s.value
+            for m in metrics.EVENTS_PROJECTED.collect()
+            for s in m.samples
+            if s.name.endswith("_total") and s.labels.get("type") == "MemoryAdded"
+        )
+
+    async def go() -> None:
+        tiered = dataclasses.replace(settings, tier_rows=100_000, tier_age_s=3600.0)
+        async with Memstream(tiered) as ms:
+            before = projected()
+            ids = [(await ms.add(f"likes {w}", user_id="ann"))[0].id for w in "abcdef"]
+            monkeypatch.setattr(projector_module, "write_rows", fails_after_writing)
+            try:
+                await ms.projector.flush_tier()
+            except OSError:
+                pass
+            else:
+                raise AssertionError("the flush should have failed")
+            assert projected() == before  # nothing counted for a flush that failed
+            page = await ms.get_all({"user_id": "ann"}, page_size=100)
+            assert sorted(m.id for m in page.results) == sorted(ids)
+            await ms.projector.flush_tier()  # rebuilt from the log, then written
+            assert projected() == before + len(ids)  # counted once
+            gen = ms.projector.generation()
+            assert gen.memories().count_rows() == len(ids)  # no row twice
+            assert gen.events().count_rows() == len(ids)  # no audit row twice
+            assert sum(gen.checkpoint().values()) == len(ids)
+            page = await ms.get_all({"user_id": "ann"}, page_size=100)
+            assert sorted(m.id for m in page.results) == sorted(ids)
+
+    asyncio.run(go())
