@@ -53,7 +53,6 @@ from memstream.projector.store import Generation, live_embedder
 from memstream.query.explain import Settlement, caused_by_messages, settlement
 from memstream.query.reader import MemoryReader
 from memstream.settings import Settings
-from memstream.sqlutil import sql_in
 from memstream.webhooks import Webhooks
 
 logger = logging.getLogger("memstream")
@@ -231,9 +230,9 @@ class Memstream:
         """What the projection decided for each event, once it has applied them: the webhook
         dispatcher delivers only the changes that were applied (webhooks/dispatcher.py)."""
         await self.projector.wait_for(list(events.values()), timeout_s=WEBHOOK_WAIT_S)
-        gen = self.projector.generation()
-        rows = await asyncio.to_thread(gen.query_events, sql_in("event_id", sorted(events)))
-        return {row["event_id"]: row["outcome"] for row in rows}
+        # through the reader: an event applied but not yet flushed is in the fresh tier
+        rows = await asyncio.to_thread(self.reader.outcomes, sorted(events))
+        return {event_id: row["outcome"] for event_id, row in rows.items()}
 
     async def _sweep_forever(self) -> None:
         while not self._stop.is_set():
