@@ -164,6 +164,9 @@ class Projector:
         self.tier_age_s = tier_age_from_env() if tier_age_s is None else tier_age_s
         self._tier: FreshTier | None = None
         self._tier_applies = 0  # batches decided into a tier (a long-running process's sign)
+        # the events counted as projected, per generation: a tier rebuilt from the log (a
+        # failed flush, another process's half batch) decides events again, counted once
+        self._counted: tuple[Path | None, Offsets] = (None, {})
 
     # -- generations ---------------------------------------------------------------------
     def generation(self) -> Generation:
@@ -814,9 +817,24 @@ class Projector:
         state.needs_vector.clear()
         self._recent.record(audits)
         tier.absorb(records, [e for e, _ in events], audits, decided)
+        self._count_projected(gen, events, len(records))
         changed = list(state.changed) if state.erasures else [e.memory_id or "" for e, _ in events]
         tier.publish(changed)
         return bool(poison) or not holds(e for e, _ in events)
+
+    def _count_projected(
+        self, gen: Generation, events: list[tuple[Event, Position]], batch: int
+    ) -> None:
+        """Count the events a tier batch applied (searchable from now on: that is what
+        "projected" means to an operator), each once however often the tier is rebuilt."""
+        path, upto = self._counted
+        if path != gen.path:
+            path, upto = gen.path, {}
+        kinds = [e.event_type for e, pos in events if pos.offset >= upto.get(pos.partition, 0)]
+        for _, pos in events:
+            upto[pos.partition] = max(upto.get(pos.partition, 0), pos.offset + 1)
+        self._counted = (path, upto)
+        metrics.count_projected(kinds, batch)
 
     def _flush_sync(self, gen: Generation, tier: FreshTier) -> Offsets:
         """Write the tier to the tables in one batch (in a worker thread, under the flock):
@@ -841,8 +859,6 @@ class Projector:
             raise
         if state.erasures:
             self._keys_stale = True
-        # counted once written: a flush that failed and is redone counts its events once
-        metrics.count_projected(tier.types, len(tier.types))
         self._wrote = dict(tier.end)
         self._tier = FreshTier(gen.path, tier.end)
         if self._batches % MAINTAIN_EVERY == 0:

@@ -97,7 +97,6 @@ class FreshTier:
         self.audits: list[dict[str, Any]] = []
         self.decided: dict[str, str] = {}  # event ids the events table already records
         self.eids: list[str] = []
-        self.types: list[str] = []  # event types, counted in metrics once flushed
         self.started: float | None = None  # monotonic time of the first unflushed record
         self.view: TierView = TierView(gen)
         self.broken = False  # a flush failed half-way: rebuild from the log before use
@@ -132,7 +131,6 @@ class FreshTier:
         self.audits.extend(audits)
         self.decided.update(decided)
         self.eids.extend(e.event_id for e in events)
-        self.types.extend(e.event_type for e in events)
         for r in records:
             p = r.position.partition
             self.end[p] = max(self.end.get(p, 0), r.position.offset + 1)

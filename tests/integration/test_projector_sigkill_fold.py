@@ -60,7 +60,13 @@ def stream(rng: random.Random) -> tuple[list[Event], dict[str, str]]:
 
 
 @pytest.mark.slow
-def test_ten_sigkills_at_random_points_end_equal_to_the_reference_fold(tmp_path: Path) -> None:
+def test_ten_sigkills_at_random_points_end_equal_to_the_reference_fold(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the projector processes flush their fresh tier every two batches (projector/tier.py):
+    # each kill lands with up to 400 applied events in memory only, and the checkpoint (the
+    # last flushed position) moves often enough for every kill to land mid-stream
+    monkeypatch.setenv("MEMSTREAM_TIER_ROWS", "300")
     rng = random.Random(20_000)
     settings = Settings(data_dir=tmp_path, embedder="hashing")
     events, fold = stream(rng)
