@@ -153,7 +153,18 @@ async def stage_visibility(run: Run, wl: Workload, kafka: str | None) -> None:
                                           for r in records]))  # fmt: skip
             return result
 
+        apply_tier = ms.projector._apply_tier_sync
+
+        def observed_tier(gen: Any, tier: Any, records: Any, *args: Any, **kwargs: Any) -> Any:
+            # with the fresh tier (projector/tier.py) a batch is searchable once the tier
+            # has applied and published it, before it is flushed to the tables
+            result = apply_tier(gen, tier, records, *args, **kwargs)
+            applied.append((time.time(), [(r.position.partition, r.position.offset)
+                                          for r in records]))  # fmt: skip
+            return result
+
         ms.projector._apply_sync = observed  # type: ignore[method-assign]
+        ms.projector._apply_tier_sync = observed_tier  # type: ignore[method-assign]
         procs: list[subprocess.Popen[str]] = []
         outs = [Path(tmp) / f"writer-{i}.json" for i in range(writers)]
         per_writer = int(rate * seconds / writers) + 10
