@@ -225,12 +225,11 @@ class Dispatcher:
         """The events of `batch` this webhook is to receive (None where it is not): its
         project's, of a type it subscribes to now, and (with a projection here) changes the
         projection applied, so a receiver never hears of a memory that does not exist."""
-        events: list[Event | None] = []
         hook = self.registry.current(hook_id)
+        if hook is None:  # deleted meanwhile: nothing is sent, the worker then returns
+            return [None] * len(batch)
+        events: list[Event | None] = []
         for rec in batch:
-            if hook is None:
-                events.append(None)  # deleted: the worker stops at the next record
-                continue
             if not rec.key.startswith(prefix):
                 events.append(None)  # another project's event: never decoded
                 continue
