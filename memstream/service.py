@@ -509,14 +509,17 @@ class Memstream:
             await asyncio.sleep(0.05)
 
     # -- reads (consistent=True: this instance's writes are applied first; see start) ----
-    async def _fresh(self, consistent: bool) -> None:
+    async def _fresh(self, consistent: bool, as_of: Any = None) -> None:
+        """Wait for the projection a read needs. A read as of a point in time folds the
+        tables' events (DuckDB/Python), which know nothing of the fresh tier: flush it first."""
         await self._ready()
-        if not consistent:
-            return
-        if self._background is None:
-            await self.projector.catch_up(flush=False)  # the reads merge the fresh tier
-        elif self._read_your_writes:
-            await self.projector.catch_up_own()
+        if consistent:
+            if self._background is None:
+                await self.projector.catch_up(flush=False)  # the reads merge the fresh tier
+            elif self._read_your_writes:
+                await self.projector.catch_up_own()
+        if as_of is not None:
+            await self.projector.flush_tier()
 
     async def get(
         self,
@@ -526,9 +529,7 @@ class Memstream:
         consistent: bool = True,
         as_of: Any = None,
     ) -> MemoryView:
-        await self._fresh(consistent)
-        if as_of is not None:  # a point in time is read from the tables
-            await self.projector.flush_tier()
+        await self._fresh(consistent, as_of)
         # off the event loop even for one indexed row: a Lance read that meets the projector's
         # write (a new version, a compaction) can take seconds on a loaded machine, and on the
         # loop it would stall every other request; as of a cut it is a fold (and cancellable)
@@ -544,9 +545,7 @@ class Memstream:
         **kwargs: Any,
     ) -> Page:
         self.settings.limits.check_filters(filters)
-        await self._fresh(consistent)
-        if kwargs.get("as_of") is not None:  # a point in time is read from the tables
-            await self.projector.flush_tier()
+        await self._fresh(consistent, kwargs.get("as_of"))
         reader = await self._reader_for(tenant or self.tenant, _candidate(kwargs))
         return await asyncio.to_thread(reader.get_all, tenant or self.tenant, filters, **kwargs)
 
@@ -561,9 +560,7 @@ class Memstream:
     ) -> list[MemoryView]:
         self.settings.limits.check_query(query)
         self.settings.limits.check_filters(filters)
-        await self._fresh(consistent)
-        if kwargs.get("as_of") is not None:  # a point in time is read from the tables
-            await self.projector.flush_tier()
+        await self._fresh(consistent, kwargs.get("as_of"))
         reader = await self._reader_for(tenant or self.tenant, _candidate(kwargs))
         started = time.perf_counter()
         try:
