@@ -50,17 +50,24 @@ from memstream.query.retention import visible
 RESULTS = Path(__file__).resolve().parent / "results" / "search_plans.json"
 ORG, PROJECT = "org-bench", "proj-bench"
 COLUMNS = ["id", "user_id", "agent_id", "run_id", "app_id", "text", "created_at"]
+NARROW = ["id", "org_id", "project_id", "user_id", "agent_id", "run_id", "app_id",
+          "metadata", "updated_at", "expiration_date", "expired_at", "vector"]  # fmt: skip
+"""What a filter on entities and the retention rules read, and the ranking: `fetch_late`."""
 
 
-def build(db: Any, rows: int, dim: int, per_user: int, seed: int) -> Any:
+def build(db: Any, rows: int, dim: int, per_user: int, seed: int, interleave: bool = False) -> Any:
+    """The table; with `interleave` its rows are written in a random order (users' rows
+    scattered over the table, as memories arrive from many users at once) instead of each
+    user's rows side by side."""
     rng = np.random.default_rng(seed)
+    order = rng.permutation(rows) if interleave else np.arange(rows)
     schema = memories_schema(dim).append(pa.field("scope", pa.string()))
     table = None
     base_ms = int(datetime(2025, 1, 1, tzinfo=UTC).timestamp() * 1000)
     step = 50_000
     for start in range(0, rows, step):
         n = min(step, rows - start)
-        idx = np.arange(start, start + n)
+        idx = order[start : start + n]
         user = idx // per_user
         kind = rng.random(n)
         vectors = rng.standard_normal((n, dim), dtype=np.float32)
@@ -132,6 +139,9 @@ def main() -> None:
     ap.add_argument("--per-user", type=int, default=200)
     ap.add_argument("--queries", type=int, default=40)
     ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument(
+        "--interleave", action="store_true", help="rows in random order, not user by user"
+    )
     ap.add_argument("--out", type=Path, default=RESULTS)
     a = ap.parse_args()
     import lance
@@ -141,7 +151,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="search-plans-") as tmp:
         db = lancedb.connect(tmp)
         t = time.perf_counter()
-        table = build(db, a.rows, a.dim, a.per_user, a.seed)
+        table = build(db, a.rows, a.dim, a.per_user, a.seed, a.interleave)
         build_s = time.perf_counter() - t
         ds = lance.dataset(str(Path(tmp) / "memories.lance"))
         rng = np.random.default_rng(a.seed + 1)
@@ -178,6 +188,18 @@ def main() -> None:
 
                 return run
 
+            def late() -> list[str]:
+                # the filter's and the ranking's columns only, then the top 10's rows in full
+                got = ds.to_table(columns=NARROW, filter=lead, with_row_id=True)
+                rows = got.select([c for c in NARROW if c != "vector"]).to_pylist()
+                keep = np.fromiter((compiled.matches(r) and r["expired_at"] is None
+                                    for r in rows), bool, len(rows))  # fmt: skip
+                ids = top(vec, got, keep)
+                where = {v: i for i, v in enumerate(got["id"].to_pylist())}
+                rowids = [got["_rowid"][where[i]].as_py() for i in ids]
+                full_rows = ds._take_rows(rowids, columns=[c for c in cols if c != "vector"])
+                return full_rows["id"].to_pylist()
+
             cols = [*COLUMNS, "org_id", "project_id", "metadata", "categories", "updated_at",
                     "expiration_date", "expired_at", "vector"]  # fmt: skip
             return {
@@ -189,6 +211,7 @@ def main() -> None:
                     lambda: table.search().where(lead).select(cols).limit(None).to_arrow()
                 ),
                 "fetch_numpy_lance": fetch(lambda: ds.to_table(columns=cols, filter=lead)),
+                "fetch_late": late,
             }
 
         names = list(plans("user-0", np.zeros(a.dim, np.float32)))

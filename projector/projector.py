@@ -35,7 +35,7 @@ from memstream.events import Event, MemoryAdded, MemoryUpdated, SubjectErased, t
 from memstream.fsutil import drop_scratch
 from memstream.keystore.base import KeyStore, Subject
 from memstream.log.base import EventLog, LogReader, LogRecord, Offsets, Position
-from memstream.projector import compaction, erasure
+from memstream.projector import cluster, compaction, erasure
 from memstream.projector.ahead import AheadVectors
 from memstream.projector.apply import BatchState, apply_event
 from memstream.projector.compaction import first_index
@@ -1136,9 +1136,11 @@ class Projector:
                         if to is None:
                             target = await self.log.end_offsets()
                         if covers(cp, target):
-                            # nobody reads the new generation yet: keep its latest
-                            # version only (the replay's own batches and compactions
-                            # would otherwise stay on disk for keep_versions)
+                            # nobody reads the new generation yet: put each scope's
+                            # memories side by side (projector/cluster.py), then keep
+                            # its latest version only (the replay's own batches and
+                            # compactions would otherwise stay on disk for keep_versions)
+                            cluster.rewrite_sorted(new.memories())
                             self.maintain(new, force=True, unread=True)
                             if new.path in self._unpurged:
                                 erasure.purge_all(new, self.cache)

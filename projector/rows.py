@@ -10,6 +10,7 @@ import numpy as np
 import pyarrow as pa
 
 from memstream.projector.apply import BatchState
+from memstream.projector.cluster import sort_rows
 from memstream.projector.store import EmbeddingCache, Generation
 from memstream.projector.tables import EVENTS_SCHEMA, POLICIES_SCHEMA, memories_schema
 from memstream.sqlutil import sql_in
@@ -61,13 +62,13 @@ def write_rows(
             new_rows = [r for r in upserts if r["id"] not in state.loaded]
             merged = [r for r in upserts if r["id"] in state.loaded]
             deletes = [mid for mid in deletes if mid in state.loaded]
-            if new_rows:
-                table.add(memory_rows(new_rows, vectors, gen.dim))
+            if new_rows:  # in scope order: a scope's rows share pages (cluster.py)
+                table.add(memory_rows(sort_rows(new_rows), vectors, gen.dim))
         if merged:
             table.merge_insert(
                 "id"
             ).when_matched_update_all().when_not_matched_insert_all().execute(
-                memory_rows(merged, vectors, gen.dim)
+                memory_rows(sort_rows(merged), vectors, gen.dim)
             )
         if deletes:
             table.delete(sql_in("id", deletes))
