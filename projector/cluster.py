@@ -64,9 +64,7 @@ def rewrite_sorted(table: Any, chunk_rows: int = CHUNK_ROWS) -> bool:
     if ds.count_rows() == 0:
         return False
     keys = ds.to_table(columns=list(SORT_KEY), with_row_id=True)
-    order = pc.sort_indices(
-        keys, sort_keys=[(c, "ascending") for c in SORT_KEY], null_placement="at_end"
-    )
+    order = pc.sort_indices(keys, sort_keys=[(c, "ascending", "at_end") for c in SORT_KEY])
     if pc.all(pc.equal(order, pa.array(range(len(order)), pa.uint64()))).as_py():
         return False
     row_ids = pc.take(keys["_rowid"], order).combine_chunks()
