@@ -306,7 +306,8 @@ class Memstream:
         """The audit rows of the memory events an inferred add's conversation caused (None
         when no decision names it): the event status of an async add after a restart."""
         t = tenant or self.tenant
-        rows = caused_by_messages(self.projector.generation(), messages_event_id)
+        gen = self.projector.generation()
+        rows = caused_by_messages(gen, messages_event_id, self.projector.tier_view(gen))
         if rows is None:
             return None
         return [r for r in rows if (r["org_id"], r["project_id"]) == (t.org_id, t.project_id)]
@@ -327,7 +328,9 @@ class Memstream:
     ) -> Settlement | None:
         """How an inferred add (its MessagesRecorded id) was settled, from the projection:
         None while it is owed (or not projected here yet, or another project's)."""
-        return settlement(self.projector.generation(), messages_event_id, tenant or self.tenant)
+        gen = self.projector.generation()
+        view = self.projector.tier_view(gen)  # an add settles in the fresh tier first
+        return settlement(gen, messages_event_id, tenant or self.tenant, view)
 
     def reinferrer(self, model: str | None = None, base_url: str | None = None) -> Reinferrer:
         """Re-decide recorded conversations with `model` (at `base_url`; defaults: the

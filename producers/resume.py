@@ -51,7 +51,9 @@ from memstream.producers.inference import InferenceWriter
 from memstream.producers.writer import MemoryWriter
 from memstream.projector.apply import scope_of_row
 from memstream.projector.store import Generation
+from memstream.projector.tier import EMPTY, TierView
 from memstream.query.explain import settlement
+from memstream.query.tiered import events_where
 
 log = logging.getLogger("memstream.inference")
 
@@ -130,7 +132,7 @@ class AsyncAdds(MemoryWriter):
         return recorded.event_id
 
     async def _accepted(self, tenant: Tenant, request_id: str) -> str | None:
-        await self.projector.catch_up()
+        await self.projector.catch_up(flush=False)  # the reader merges the fresh tier
         rows = await asyncio.to_thread(self.reader.events_for_request, tenant, request_id)
         if not rows:
             return None
@@ -175,15 +177,17 @@ class AsyncAdds(MemoryWriter):
         """Whether the projection (caught up with the log) shows the add settled, or its
         subject erased since (then nothing may be decided from the messages: this
         process's copy of them is all that is left)."""
-        await self.projector.catch_up()
+        await self.projector.catch_up(flush=False)  # both reads merge the fresh tier
         gen = self.projector.generation()
+        view = self.projector.tier_view(gen)
         row = (await asyncio.to_thread(self.reader.outcomes, [messages_event_id])).get(
             messages_event_id
         )
         if row is not None and (row["outcome"] == "ERASED" or row["text"] is None):
             log.warning("async add %s: its subject was erased, not deciding it", messages_event_id)
             return True
-        return await asyncio.to_thread(settlement, gen, messages_event_id) is not None
+        found = await asyncio.to_thread(settlement, gen, messages_event_id, None, view)
+        return found is not None
 
     async def _decide(self, tenant: Tenant, recorded: MessagesRecorded) -> None:
         options = json.loads(recorded.options or "{}")
@@ -238,7 +242,7 @@ class AsyncAdds(MemoryWriter):
         """Start settling every owed add at least `older_than_s` old that this process is
         not settling already (at most `max_running` at once); how many were started."""
         gen = self.projector.generation()
-        owed = await asyncio.to_thread(self._owed, gen)
+        owed = await asyncio.to_thread(self._owed, gen, self.projector.tier_view(gen))
         now = now_ms()
         started = 0
         for row in owed:
@@ -254,22 +258,34 @@ class AsyncAdds(MemoryWriter):
                 started += 1
         return started
 
-    def _owed(self, gen: Generation) -> list[dict[str, Any]]:
+    def _owed(self, gen: Generation, view: TierView = EMPTY) -> list[dict[str, Any]]:
         """The audit rows of the pending MessagesRecorded no event settles yet, oldest
-        first. Reads only from the low-water mark of the previous scan on."""
+        first. Reads only from the low-water mark of the previous scan on, in the tables
+        and in this process's fresh tier (`view`, taken before the tables are read): a
+        settling event still in the tier settles its add as one in the tables does."""
         done = gen.checkpoint()  # read first: every row below it is in the table
         where = f"event_type = 'MessagesRecorded' AND payload LIKE '{PENDING_MARK}'"
-        candidates = gen.query_events(f"{where} AND {_from(self._low)}")
+        since = self._low
+        candidates = events_where(
+            gen, view, f"{where} AND {_from(since)}",
+            lambda a: a["event_type"] == "MessagesRecorded"
+            and bool(_json(a["payload"]).get("pending"))
+            and _at_or_after(a, since),
+        )  # fmt: skip
         first: Offsets = {}
         for row in candidates:
             p, o = row["partition"], row["offset"]
             first[p] = min(first.get(p, o), o)
         settled: set[str] = set()
         if first:  # a settling event follows its messages on their partition
-            for row in gen.query_events(
+            for row in events_where(
+                gen, view,
                 "event_type IN ('InferenceDecided', 'InferenceFailed') "
-                f"AND outcome IN ('DECIDED', 'FAILED') AND {_from(first, after=True)}"
-            ):
+                f"AND outcome IN ('DECIDED', 'FAILED') AND {_from(first, after=True)}",
+                lambda a: a["event_type"] in ("InferenceDecided", "InferenceFailed")
+                and a["outcome"] in ("DECIDED", "FAILED")
+                and a["offset"] > first.get(a["partition"], a["offset"]),
+            ):  # fmt: skip
                 payload = json.loads(row["payload"] or "{}")
                 if row["event_type"] == "InferenceFailed" or payload.get("settles"):
                     settled.add(payload.get("messages_event_id"))
@@ -313,6 +329,19 @@ def _from(low: Offsets, *, after: bool = False) -> str:
     if not parts:
         return "false" if after else "true"
     return "(" + " OR ".join(parts) + ")"
+
+
+def _at_or_after(row: dict[str, Any], low: Offsets) -> bool:
+    """What `_from(low)` selects, for a row in Python (the fresh tier's audit rows)."""
+    return row["offset"] >= low.get(row["partition"], 0)
+
+
+def _json(text: str | None) -> dict[str, Any]:
+    try:
+        value = json.loads(text or "{}")
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 def recorded_of(row: dict[str, Any]) -> MessagesRecorded | None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import threading
 from collections import OrderedDict, defaultdict
-from collections.abc import Sequence
+from collections.abc import Container, Sequence
 from typing import Any
 
 from memstream.events import (
@@ -57,14 +57,34 @@ class RecentDecisions:
                 del self._recent[event_id]
 
 
-def load_settled(gen: Generation, state: BatchState, events: list[tuple[Event, Position]]) -> None:
+def load_settled(
+    gen: Generation,
+    state: BatchState,
+    events: list[tuple[Event, Position]],
+    applied: Container[str] = (),
+) -> None:
     """Put into `state` what earlier batches settled that this batch's events depend on:
     the first settling event of each pending MessagesRecorded one of its decisions or
     failures names (read per scope, whose events share a partition and an index), and
     which of the decisions its inferred memory events name were DUPLICATEs. Nothing is
     read when the messages or the decision are in this batch (the common case: a sync
-    add appends them together, and a settling event always follows its messages)."""
+    add appends them together, and a settling event always follows its messages), nor
+    when they are among `applied`: the events of a fresh tier's earlier batches, decided
+    into this same `state` (projector/tier.py), so what settled them is in it already and
+    the tables below the tier cannot hold a settling event that follows them."""
     here = {e.event_id for e, _ in events}
+    here.update(
+        e.messages_event_id
+        for e, _ in events
+        if isinstance(e, InferenceFailed | InferenceDecided) and e.messages_event_id in applied
+    )
+    here.update(
+        e.decision_id
+        for e, _ in events
+        if isinstance(e, MemoryAdded | MemoryUpdated | MemoryDeleted)
+        and e.decision_id is not None
+        and e.decision_id in applied
+    )
     wanted: dict[Scope, set[str]] = defaultdict(set)
     for e, _ in events:
         if not isinstance(e, InferenceFailed | InferenceDecided) or e.messages_event_id in here:

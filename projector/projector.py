@@ -16,7 +16,7 @@ import gc
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Container, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -731,10 +731,12 @@ class Projector:
         state: BatchState,
         events: list[tuple[Event, Position]],
         index: TableIndex | None,
+        applied: Container[str] = (),
     ) -> dict[str, str]:
         """Load into `state` the table rows the events touch (not those `state` holds
         already: a tier's rows are newer than the table's), by id and by text hash; return
-        the outcomes the events table already records for these events."""
+        the outcomes the events table already records for these events. `applied`: the
+        events a fresh tier decided into `state` before (see decisions.load_settled)."""
         ids = [e.memory_id for e, _ in events if e.memory_id and e.memory_id not in state.rows]
         adds = [e for e, _ in events if isinstance(e, MemoryAdded)]
         eids = [e.event_id for e, _ in events]
@@ -756,7 +758,7 @@ class Projector:
                 row["event_id"]: row["outcome"]
                 for row in gen.query_events(sql_in("event_id", known_eids))
             }
-        load_settled(gen, state, events)  # async adds: only the first settling applies
+        load_settled(gen, state, events, applied)  # async adds: the first settling applies
         return decided
 
     def _apply_tier_sync(
@@ -797,7 +799,7 @@ class Projector:
         index = tier.index
         self._tier_applies += 1
         state = tier.state
-        decided = self._load(gen, state, events, index)
+        decided = self._load(gen, state, events, index, tier.applied)
         texts = [
             e.text
             for e, _ in events

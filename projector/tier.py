@@ -2,10 +2,12 @@
 
 Why: every LanceDB write pays a fixed cost (a fragment per table, a new version, the
 checkpoint file): ~20-40 ms a batch whatever its size, so one writer waiting for its own
-add paid it on every add. Here, as in an LSM tree's memtable, a live batch of plain
-memory events (add, update, delete) is decided into an in-memory `BatchState` that spans
-many batches, and the tables are written once per `rows` events or `age_s` seconds
-(`flush`), in one large batch. A waiting writer is released once its event is in the tier.
+add paid it on every add. Here, as in an LSM tree's memtable, a live batch of memory
+events (add, update, delete) and inference events (an inferred add's messages, its
+decision or failure, and the memory events naming the decision) is decided into an
+in-memory `BatchState` that spans many batches, and the tables are written once per
+`rows` events or `age_s` seconds (`flush`), in one large batch. A waiting writer is
+released once its event is in the tier.
 
 What stays true:
 - Durability is the log's: the tier is derived state. The generation's checkpoint is the
@@ -19,10 +21,21 @@ What stays true:
   flushed, or by applying the log themselves (a CLI command catches up before it reads,
   which moves the checkpoint; this process then rebuilds its tier on the new base, see
   `Projector._rebuild_tier`). The tier never holds the cross-process lock between batches.
-- Only plain memory events are held (`holds`); a batch with anything else (erasure,
-  expiry, policies, inference, delete-all audit, poison) is applied together with the tier
-  and flushed at once, so erasure scrubs, policies and audits of those events are in the
-  tables exactly as before.
+- Every reader of earlier events' audit rows in this process sees the tier's too
+  (`TierView.audits`, merged by event id: query/tiered.py `events_where`): history and
+  explanations (query/explain.py), an async add's settlement and the owed-add scan
+  (producers/resume.py). The projector's own look back at what earlier batches settled
+  (projector/decisions.py `load_settled`) needs no merge: `BatchState.settled` and
+  `.duplicates` span the tier's batches, and a settling event follows its messages on
+  their partition, so what the tier settled is in the state and what the tables settled is
+  read from them. A flush or a rebuild starts a new state on tables that hold it all.
+- Only memory and inference events are held (`holds`); a batch with anything else
+  (erasure, expiry, policies, project settings, feedback, delete-all audit, poison) is
+  applied together with the tier and flushed at once, so erasure scrubs, policies and
+  audits of those events are in the tables exactly as before. An erasure's batch flushes
+  the whole tier -- its sealed messages and decisions included -- and the scrub runs on the
+  tables it was just written to, then the tier starts empty: no erased text stays in
+  memory or on disk.
 
 `TierView` is what a reader gets: an immutable snapshot, replaced (never mutated) after
 each batch, so readers on worker threads need no lock.
@@ -37,7 +50,15 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from memstream.events import Event, MemoryAdded, MemoryDeleted, MemoryUpdated
+from memstream.events import (
+    Event,
+    InferenceDecided,
+    InferenceFailed,
+    MemoryAdded,
+    MemoryDeleted,
+    MemoryUpdated,
+    MessagesRecorded,
+)
 from memstream.log.base import LogRecord, Offsets
 from memstream.projector.apply import BatchState
 from memstream.projector.index import TableIndex
@@ -76,13 +97,21 @@ class TierView:
 EMPTY = TierView()
 
 
+HELD = (
+    MemoryAdded,
+    MemoryUpdated,
+    MemoryDeleted,
+    MessagesRecorded,
+    InferenceDecided,
+    InferenceFailed,
+)
+"""The events a batch may consist of and stay in the tier (module docstring)."""
+
+
 def holds(events: Iterable[Event]) -> bool:
-    """Whether a batch of these events may stay in the tier: plain memory events only (an
-    inferred change names its decision, which is audited with it: flushed at once)."""
-    return all(
-        isinstance(e, MemoryAdded | MemoryUpdated | MemoryDeleted) and e.decision_id is None
-        for e in events
-    )
+    """Whether a batch of these events may stay in the tier: memory and inference events
+    only (everything else changes tables a read cannot merge, or must scrub them)."""
+    return all(isinstance(e, HELD) for e in events)
 
 
 class FreshTier:
@@ -97,6 +126,7 @@ class FreshTier:
         self.audits: list[dict[str, Any]] = []
         self.decided: dict[str, str] = {}  # event ids the events table already records
         self.eids: list[str] = []
+        self.applied: set[str] = set()  # the same, to look up (see decisions.load_settled)
         self.started: float | None = None  # monotonic time of the first unflushed record
         self.view: TierView = TierView(gen)
         self.broken = False  # a flush failed half-way: rebuild from the log before use
@@ -131,6 +161,7 @@ class FreshTier:
         self.audits.extend(audits)
         self.decided.update(decided)
         self.eids.extend(e.event_id for e in events)
+        self.applied.update(e.event_id for e in events)
         for r in records:
             p = r.position.partition
             self.end[p] = max(self.end.get(p, 0), r.position.offset + 1)

@@ -2,7 +2,9 @@
 the messages of T", read from the decision and messages events the memory event names.
 
 History and audit call this on the audit rows they return; it looks the decisions up in
-the events table (one query for the decisions, one for their messages).
+the events table (one query for the decisions, one for their messages) and, given this
+process's fresh tier (`view`, projector/tier.py), among the audit rows not flushed yet:
+a decision and its messages usually sit in the tier for a while after the add.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from memstream.projector.apply import scope_of_row
 from memstream.projector.candidate import PROPOSAL_SOURCE, SWAP_SOURCE
 from memstream.projector.decisions import scope_where
 from memstream.projector.store import Generation
+from memstream.projector.tier import EMPTY, TierView
+from memstream.query.tiered import events_where, ids_in, of_scope
 from memstream.sqlutil import sql_in, sql_str
 
 VERBS = {
@@ -40,21 +44,29 @@ def decision_ids(rows: list[dict[str, Any]]) -> dict[str, str]:
     return out
 
 
-def explain(gen: Generation, rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+def explain(
+    gen: Generation, rows: list[dict[str, Any]], view: TierView = EMPTY
+) -> dict[str, dict[str, Any]]:
     """event id -> {decision_id, model, llm_host, messages_event_id, messages_at,
-    explanation} for every row an inference caused (erased decisions say so)."""
+    explanation} for every row an inference caused (erased decisions say so). `view`: the
+    fresh tier of `gen` in this process (taken before `rows` were read)."""
     caused = decision_ids(rows)
     if not caused:
         return {}
+    wanted = sorted(set(caused.values()))
     decisions = {
-        r["event_id"]: r for r in gen.query_events(sql_in("event_id", sorted(set(caused.values()))))
+        r["event_id"]: r
+        for r in events_where(gen, view, sql_in("event_id", wanted), ids_in("event_id", wanted))
     }
     payloads = {eid: _payload(r) for eid, r in decisions.items()}
     message_ids = sorted(
         {p["messages_event_id"] for p in payloads.values() if p.get("messages_event_id")}
     )
     messages = {
-        r["event_id"]: r for r in gen.query_events(sql_in("event_id", message_ids))
+        r["event_id"]: r
+        for r in events_where(
+            gen, view, sql_in("event_id", message_ids), ids_in("event_id", message_ids)
+        )
     } if message_ids else {}  # fmt: skip
     out: dict[str, dict[str, Any]] = {}
     for row in rows:
@@ -101,12 +113,21 @@ class Settlement:
 
 
 def settlement(
-    gen: Generation, messages_event_id: str, tenant: Tenant | None = None
+    gen: Generation,
+    messages_event_id: str,
+    tenant: Tenant | None = None,
+    view: TierView = EMPTY,
 ) -> Settlement | None:
     """What settled an inferred add (its MessagesRecorded id): GET /v1/event/{id}/ on any
     server, after any restart. None while nothing has (an async add still owed), or when
-    the messages are not projected here (yet), not `tenant`'s, or erased."""
-    found = gen.query_events(f"event_id = {sql_str(messages_event_id)}")
+    the messages are not projected here (yet), not `tenant`'s, or erased. `view`: the
+    fresh tier of `gen` in this process, whose audit rows count as projected."""
+    found = events_where(
+        gen,
+        view,
+        f"event_id = {sql_str(messages_event_id)}",
+        ids_in("event_id", [messages_event_id]),
+    )
     if not found or found[0]["event_type"] != "MessagesRecorded":
         return None
     if tenant is not None and (found[0]["org_id"], found[0]["project_id"]) != (
@@ -114,14 +135,22 @@ def settlement(
         tenant.project_id,
     ):
         return None
-    scope = scope_where(scope_of_row(found[0]))
+    of = scope_of_row(found[0])
+    scope, in_scope = scope_where(of), of_scope(of)
     pattern = sql_str(f'%"messages_event_id": {json.dumps(messages_event_id)}%')
     outcomes = [
         r
-        for r in gen.query_events(
+        for r in events_where(
+            gen,
+            view,
             f"{scope} AND event_type IN ('InferenceDecided', 'InferenceFailed') "
-            f"AND outcome IN ('DECIDED', 'FAILED') AND payload LIKE {pattern}"
-        )
+            f"AND outcome IN ('DECIDED', 'FAILED') AND payload LIKE {pattern}",
+            lambda a: (
+                in_scope(a)
+                and a["event_type"] in ("InferenceDecided", "InferenceFailed")
+                and a["outcome"] in ("DECIDED", "FAILED")
+            ),
+        )  # fmt: skip
         if _payload(r).get("messages_event_id") == messages_event_id  # LIKE's _ is a wildcard
         and _answers(r)
     ]
@@ -132,10 +161,13 @@ def settlement(
         reason = _payload(first).get("reason")
         return Settlement(first["event_id"], str(reason or "inference failed"), [])
     did = first["event_id"]
-    rows = gen.query_events(
+    rows = events_where(
+        gen, view,
         f"{scope} AND event_type IN ('MemoryAdded', 'MemoryUpdated', 'MemoryDeleted') "
-        f"AND payload LIKE {sql_str(f'%{json.dumps(did)}%')}"
-    )
+        f"AND payload LIKE {sql_str(f'%{json.dumps(did)}%')}",
+        lambda a: in_scope(a)
+        and a["event_type"] in ("MemoryAdded", "MemoryUpdated", "MemoryDeleted"),
+    )  # fmt: skip
     caused = [r for r in rows if decision_ids([r]).get(r["event_id"]) == did]
     return Settlement(did, None, sorted(caused, key=lambda r: (r["partition"], r["offset"])))
 
@@ -149,9 +181,11 @@ def _answers(row: dict[str, Any]) -> bool:
     return row["actor_source"] not in (PROPOSAL_SOURCE, SWAP_SOURCE)
 
 
-def caused_by_messages(gen: Generation, messages_event_id: str) -> list[dict[str, Any]] | None:
+def caused_by_messages(
+    gen: Generation, messages_event_id: str, view: TierView = EMPTY
+) -> list[dict[str, Any]] | None:
     """The memory events an inferred add's conversation (its MessagesRecorded id) caused, in
     log order: what GET /v1/event/{id}/ reports once the in-process task is gone (another
     server, a restart). None when no decision names that conversation (yet)."""
-    settled = settlement(gen, messages_event_id)
+    settled = settlement(gen, messages_event_id, view=view)
     return settled.rows if settled is not None and settled.failed is None else None

@@ -29,7 +29,7 @@ from memstream.query.scoped import (
     rank,
 )
 from memstream.query.scoped import Scope as ScopeRows
-from memstream.query.tiered import audits_where, merge, of_tenant, tier_matches, tier_vectors
+from memstream.query.tiered import events_where, merge, of_tenant, tier_matches, tier_vectors
 from memstream.sqlutil import sql_in, sql_str
 
 if TYPE_CHECKING:  # point-in-time reads (DuckDB) load when an as_of read asks for them
@@ -286,12 +286,12 @@ class MemoryReader:
     def history(self, tenant: Tenant, memory_id: str) -> list[HistoryEntry]:
         """Every event of a memory, in log order: the log is the audit trail."""
         gen = self._generation()
-        rows = audits_where(
-            gen.query_events(
-                f"{tenant_predicate(tenant)} AND (memory_id = {sql_str(memory_id)} "
-                f"OR resolved_memory_id = {sql_str(memory_id)})"
-            ),
-            self._tier(gen),
+        view = self._tier(gen)  # before the table is read (query/tiered.py events_where)
+        rows = events_where(
+            gen,
+            view,
+            f"{tenant_predicate(tenant)} AND (memory_id = {sql_str(memory_id)} "
+            f"OR resolved_memory_id = {sql_str(memory_id)})",
             lambda a: (
                 of_tenant(tenant.org_id, tenant.project_id)(a)
                 and memory_id in (a["memory_id"], a["resolved_memory_id"])
@@ -302,7 +302,7 @@ class MemoryReader:
         rows.sort(key=lambda r: (r["occurred_at"], r["partition"], r["offset"]))
         from memstream.query.explain import explain
 
-        why = explain(self._generation(), rows)
+        why = explain(gen, rows, view)
         return [HistoryEntry.from_row(r, inference=why.get(r["event_id"])) for r in rows]
 
     def due_for_expiry(self, now: int) -> list[tuple[dict[str, Any], str, str | None]]:
@@ -323,9 +323,10 @@ class MemoryReader:
 
     def events_for_request(self, tenant: Tenant, request_id: str) -> list[dict[str, Any]]:
         gen = self._generation()
-        rows = audits_where(
-            gen.query_events(f"{tenant_predicate(tenant)} AND request_id = {sql_str(request_id)}"),
+        rows = events_where(
+            gen,
             self._tier(gen),
+            f"{tenant_predicate(tenant)} AND request_id = {sql_str(request_id)}",
             lambda a: (
                 of_tenant(tenant.org_id, tenant.project_id)(a) and a["request_id"] == request_id
             ),
@@ -347,9 +348,10 @@ class MemoryReader:
         )
         gen = self._generation()
         wanted = {(p, o) for p, o in positions}
-        rows = audits_where(  # and the fresh tier's (projector/tier.py)
-            gen.query_events(where),
+        rows = events_where(  # and the fresh tier's (projector/tier.py)
+            gen,
             self._tier(gen),
+            where,
             lambda a: (a["partition"], a["offset"]) in wanted,
         )
         rows.sort(key=lambda r: (r["partition"], r["offset"]))
@@ -358,9 +360,10 @@ class MemoryReader:
     def outcomes(self, event_ids: list[str]) -> dict[str, dict[str, Any]]:
         gen = self._generation()
         wanted = set(event_ids)
-        rows = audits_where(
-            gen.query_events(sql_in("event_id", event_ids)),
+        rows = events_where(
+            gen,
             self._tier(gen),
+            sql_in("event_id", event_ids),
             lambda a: a["event_id"] in wanted,
         )
         return {r["event_id"]: r for r in rows}

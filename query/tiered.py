@@ -15,13 +15,16 @@ from typing import Any
 
 import numpy as np
 
+from memstream.projector.apply import scope_of_row
+from memstream.projector.store import Generation
 from memstream.projector.tier import TierView
 from memstream.query.filtertree import Node
 from memstream.query.matcher import evaluate
 from memstream.query.retention import row_visible
 from memstream.query.scoped import lead_of
+from memstream.scope import Scope
 
-__all__ = ["audits_where", "merge", "tier_matches", "tier_vectors"]
+__all__ = ["audits_where", "events_where", "merge", "of_scope", "tier_matches", "tier_vectors"]
 
 
 def tier_matches(
@@ -79,6 +82,23 @@ def audits_where(
     seen = {r["event_id"] for r in table_rows}
     extra = [a for a in view.audits if a["event_id"] not in seen and keep(a)]
     return table_rows + extra
+
+
+def events_where(
+    gen: Generation, view: TierView, where: str, keep: Callable[[dict[str, Any]], bool]
+) -> list[dict[str, Any]]:
+    """The events table's rows `where` selects, plus the tier's audit rows `keep` accepts
+    (`keep` must say in Python what `where` says in SQL), once per event.
+
+    The view is taken by the caller BEFORE the table is read: a flush between the two then
+    leaves the rows in both (deduplicated), never in neither -- a view taken after the read
+    could be the empty tier that replaced the flushed one."""
+    return audits_where(gen.query_events(where), view, keep)
+
+
+def of_scope(scope: Scope) -> Callable[[dict[str, Any]], bool]:
+    """What projector/decisions.py `scope_where` selects: exactly the scope's rows."""
+    return lambda row: scope_of_row(row) == scope
 
 
 def of_tenant(org_id: str, project_id: str) -> Callable[[dict[str, Any]], bool]:

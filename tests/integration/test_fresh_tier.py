@@ -4,9 +4,15 @@ the reads of a projection built without a tier from the same log, at every point
 The reference is a second `Projector` with the tier off, folding the same log into its own
 data directory (sharing the subject keys, so erasures are the same), read by its own
 `MemoryReader`: get_all (several filters, with and without expired memories, both read
-plans), search (both plans), get of every id ever made, history. Operations: adds (with
-duplicates, expiry dates in the past, metadata), updates, deletes, delete_all, erasures,
-expiry sweeps, flushes and replays, in random order (hypothesis).
+plans), search (both plans), get of every id ever made, history (with its inference
+explanations), every event's outcome, and every async add's settlement. Operations: adds
+(with duplicates, expiry dates in the past, metadata), updates, deletes, delete_all,
+inferred changes (an add, an update or delete of a memory as the LLM read it or as it was
+before -- a conflict --, each with its messages and decision), async adds and their
+settlings (a decision, a second decision, a failure: the first one in log order applies),
+erasures, expiry sweeps, flushes and replays, in random order (hypothesis). The inference
+events are appended as the pipeline appends them (producers/inference.py), without an LLM:
+what is under test is how the projector and the readers treat them.
 """
 
 from __future__ import annotations
@@ -22,9 +28,23 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from memstream.errors import NotFoundError
+from memstream.events import (
+    Event,
+    InferenceDecided,
+    InferenceFailed,
+    MemoryAdded,
+    MemoryDeleted,
+    MemoryUpdated,
+    MessagesRecorded,
+    new_id,
+    text_hash,
+)
 from memstream.models import Tenant
+from memstream.projector.apply import scope_of_row
 from memstream.projector.projector import Projector
+from memstream.query.explain import settlement
 from memstream.query.reader import MemoryReader
+from memstream.scope import Scope
 from memstream.service import Memstream
 from memstream.settings import Settings
 
@@ -53,6 +73,16 @@ OP = st.one_of(
     st.tuples(st.just("update"), st.integers(0, 40), st.integers(0, len(TEXTS) - 1)),
     st.tuples(st.just("delete"), st.integers(0, 40)),
     st.tuples(st.just("delete_all"), st.sampled_from(USERS)),
+    st.tuples(
+        st.just("infer"),
+        st.sampled_from(USERS),
+        st.sampled_from(("ADD", "UPDATE", "DELETE")),
+        st.integers(0, 40),
+        st.integers(0, len(TEXTS) - 1),
+        st.booleans(),
+    ),  # fmt: skip
+    st.tuples(st.just("async_add"), st.sampled_from(USERS), st.integers(0, len(TEXTS) - 1)),
+    st.tuples(st.just("settle"), st.integers(0, 40), st.booleans()),
     st.tuples(st.just("erase"), st.sampled_from(USERS)),
     st.tuples(st.just("expire")),
     st.tuples(st.just("flush")),
@@ -65,8 +95,22 @@ def views(items: list[Any]) -> list[dict[str, Any]]:
     return [dataclasses.asdict(m) for m in items]
 
 
-async def same_reads(ms: Memstream, ref: Projector, ids: list[str], *, scoped: bool = True) -> None:
+@dataclasses.dataclass
+class Seen:
+    """What the operations made: memory ids, every event appended, async adds' messages."""
+
+    ids: list[str] = dataclasses.field(default_factory=list)
+    events: list[str] = dataclasses.field(default_factory=list)
+    pending: list[MessagesRecorded] = dataclasses.field(default_factory=list)
+
+
+def _outcome(row: dict[str, Any]) -> tuple[Any, ...]:
+    return (row["event_type"], row["outcome"], row["text"], row["old_text"], row["payload"])
+
+
+async def same_reads(ms: Memstream, ref: Projector, seen: Seen, *, scoped: bool = True) -> None:
     """Every read of `ms` (tables + its tier) equals the reference projection's."""
+    ids = seen.ids
     await ref.catch_up()
     mine = MemoryReader(ms.projector, scoped=scoped)
     theirs = MemoryReader(ref, scoped=scoped)
@@ -101,6 +145,88 @@ async def same_reads(ms: Memstream, ref: Projector, ids: list[str], *, scoped: b
         except NotFoundError:
             want_h = None
         assert got_h == want_h, mid
+    got_o = mine.outcomes(seen.events)
+    want_o = theirs.outcomes(seen.events)
+    assert {i: _outcome(r) for i, r in got_o.items()} == {i: _outcome(r) for i, r in want_o.items()}
+    gen, ref_gen = ms.projector.generation(), ref.generation()
+    view = ms.projector.tier_view(gen)
+    for recorded in seen.pending:
+        a = settlement(gen, recorded.event_id, None, view)
+        b = settlement(ref_gen, recorded.event_id)
+        assert (a is None) == (b is None), recorded.event_id
+        if a is not None and b is not None:
+            assert (a.event_id, a.failed, [r["event_id"] for r in a.rows]) == (
+                b.event_id, b.failed, [r["event_id"] for r in b.rows],
+            )  # fmt: skip
+
+
+def _memory_row(ms: Memstream, memory_id: str) -> dict[str, Any] | None:
+    """The memory's current row as this process sees it (its tier's, else the table's)."""
+    gen = ms.projector.generation()
+    view = ms.projector.tier_view(gen)
+    if memory_id in view.rows:
+        return view.rows[memory_id]
+    found = gen.query_memories(f"id = '{memory_id}'")
+    return found[0] if found else None
+
+
+def _decision(recorded: MessagesRecorded, *, settles: bool = False) -> InferenceDecided:
+    return InferenceDecided(
+        scope=recorded.scope, messages_event_id=recorded.event_id, model="scripted-1",
+        llm_host="127.0.0.1", prompt_version="v-test", prompt_hash="h", settles=settles,
+        output='{"facts": ["from the test"]}',
+    )  # fmt: skip
+
+
+def _inferred(ms: Memstream, op: tuple[Any, ...], n: int, seen: Seen) -> list[Event]:
+    """An inferred add's events as the pipeline appends them (producers/inference.py):
+    the messages, the decision, the memory event naming it -- an UPDATE or DELETE of a
+    memory as the LLM read it (its last_offset), or of an older version (a conflict)."""
+    _, user, verb, target, t, stale = op
+    row = _memory_row(ms, seen.ids[target % len(seen.ids)]) if seen.ids else None
+    scope = scope_of_row(row) if row is not None else Scope("local", "default", user_id=user)
+    recorded = MessagesRecorded(scope=scope, messages=f'[{{"role": "user", "content": "{n}"}}]')
+    decided = _decision(recorded)
+    text = f"{TEXTS[t]} inferred {n}"
+    change: Event
+    if verb == "ADD" or row is None:
+        change = MemoryAdded(scope=scope, memory_id=new_id(), text=text, hash=text_hash(text),
+                             decision_id=decided.event_id)  # fmt: skip
+        seen.ids.append(change.memory_id or "")
+    else:
+        expected = row["last_offset"] - 1 if stale else row["last_offset"]
+        if verb == "UPDATE":
+            change = MemoryUpdated(scope=scope, memory_id=row["id"], text=text,
+                                   hash=text_hash(text), decision_id=decided.event_id,
+                                   expected_offset=expected)  # fmt: skip
+        else:
+            change = MemoryDeleted(scope=scope, memory_id=row["id"], reason="inference",
+                                   decision_id=decided.event_id,
+                                   expected_offset=expected)  # fmt: skip
+    return [recorded, decided, change]
+
+
+def _settling(op: tuple[Any, ...], n: int, seen: Seen) -> list[Event]:
+    """A settling of an async add (a second one of the same add is a DUPLICATE): a
+    decision adding a memory, or a failure."""
+    _, which, fails = op
+    recorded = seen.pending[which % len(seen.pending)]
+    if fails:
+        return [InferenceFailed(scope=recorded.scope, messages_event_id=recorded.event_id,
+                                model="scripted-1", llm_host="127.0.0.1",
+                                reason=f"failure {n}")]  # fmt: skip
+    decided = _decision(recorded, settles=True)
+    text = f"settled {n}"
+    added = MemoryAdded(scope=recorded.scope, memory_id=new_id(), text=text,
+                        hash=text_hash(text), decision_id=decided.event_id)  # fmt: skip
+    seen.ids.append(added.memory_id or "")
+    return [decided, added]
+
+
+def _in_tier(ms: Memstream, events: list[Event]) -> bool:
+    view = ms.projector.tier_view(ms.projector.generation())
+    held = {a["event_id"] for a in view.audits}
+    return all(e.event_id in held for e in events)
 
 
 async def run_ops(root: Path, ops: list[tuple[Any, ...]]) -> None:
@@ -108,7 +234,8 @@ async def run_ops(root: Path, ops: list[tuple[Any, ...]]) -> None:
                          tier_age_s=3600.0)  # fmt: skip
     async with Memstream(settings_) as ms:
         ref = Projector(root / "ref", ms.log, ms.embedder, keys=ms.projector.keys, tier_rows=0)
-        ids: list[str] = []
+        seen = Seen()
+        ids = seen.ids
         in_tier = 0
         try:
             for n, op in enumerate(ops):
@@ -134,6 +261,24 @@ async def run_ops(root: Path, ops: list[tuple[Any, ...]]) -> None:
                         await ms.delete(ids[op[1] % len(ids)])
                 elif kind == "delete_all":
                     await ms.delete_all({"user_id": op[1]})
+                elif kind in ("infer", "async_add", "settle"):
+                    if kind == "infer":
+                        events = _inferred(ms, op, n, seen)
+                    elif kind == "async_add":
+                        scope = Scope("local", "default", user_id=op[1])
+                        content = f'[{{"role": "user", "content": "{TEXTS[op[2]]}"}}]'
+                        recorded = MessagesRecorded(scope=scope, messages=content, pending=True)
+                        seen.pending.append(recorded)
+                        events = [recorded]
+                    elif seen.pending:
+                        events = _settling(op, n, seen)
+                    else:
+                        events = []
+                    if events:
+                        await ms.writer._append(events)
+                        seen.events.extend(e.event_id for e in events)
+                        # the batch stays in the tier, as a plain add's does
+                        assert _in_tier(ms, events)
                 elif kind == "erase":
                     await ms.erase(user_id=op[1])
                 elif kind == "expire":
@@ -145,12 +290,12 @@ async def run_ops(root: Path, ops: list[tuple[Any, ...]]) -> None:
                     await ms.replay()
                     await ref.replay()
                 elif kind == "check":
-                    await same_reads(ms, ref, ids)
+                    await same_reads(ms, ref, seen)
                 # the reference applies each event when ms does (before an erasure destroys
                 # the keys it was sealed under, as ms did)
                 await ref.catch_up()
-            await same_reads(ms, ref, ids)
-            await same_reads(ms, ref, ids, scoped=False)
+            await same_reads(ms, ref, seen)
+            await same_reads(ms, ref, seen, scoped=False)
         finally:
             await ref.close()
 

@@ -282,6 +282,7 @@ def test_replay_without_the_llm_and_erasure_of_messages_and_decisions(
         llm.push(facts("Bob sails"), decide({"id": "n", "text": "Bob sails", "event": "ADD"}))
         await ms.add("I sail", infer=True, user_id="bob")
         before = await live(ms), await live(ms, "bob")
+        await ms.settle()  # the tables themselves are read below: the fresh tier written
         gen = ms.projector.generation()
         rows = sorted(repr(sorted(r.items())) for r in gen.memories().to_arrow().to_pylist())
         events = sorted(repr(sorted(r.items())) for r in gen.events().to_arrow().to_pylist())
