@@ -32,7 +32,7 @@ SORT_KEY = ("org_id", "project_id", "user_id", "agent_id", "run_id", "app_id", "
 """Scope first (user before agent: a user's rows are what most reads lead with), then id."""
 
 CHUNK_ROWS = 50_000
-"""Rows read and written at a time by `rewrite_sorted` (bounded memory at any size)."""
+"""Rows written at a time by `rewrite_sorted`."""
 
 
 def enabled() -> bool:
@@ -63,17 +63,19 @@ def rewrite_sorted(table: Any, chunk_rows: int = CHUNK_ROWS) -> bool:
     ds = table.to_lance()
     if ds.count_rows() == 0:
         return False
-    keys = ds.to_table(columns=list(SORT_KEY), with_row_id=True)
-    order = pc.sort_indices(keys, sort_keys=[(c, "ascending", "at_end") for c in SORT_KEY])
+    schema = ds.schema
+    # read in order (sequential, ~10x cheaper than fetching rows by id in scope order),
+    # sorted in memory: the table's size (~1.6 KB a memory with 384-dim vectors) plus a chunk
+    whole = ds.to_table(columns=schema.names)
+    order = pc.sort_indices(
+        whole.select(list(SORT_KEY)), sort_keys=[(c, "ascending", "at_end") for c in SORT_KEY]
+    )
     if pc.all(pc.equal(order, pa.array(range(len(order)), pa.uint64()))).as_py():
         return False
-    row_ids = pc.take(keys["_rowid"], order).combine_chunks()
-    schema = ds.schema
 
     def batches() -> Iterator[pa.RecordBatch]:
-        for start in range(0, len(row_ids), chunk_rows):
-            part = ds._take_rows(row_ids[start : start + chunk_rows].to_pylist())
-            yield from part.select(schema.names).cast(schema).to_batches()
+        for start in range(0, len(order), chunk_rows):
+            yield from whole.take(order[start : start + chunk_rows]).cast(schema).to_batches()
 
     reader = pa.RecordBatchReader.from_batches(schema, batches())
     lance.write_dataset(
