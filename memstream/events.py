@@ -374,6 +374,14 @@ def encode_event(event: Event, key: SubjectKey | None = None) -> bytes:
 def decode_event(data: bytes, keys: KeyLookup | None = None) -> Event:
     """The event; a sealed one is opened with `keys`. Without the key (destroyed, or no
     `keys` given) the event comes back with `erased=True` and placeholders."""
+    name, record, erased = decode_record(data, keys)
+    return event_of(name, record, erased)
+
+
+def decode_record(data: bytes, keys: KeyLookup | None = None) -> tuple[str, dict[str, Any], bool]:
+    """The first half of `decode_event`: (record name, the Avro record with its sealed
+    fields opened, erased). The projector's column-wise path (projector/columnar.py) reads
+    runs of new memories from these records without building an `Event` for each."""
     name, record = codec().decode(data, logical=False)
     sealed = record.pop("sealed", None)
     erased = False
@@ -385,6 +393,11 @@ def decode_event(data: bytes, keys: KeyLookup | None = None) -> Event:
             erased = True
         else:
             record.update(json.loads(crypto.unseal(key, str(record["event_id"]), sealed)))
+    return name, record, erased
+
+
+def event_of(name: str, record: dict[str, Any], erased: bool) -> Event:
+    """The second half of `decode_event`: the `Event` of a `decode_record` result."""
     event = from_record(name.removeprefix("memstream."), record)
     return dataclasses.replace(event, erased=True) if erased else event
 

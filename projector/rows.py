@@ -23,6 +23,8 @@ def write_rows(
     vectors: dict[str, np.ndarray],
     *,
     append: bool,
+    audit_rows: pa.Table | None = None,
+    new_memories: pa.Table | None = None,
 ) -> None:
     """Write a batch's audit rows, then its memories and policies (the policies table is
     created first, when the batch has any).
@@ -32,13 +34,20 @@ def write_rows(
     (`decided`), and memories not loaded from the table (`state.loaded`: the batch
     loaded every row of the ids it touches, so any other id is new). `merge_insert`
     then runs only for rows that exist, and a delete only for ids the table holds.
+
+    The column-wise path (projector/columnar.py, append only) passes the batch's audit rows
+    as one table (`audit_rows`, instead of building them from `audits`) and its new
+    memories' rows (`new_memories`), appended with the other new rows, sorted by id.
     """
     if state.policies:
         # before the audit rows: a generation holding a POLICY_SET/POLICY_REMOVED row always
         # has a policies table, so as-of reads of one without it skip looking for policies
         # (query/timetravel.py, policies_at)
         gen.policies(create=True)
-    if audits:
+    if audit_rows is not None:
+        assert append
+        gen.events(create=True).add(audit_rows)
+    elif audits:
         table = gen.events(create=True)
         if append:
             seen: set[str] = set(decided)
@@ -54,15 +63,19 @@ def write_rows(
                 arrow_table(audits, EVENTS_SCHEMA)
             )
     upserts, deletes = state.upserts(), state.deletes()
-    if upserts or deletes:
+    if upserts or deletes or new_memories is not None:
         table = gen.memories(create=True)
         merged = upserts
         if append:
             new_rows = [r for r in upserts if r["id"] not in state.loaded]
             merged = [r for r in upserts if r["id"] in state.loaded]
             deletes = [mid for mid in deletes if mid in state.loaded]
-            if new_rows:
-                table.add(memory_rows(new_rows, vectors, gen.dim))
+            added = memory_rows(new_rows, vectors, gen.dim) if new_rows else None
+            if new_memories is not None:  # sorted by id, as upserts() orders new_rows
+                both = [new_memories] if added is None else [added, new_memories]
+                added = pa.concat_tables(both).sort_by("id")
+            if added is not None:
+                table.add(added)
         if merged:
             table.merge_insert(
                 "id"
