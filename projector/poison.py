@@ -71,14 +71,15 @@ def open_record(record: LogRecord, keys: KeyLookup | None) -> tuple[Event | None
 
 
 def decode_opened(
-    record: LogRecord, keys: KeyLookup | None
+    record: LogRecord, keys: KeyLookup | None, memo: dict[tuple[Any, ...], Any] | None = None
 ) -> tuple[tuple[str, dict[str, Any], bool] | None, str | None]:
-    """The first half of `open_record`: the record decoded and opened (`decode_record`),
-    not yet an `Event`; (None, reason) for undecodable bytes, (None, None) for a marker."""
+    """The first half of `open_record`: the record decoded and opened (`decode_record`,
+    `memo` its batch's keys), not yet an `Event`; (None, reason) for undecodable bytes,
+    (None, None) for a marker."""
     if any(name == QUARANTINE_HEADER for name, _ in record.headers):
         return None, None
     try:
-        return decode_record(record.value, keys), None
+        return decode_record(record.value, keys, memo), None
     except SchemaError as exc:
         return None, f"undecodable: {exc.message}"
     except Exception as exc:  # a body fastavro rejects, a sealed text that does not open...

@@ -1012,8 +1012,9 @@ class Projector:
         markers = 0
         erased = False
         lookup = self.keys.lookup
+        memo: dict[tuple[Any, ...], Any] = {}  # the batch's keys, by scope and key id
         for r in records:
-            decoded, reason = decode_opened(r, lookup)
+            decoded, reason = decode_opened(r, lookup, memo)
             if decoded is None:
                 if reason is None:
                     markers += 1
