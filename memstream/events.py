@@ -269,6 +269,7 @@ _PLACEHOLDER: dict[str, Any] = {
     "options": "{}",
     "reason": "",
 }
+_UNSEEN: Any = object()
 _MAY_BE_NONE = {"MemoryUpdated": ("text", "metadata", "categories")}
 _NOT_IN_LOG = ("erased",)
 
@@ -374,17 +375,44 @@ def encode_event(event: Event, key: SubjectKey | None = None) -> bytes:
 def decode_event(data: bytes, keys: KeyLookup | None = None) -> Event:
     """The event; a sealed one is opened with `keys`. Without the key (destroyed, or no
     `keys` given) the event comes back with `erased=True` and placeholders."""
+    name, record, erased = decode_record(data, keys)
+    return event_of(name, record, erased)
+
+
+def decode_record(
+    data: bytes, keys: KeyLookup | None = None, memo: dict[tuple[Any, ...], Any] | None = None
+) -> tuple[str, dict[str, Any], bool]:
+    """The first half of `decode_event`: (record name, the Avro record with its sealed
+    fields opened, erased). The projector's column-wise path (projector/columnar.py) reads
+    runs of new memories from these records without building an `Event` for each.
+    `memo`: the keys already looked up for this batch, by (scope values, key_id) -- a
+    batch's events share few subjects, and building each one's Scope and Subject to look
+    its key up again cost ~5 us an event."""
     name, record = codec().decode(data, logical=False)
     sealed = record.pop("sealed", None)
     erased = False
     if sealed is not None:
-        scope = record["scope"] = Scope(**record["scope"])
-        subject = Subject.of_scope(scope)
-        key = keys(subject, record["key_id"]) if keys is not None and subject else None
+        raw = record["scope"]
+        if memo is not None and isinstance(raw, dict):
+            found = (*raw.items(), record["key_id"])
+            key = memo.get(found, _UNSEEN)
+            if key is _UNSEEN:
+                subject = Subject.of_scope(Scope(**raw))
+                key = keys(subject, record["key_id"]) if keys is not None and subject else None
+                memo[found] = key
+        else:
+            scope = record["scope"] = Scope(**record["scope"])
+            subject = Subject.of_scope(scope)
+            key = keys(subject, record["key_id"]) if keys is not None and subject else None
         if key is None:
             erased = True
         else:
             record.update(json.loads(crypto.unseal(key, str(record["event_id"]), sealed)))
+    return name, record, erased
+
+
+def event_of(name: str, record: dict[str, Any], erased: bool) -> Event:
+    """The second half of `decode_event`: the `Event` of a `decode_record` result."""
     event = from_record(name.removeprefix("memstream."), record)
     return dataclasses.replace(event, erased=True) if erased else event
 

@@ -50,6 +50,15 @@ def sort_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return sorted(rows, key=_key) if enabled() else rows
 
 
+def sort_table(table: pa.Table) -> pa.Table:
+    """Memory rows (Arrow) in scope order (by id when clustering is off)."""
+    if not enabled():
+        return table.sort_by("id")
+    return table.take(
+        pc.sort_indices(table, sort_keys=[(c, "ascending", "at_end") for c in SORT_KEY])
+    )
+
+
 def rewrite_sorted(table: Any, chunk_rows: int = CHUNK_ROWS) -> bool:
     """Rewrite `table` (a LanceDB table, or the lance facade) as a new version holding the
     same rows in scope order; False if it was empty or already in order. Indexes do not

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from typing import Any
 
 from memstream.errors import SchemaError
 from memstream.events import (
@@ -28,7 +29,8 @@ from memstream.events import (
     MemoryDeleted,
     MemoryExpired,
     MemoryUpdated,
-    decode_event,
+    decode_record,
+    event_of,
 )
 from memstream.log.base import QUARANTINE_HEADER, LogRecord
 
@@ -62,13 +64,35 @@ def impossible(event: Event) -> str | None:
 def open_record(record: LogRecord, keys: KeyLookup | None) -> tuple[Event | None, str | None]:
     """(event, None) for a record to apply; (None, reason) for poison; (None, None) for a
     quarantine marker (skip it)."""
+    decoded, reason = decode_opened(record, keys)
+    if decoded is None:
+        return None, reason
+    return checked(*decoded)
+
+
+def decode_opened(
+    record: LogRecord, keys: KeyLookup | None, memo: dict[tuple[Any, ...], Any] | None = None
+) -> tuple[tuple[str, dict[str, Any], bool] | None, str | None]:
+    """The first half of `open_record`: the record decoded and opened (`decode_record`,
+    `memo` its batch's keys), not yet an `Event`; (None, reason) for undecodable bytes,
+    (None, None) for a marker."""
     if any(name == QUARANTINE_HEADER for name, _ in record.headers):
         return None, None
     try:
-        event = decode_event(record.value, keys)
+        return decode_record(record.value, keys, memo), None
     except SchemaError as exc:
         return None, f"undecodable: {exc.message}"
     except Exception as exc:  # a body fastavro rejects, a sealed text that does not open...
+        return None, f"undecodable: {type(exc).__name__}: {exc}"
+
+
+def checked(name: str, record: dict[str, Any], erased: bool) -> tuple[Event | None, str | None]:
+    """The second half of `open_record`: the `Event` of a decoded record, or why it is poison."""
+    try:
+        event = event_of(name, record, erased)
+    except SchemaError as exc:
+        return None, f"undecodable: {exc.message}"
+    except Exception as exc:  # a field of the wrong kind for the event's constructor
         return None, f"undecodable: {type(exc).__name__}: {exc}"
     reason = impossible(event)
     if reason is not None:

@@ -35,14 +35,14 @@ from memstream.events import Event, MemoryAdded, MemoryUpdated, SubjectErased, t
 from memstream.fsutil import drop_scratch
 from memstream.keystore.base import KeyStore, Subject
 from memstream.log.base import EventLog, LogReader, LogRecord, Offsets, Position
-from memstream.projector import cluster, compaction, erasure
+from memstream.projector import cluster, columnar, compaction, erasure
 from memstream.projector.ahead import AheadVectors
 from memstream.projector.apply import BatchState, apply_event
 from memstream.projector.compaction import first_index
-from memstream.projector.decisions import RecentDecisions, load_settled
+from memstream.projector.decisions import RECENT_DECISIONS, RecentDecisions, load_settled
 from memstream.projector.index import DigestSet, TableIndex, event_key
-from memstream.projector.poison import PoisonCounts, open_record
-from memstream.projector.rows import table_versions, write_rows
+from memstream.projector.poison import PoisonCounts, checked, decode_opened, open_record
+from memstream.projector.rows import arrow_table, table_versions, write_rows
 from memstream.projector.store import (
     FLUSH_ITEMS,
     RETIRED_GRACE_S,
@@ -52,7 +52,7 @@ from memstream.projector.store import (
     ProjectionStore,
     connect_lancedb,
 )
-from memstream.projector.tables import PROJECTION_VERSION
+from memstream.projector.tables import EVENTS_SCHEMA, PROJECTION_VERSION
 from memstream.projector.tier import EMPTY, FreshTier, TierView, holds
 from memstream.projector.waiting import (
     Progress,
@@ -86,6 +86,9 @@ KEEP_VERSIONS = dt.timedelta(minutes=5)
 MAINTAIN_EVERY = 8  # live batches between two looks at the tables' fragment statistics
 RESCAN_EVERY = 32  # batches between two index scans when other writers keep moving the tables
 REPLAY_BATCH = 10_000  # events per batch in a replay (the per-batch cost is paid 10x less often)
+# a catch_up with at least this many events to apply reads REPLAY_BATCH at a time and
+# writes them directly, past the fresh tier (whose small batches are there for latency)
+BULK_BACKLOG = 20_000
 REPLAY_GC_THRESHOLD = 50_000  # gen-0 collection threshold while a replay runs (default 700)
 REBUILD_TIMEOUT_S = 120.0  # reading back the events of a tier being rebuilt (see _rebuild_tier)
 
@@ -167,6 +170,7 @@ class Projector:
         # the events counted as projected, per generation: a tier rebuilt from the log (a
         # failed flush, another process's half batch) decides events again, counted once
         self._counted: tuple[Path | None, Offsets] = (None, {})
+        self._bulk = False  # a catch_up with a large backlog is under way (see catch_up)
 
     # -- generations ---------------------------------------------------------------------
     def generation(self) -> Generation:
@@ -417,6 +421,10 @@ class Projector:
                     if disk != self._wrote:  # another process applied batches meanwhile
                         self._keys_stale = True
                     apply: asyncio.Future[Offsets]
+                    if tier is not None and self._bulk and not tier.pending:
+                        # a bulk catch-up writes its large batches directly; an empty tier
+                        # is made on the tables' new checkpoint by the next step
+                        self._tier = tier = None
                     if tier is None:
                         apply = asyncio.ensure_future(
                             self._applied(self._apply_sync, gen, fresh, cp)
@@ -591,7 +599,18 @@ class Projector:
         if self.pinned is not None:
             return self.checkpoint
         end = await self.log.end_offsets()
-        await self._wait_until({p: o for p, o in end.items() if o > 0}, timeout_s)
+        required = {p: o for p, o in end.items() if o > 0}
+        backlog = sum(max(0, o - self.checkpoint.get(p, 0)) for p, o in required.items())
+        bulk = not self._background and backlog >= BULK_BACKLOG and columnar.enabled()
+        size = self.batch_size
+        if bulk:  # a cold start or a long pause: batches as a replay's (see `step`)
+            self._bulk, self.batch_size = True, max(size, REPLAY_BATCH)
+        try:
+            with _fewer_collections() if bulk else contextlib.nullcontext():
+                await self._wait_until(required, timeout_s)
+        finally:
+            if bulk:
+                self._bulk, self.batch_size = False, size
         if flush:
             await self.flush_tier()
         return self.checkpoint
@@ -697,7 +716,9 @@ class Projector:
         ):
             return self._index
         self._index = self._index_at = None
-        long_running = self._background or self._batches >= 2 or self._tier_applies >= 2
+        long_running = (
+            self._background or self._bulk or self._batches >= 2 or self._tier_applies >= 2
+        )
         due = self._scanned_at is None or self._batches - self._scanned_at >= RESCAN_EVERY
         if long_running and due:
             self._index = TableIndex.scan(gen.memories(), gen.events(), self.cache.table())
@@ -892,6 +913,8 @@ class Projector:
         `_applied`) instead of being applied as erased. `rewrite` (a reinfer candidate's
         fold, projector/candidate.py) changes the decoded events before they are applied.
         """
+        if rewrite is None and index is not None and columnar.enabled():
+            return self._apply_columnar(gen, records, cp, index, live=live, keys_fresh=keys_fresh)
         events, poison = self._open(records, keys_fresh)
         if rewrite is not None:
             events = rewrite(events)
@@ -910,14 +933,111 @@ class Projector:
             self._keys_stale = True
         if index is not None:
             index.record(eids, state.upserts())
+        return self._written(gen, records, cp, [e.event_type for e, _ in events])
+
+    def _written(
+        self, gen: Generation, records: list[LogRecord], cp: Offsets, kinds: list[str]
+    ) -> Offsets:
+        """The end of `_apply_batch`: the checkpoint past `records`, written, and counted."""
         new_cp = dict(cp)
         for r in records:
             p = r.position.partition
             new_cp[p] = max(new_cp.get(p, 0), r.position.offset + 1)
         gen.write_checkpoint(new_cp)
         # counted once the batch is written: a batch retried after a failure counts once
-        metrics.count_projected((e.event_type for e, _ in events), len(events))
+        metrics.count_projected(kinds, len(kinds))
         return new_cp
+
+    def _apply_columnar(
+        self,
+        gen: Generation,
+        records: list[LogRecord],
+        cp: Offsets,
+        index: TableIndex,
+        *,
+        live: bool,
+        keys_fresh: bool,
+    ) -> Offsets:
+        """`_apply_batch` with the batch's new memories applied column-wise
+        (projector/columnar.py) and every other event as `_apply_batch` applies it."""
+        items, poison = self._open_items(records, keys_fresh)
+        if poison:
+            self._dead_letter(poison)
+        events, slow_at, new = columnar.split(items, index)
+        state = BatchState()
+        decided = self._load(gen, state, events, index)
+        audits = [apply_event(state, e, pos, decided.get(e.event_id)) for e, pos in events]
+        cached = index.cached if live else None
+        vectors = self._vectors(state, cached)
+        fresh_memories = None
+        parts = []
+        if new:
+            texts = new.texts()
+            found = self.embed_texts(texts, defer=len(texts) < FLUSH_ITEMS, cached=cached)
+            fresh_memories = columnar.memory_table(new, found, gen.dim)
+            parts.append((columnar.audit_table(new), new.at))
+        seen: set[str] = set(decided)
+        kept, kept_at = [], []
+        for row, at in zip(audits, slow_at, strict=True):
+            if row["event_id"] not in seen:  # as write_rows appends them
+                seen.add(row["event_id"])
+                kept.append(row)
+                kept_at.append(at)
+        if kept:
+            parts.append((arrow_table(kept, EVENTS_SCHEMA), kept_at))
+        if live:
+            self._recent.record(audits)
+            if new:  # only the newest RECENT_DECISIONS are kept: build no more dicts
+                fast = parts[0][0]
+                self._recent.record(fast.slice(max(0, len(fast) - RECENT_DECISIONS)).to_pylist())
+        audit_rows = columnar.in_log_order(parts) if parts else None
+        write_rows(gen, state, audits, decided, vectors, append=True, audit_rows=audit_rows,
+                   new_memories=fresh_memories)  # fmt: skip
+        self._scrub(gen, state)
+        if state.erasures:
+            self._keys_stale = True
+        index.record([e.event_id for e, _ in events], state.upserts())
+        if new:
+            index.events.add(new.event_ids())
+            index.ids.add(new.ids())
+            index.keys.add(new.keys)
+        kinds = [e.event_type for e, _ in events] + ["MemoryAdded"] * len(new)
+        return self._written(gen, records, cp, kinds)
+
+    def _open_items(
+        self, records: list[LogRecord], keys_fresh: bool
+    ) -> tuple[list[tuple[Position, Event | columnar.Raw]], list[tuple[LogRecord, str]]]:
+        """`_open` for the column-wise path: MemoryAdded records that may be applied
+        column-wise stay the opened Avro records they are (no `Event` is built)."""
+        items: list[tuple[Position, Event | columnar.Raw]] = []
+        poison: list[tuple[LogRecord, str]] = []
+        markers = 0
+        erased = False
+        lookup = self.keys.lookup
+        memo: dict[tuple[Any, ...], Any] = {}  # the batch's keys, by scope and key id
+        for r in records:
+            decoded, reason = decode_opened(r, lookup, memo)
+            if decoded is None:
+                if reason is None:
+                    markers += 1
+                else:
+                    poison.append((r, reason))
+                continue
+            name, record, was_erased = decoded
+            if name == columnar.ADDED and not was_erased and columnar.plausible_add(record):
+                items.append((r.position, record))
+                continue
+            event, reason = checked(name, record, was_erased)
+            if event is None:
+                assert reason is not None
+                poison.append((r, reason))
+                continue
+            erased |= event.erased
+            items.append((r.position, event))
+        if not keys_fresh and erased:
+            raise _KeysUnseen
+        self.poison.quarantined += markers
+        return items, poison
 
     def _dead_letter(self, poison: list[tuple[LogRecord, str]]) -> None:
         """Hand poison records to the log's dead-letter sink (projector/poison.py) before the

@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow as pa
 
 from memstream.projector.apply import BatchState
-from memstream.projector.cluster import sort_rows
+from memstream.projector.cluster import sort_rows, sort_table
 from memstream.projector.store import EmbeddingCache, Generation
 from memstream.projector.tables import EVENTS_SCHEMA, POLICIES_SCHEMA, memories_schema
 from memstream.sqlutil import sql_in
@@ -24,6 +24,8 @@ def write_rows(
     vectors: dict[str, np.ndarray],
     *,
     append: bool,
+    audit_rows: pa.Table | None = None,
+    new_memories: pa.Table | None = None,
 ) -> None:
     """Write a batch's audit rows, then its memories and policies (the policies table is
     created first, when the batch has any).
@@ -33,13 +35,20 @@ def write_rows(
     (`decided`), and memories not loaded from the table (`state.loaded`: the batch
     loaded every row of the ids it touches, so any other id is new). `merge_insert`
     then runs only for rows that exist, and a delete only for ids the table holds.
+
+    The column-wise path (projector/columnar.py, append only) passes the batch's audit rows
+    as one table (`audit_rows`, instead of building them from `audits`) and its new
+    memories' rows (`new_memories`), appended with the other new rows, sorted by id.
     """
     if state.policies:
         # before the audit rows: a generation holding a POLICY_SET/POLICY_REMOVED row always
         # has a policies table, so as-of reads of one without it skip looking for policies
         # (query/timetravel.py, policies_at)
         gen.policies(create=True)
-    if audits:
+    if audit_rows is not None:
+        assert append
+        gen.events(create=True).add(audit_rows)
+    elif audits:
         table = gen.events(create=True)
         if append:
             seen: set[str] = set(decided)
@@ -55,15 +64,18 @@ def write_rows(
                 arrow_table(audits, EVENTS_SCHEMA)
             )
     upserts, deletes = state.upserts(), state.deletes()
-    if upserts or deletes:
+    if upserts or deletes or new_memories is not None:
         table = gen.memories(create=True)
         merged = upserts
         if append:
             new_rows = [r for r in upserts if r["id"] not in state.loaded]
             merged = [r for r in upserts if r["id"] in state.loaded]
             deletes = [mid for mid in deletes if mid in state.loaded]
-            if new_rows:  # in scope order: a scope's rows share pages (cluster.py)
-                table.add(memory_rows(sort_rows(new_rows), vectors, gen.dim))
+            added = memory_rows(new_rows, vectors, gen.dim) if new_rows else None
+            if new_memories is not None:  # the column-wise path's new rows (columnar.py)
+                added = new_memories if added is None else pa.concat_tables([added, new_memories])
+            if added is not None:  # in scope order: a scope's rows share pages (cluster.py)
+                table.add(sort_table(added))
         if merged:
             table.merge_insert(
                 "id"
