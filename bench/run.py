@@ -61,7 +61,7 @@ from harness import T0, LocalKafka, Run, git_commit, say, version  # noqa: E402
 from report import KEYS, PROOF_KEYS, fill_unmeasured, print_table, verdicts  # noqa: E402
 from stages.append import stage_append  # noqa: E402
 from stages.cli import stage_cli  # noqa: E402
-from stages.corpus import stage_corpus  # noqa: E402
+from stages.corpus import kept_corpus, stage_corpus  # noqa: E402
 from stages.embed import stage_embed  # noqa: E402
 from stages.ingest import stage_ingest  # noqa: E402
 from stages.mem0 import stage_mem0  # noqa: E402
@@ -103,8 +103,16 @@ def main(argv: list[str] | None = None) -> int:
         help=f"comma-separated stages to run, the others skipped (of {','.join(STAGES)})",
     )
     parser.add_argument("--keep", type=Path, default=None, help="keep the corpus data dir here")
+    parser.add_argument(
+        "--reuse-corpus",
+        action="store_true",
+        help="with --keep DIR: when DIR holds a complete corpus of this scale and embedder "
+        "(from an earlier --keep run), time the reads on it instead of building it again",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
+    if args.reuse_corpus and args.keep is None:
+        parser.error("--reuse-corpus needs --keep DIR (where the corpus was kept)")
     args.scale = args.scale or (2000 if args.quick else 100_000)
     args.queries = args.queries or (40 if args.quick else 200)
     args.seq_adds = args.seq_adds or (50 if args.quick else 200)
@@ -171,7 +179,14 @@ def main(argv: list[str] | None = None) -> int:
             broker = None
         if "embed" not in skip and "ingest" not in skip:
             run.stage("embed-again", lambda: stage_embed(run, embedder, wl))
-        if "corpus" not in skip or not {"search", "rest", "mem0"} <= skip:
+        reused = kept_corpus(data_dir, args.scale, args.embedder) if args.reuse_corpus else None
+        if reused is not None:
+            say(f"reusing the corpus in {data_dir} (built {reused.get('built', '?')})")
+            run.notes.append(
+                f"corpus reused from {data_dir}: bulk_project_eps and replay_eps are not "
+                f"measured in this run (the build's: {reused})"
+            )
+        elif "corpus" not in skip or not {"search", "rest", "mem0"} <= skip:
             run.stage("corpus", lambda: stage_corpus(run, wl, data_dir))
         if "search" not in skip:
             run.stage("search", lambda: stage_search(run, wl, data_dir))

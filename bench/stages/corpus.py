@@ -4,6 +4,7 @@ and replay (warm cache).
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -11,6 +12,21 @@ from harness import Run, corpus_messages, on_batches, rate, say, settings_for
 from workload import Workload
 
 from memstream.service import Memstream
+
+MARK = ".bench-corpus.json"
+"""Written into a corpus data dir once it is complete, so `--keep DIR --reuse-corpus` can
+time reads on it again (e.g. on a quieter machine) without rebuilding it."""
+
+
+def kept_corpus(data_dir: Path, scale: int, embedder: str) -> dict[str, object] | None:
+    """The mark of a complete corpus of this scale and embedder in `data_dir`, or None."""
+    try:
+        mark = json.loads((data_dir / MARK).read_text())
+    except (OSError, ValueError):
+        return None
+    if mark.get("events") != scale or mark.get("embedder") != embedder:
+        return None
+    return dict(mark)
 
 
 # -- 4. corpus: bulk projection and replay ---------------------------------------------------
@@ -64,3 +80,13 @@ async def stage_corpus(run: Run, wl: Workload, data_dir: Path) -> None:
         "scalar indexes + compaction (Projector.replay, maintain(force=True))",
     }
     say(f"replay_eps {run.result['replay_eps']:,} ({replayed:,} events in {replay_s:.1f}s)")
+    (data_dir / MARK).write_text(
+        json.dumps(
+            {
+                "events": len(corpus),
+                "embedder": a.embedder,
+                "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                **run.details["corpus"],
+            }
+        )
+    )
