@@ -171,6 +171,8 @@ class Projector:
         # failed flush, another process's half batch) decides events again, counted once
         self._counted: tuple[Path | None, Offsets] = (None, {})
         self._bulk = False  # a catch_up with a large backlog is under way (see catch_up)
+        self._bulk_callers = 0  # how many (concurrent) catch_ups are bulk
+        self._live_batch_size = batch_size  # batch_size outside bulk catch-ups
 
     # -- generations ---------------------------------------------------------------------
     def generation(self) -> Generation:
@@ -602,15 +604,19 @@ class Projector:
         required = {p: o for p, o in end.items() if o > 0}
         backlog = sum(max(0, o - self.checkpoint.get(p, 0)) for p, o in required.items())
         bulk = not self._background and backlog >= BULK_BACKLOG and columnar.enabled()
-        size = self.batch_size
         if bulk:  # a cold start or a long pause: batches as a replay's (see `step`)
-            self._bulk, self.batch_size = True, max(size, REPLAY_BATCH)
+            if not self._bulk_callers:  # the first of concurrent bulk catch-ups
+                self._live_batch_size = self.batch_size
+            self._bulk_callers += 1
+            self._bulk, self.batch_size = True, max(self._live_batch_size, REPLAY_BATCH)
         try:
             with _fewer_collections() if bulk else contextlib.nullcontext():
                 await self._wait_until(required, timeout_s)
         finally:
             if bulk:
-                self._bulk, self.batch_size = False, size
+                self._bulk_callers -= 1
+                if not self._bulk_callers:  # the last one puts the live batch size back
+                    self._bulk, self.batch_size = False, self._live_batch_size
         if flush:
             await self.flush_tier()
         return self.checkpoint

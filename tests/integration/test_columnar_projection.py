@@ -218,3 +218,32 @@ def test_runs_of_new_memories_take_the_column_wise_path(
             assert len(memories) == 6 and len(events) == 7
 
     asyncio.run(body())
+
+
+def test_concurrent_bulk_catch_ups_put_the_live_batch_size_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two bulk catch-ups at once (e.g. two readers of a CLI process after a pause): the one
+    that ends last must not leave the replay-sized batches behind for the live path."""
+    monkeypatch.setattr(projector_module, "BULK_BACKLOG", 1)
+    specs = [("add", "ann", None, t % 4, False, "new") for t in range(6)]
+
+    async def body() -> None:
+        async with Memstream(Settings(data_dir=tmp_path / "data", embedder="hashing")) as ms:
+            live = ms.projector.batch_size
+            await ms.log.append(await messages(ms, specs, []))
+            seen: list[int] = []
+            wait = ms.projector._wait_until
+
+            async def watching(*args: Any, **kwargs: Any) -> None:
+                seen.append(ms.projector.batch_size)
+                await asyncio.sleep(0)  # let the other catch_up start while this one waits
+                await wait(*args, **kwargs)
+
+            monkeypatch.setattr(ms.projector, "_wait_until", watching)
+            await asyncio.gather(ms.projector.catch_up(), ms.projector.catch_up())
+            assert seen == [projector_module.REPLAY_BATCH] * 2  # both were bulk
+            assert ms.projector.batch_size == live
+            assert not ms.projector._bulk
+
+    asyncio.run(body())
