@@ -25,6 +25,7 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -64,7 +65,15 @@ def rewrite_sorted(table: Any, chunk_rows: int = CHUNK_ROWS) -> bool:
     same rows in scope order; False if it was empty or already in order. Indexes do not
     survive the rewrite: the caller builds them afterwards (`Generation.ensure_indexes`).
     Only for a table nobody writes meanwhile (the projector's lock, an unpromoted
-    generation): rows written by others during the rewrite would be lost."""
+    generation): rows written by others during the rewrite would be lost.
+
+    The order is computed from the key columns alone; the rows are then fetched by
+    position a chunk at a time (each chunk's positions in file order, which Lance reads
+    best) and put in scope order in memory, so memory stays bounded by a chunk whatever
+    the table's size. Measured on a 1M-memory table of 384 dims (123 fragments, load ~7,
+    same copy each time): 15.8 s and 1.8 GB peak RSS, against 37.2 s and 4.5 GB when the
+    whole table was read and sorted in memory (its first `take` alone cost 4.4 s and 1.4 GB:
+    the table's many chunks gathered); at 100k the two were even (1.7-2.3 s)."""
     import lance
 
     if table is None or not enabled():
@@ -73,18 +82,18 @@ def rewrite_sorted(table: Any, chunk_rows: int = CHUNK_ROWS) -> bool:
     if ds.count_rows() == 0:
         return False
     schema = ds.schema
-    # read in order (sequential, ~10x cheaper than fetching rows by id in scope order),
-    # sorted in memory: the table's size (~1.6 KB a memory with 384-dim vectors) plus a chunk
-    whole = ds.to_table(columns=schema.names)
-    order = pc.sort_indices(
-        whole.select(list(SORT_KEY)), sort_keys=[(c, "ascending", "at_end") for c in SORT_KEY]
-    )
+    keys = ds.to_table(columns=list(SORT_KEY))
+    order = pc.sort_indices(keys, sort_keys=[(c, "ascending", "at_end") for c in SORT_KEY])
+    del keys
     if pc.all(pc.equal(order, pa.array(range(len(order)), pa.uint64()))).as_py():
         return False
 
     def batches() -> Iterator[pa.RecordBatch]:
         for start in range(0, len(order), chunk_rows):
-            yield from whole.take(order[start : start + chunk_rows]).cast(schema).to_batches()
+            wanted = order[start : start + chunk_rows].to_numpy()
+            positions = np.sort(wanted)
+            fetched = ds.take(positions, columns=schema.names)
+            yield from fetched.take(np.searchsorted(positions, wanted)).cast(schema).to_batches()
 
     reader = pa.RecordBatchReader.from_batches(schema, batches())
     lance.write_dataset(
