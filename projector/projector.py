@@ -1101,6 +1101,19 @@ class Projector:
                 table, first_index(table), keep=cleanup, unread=unverified, full=forced
             )
 
+    def _maintain_cache(self) -> None:
+        """Compact and index the embedding cache if it is due (see compaction.due): a bulk
+        catch-up leaves its last rows unindexed, and at 1M keys that made each 10,000-key
+        lookup of a replay ~3x slower (1.56 s vs 0.5 s; ~100 s over a 1M replay)."""
+        table = self.cache.table()
+        if table is None:
+            return
+        self.cache.flush()
+        self.cache.ensure_index()
+        index = first_index(table)
+        if compaction.due(table, index):
+            compaction.compact(table, index, keep=self.keep_versions, unread=False)
+
     def _scrub(self, gen: Generation, state: BatchState) -> None:
         """Apply the batch's erasures to the tables it wrote (after `_write`, before the
         checkpoint, so a crash re-applies them), and make them physical."""
@@ -1251,6 +1264,8 @@ class Projector:
     ) -> None:
         """Apply the log from offset 0 to `to` (or its end) into `new`, then promote it (or
         hand it to `finish`, under the flock)."""
+        async with self._flock():  # the replay looks up every text's vector in the cache
+            await asyncio.to_thread(self._maintain_cache)
         reader = await self.log.reader({})
         try:
             target = dict(to) if to is not None else end

@@ -78,3 +78,20 @@ def test_on_lancedb_the_big_fragment_is_left_alone_and_every_row_survives(
     assert table.search().where("id = 'new77'").limit(None).to_arrow().num_rows == 1
     stats = table.to_lance().stats.index_stats("id_idx")
     assert stats["num_unindexed_rows"] == 0
+
+
+def test_many_unindexed_rows_in_few_large_fragments_make_a_table_due(tmp_path: Path) -> None:
+    """Large appends (a bulk catch-up's) are no small fragments, but every indexed lookup
+    scans the rows past the index: enough of them make the table due, and compacting
+    indexes them."""
+    db = lancedb.connect(tmp_path, read_consistency_interval=dt.timedelta(0))
+    table = db.create_table("t", data=pa.table({"id": [f"base{i}" for i in range(1_000)]}))
+    table.create_index("id", config=BTree())
+    per = compaction.UNINDEXED_ROWS // 2
+    table.add(pa.table({"id": [f"a{i}" for i in range(per)]}))
+    assert not compaction.due(table, first_index(table))  # one large fragment, few rows
+    table.add(pa.table({"id": [f"b{i}" for i in range(per)]}))
+    assert compaction.due(table, first_index(table))
+    compaction.compact(table, first_index(table), keep=dt.timedelta(0), unread=True)
+    assert not compaction.due(table, first_index(table))
+    assert table.to_lance().stats.index_stats("id_idx")["num_unindexed_rows"] == 0
