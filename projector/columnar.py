@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -191,6 +192,29 @@ def split(
     return events, slow_at, new
 
 
+_PLAIN = re.compile(r"[0-9A-Za-z:.+\- _]*")
+"""Characters json.dumps writes as they are (no quote, backslash, control or non-ASCII)."""
+
+
+def add_payload(expiration_date: Any, immutable: Any, digest: Any) -> str:
+    """json.dumps({"expiration_date": .., "immutable": .., "hash": ..}), byte for byte, for
+    the common values without the encoder (~13 us a record under load, 10% of a replay's
+    apply: tests/unit/test_columnar_payload.py holds the two equal)."""
+    if (
+        type(immutable) is bool
+        and type(digest) is str
+        and _PLAIN.fullmatch(digest)
+        and (
+            expiration_date is None
+            or (type(expiration_date) is str and _PLAIN.fullmatch(expiration_date))
+        )
+    ):
+        exp = "null" if expiration_date is None else f'"{expiration_date}"'
+        flag = "true" if immutable else "false"
+        return f'{{"expiration_date": {exp}, "immutable": {flag}, "hash": "{digest}"}}'
+    return json.dumps({"expiration_date": expiration_date, "immutable": immutable, "hash": digest})
+
+
 def audit_table(new: NewMemories) -> pa.Table:
     """The events-table rows of the new memories: what `apply_event` writes for an ADD."""
     recs, pos = new.records, new.positions
@@ -221,16 +245,7 @@ def audit_table(new: NewMemories) -> pa.Table:
         "reason": [None] * n,
         "outcome": ["ADD"] * n,
         "resolved_memory_id": [None] * n,
-        "payload": [
-            json.dumps(
-                {
-                    "expiration_date": r["expiration_date"],
-                    "immutable": r["immutable"],
-                    "hash": r["hash"],
-                }
-            )  # fmt: skip
-            for r in recs
-        ],
+        "payload": [add_payload(r["expiration_date"], r["immutable"], r["hash"]) for r in recs],
         "key_id": [r["key_id"] for r in recs],
     }
     return pa.Table.from_arrays(
