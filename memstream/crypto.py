@@ -9,7 +9,6 @@ once the key is destroyed the HMAC says nothing at all.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import os
 from functools import lru_cache
@@ -51,7 +50,9 @@ def unseal(key: SubjectKey, event_id: str, blob: bytes) -> bytes:
 
 
 def keyed_hash(key: SubjectKey, text: str) -> str:
-    return hmac.new(key.secret, text.encode("utf-8"), hashlib.sha256).hexdigest()
+    # hmac.digest is OpenSSL's one-shot HMAC: the same value as hmac.new(...).hexdigest()
+    # without building an HMAC object per call (~1 us less, twice per add)
+    return hmac.digest(key.secret, text.encode("utf-8"), "sha256").hex()
 
 
 def forget(secret: bytes) -> None:

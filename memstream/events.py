@@ -12,8 +12,8 @@ import dataclasses
 import datetime as dt
 import hashlib
 import json
+import os
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -34,8 +34,17 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
+# uuid4's version (4) and variant (RFC 4122) bits, as uuid.UUID(version=4) sets them
+_UUID4_CLEAR = ~((0xF000 << 64) | (0xC000 << 48))
+_UUID4_SET = (0x4000 << 64) | (0x8000 << 48)
+
+
 def new_id() -> str:
-    return str(uuid.uuid4())
+    """A random (version 4) UUID string, as `str(uuid.uuid4())` gives it: the same 122
+    random bits from os.urandom, formatted without building a UUID object (~1.5 us less;
+    three of these per add)."""
+    h = (int.from_bytes(os.urandom(16)) & _UUID4_CLEAR | _UUID4_SET).to_bytes(16).hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def text_hash(text: str) -> str:
