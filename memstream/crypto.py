@@ -9,9 +9,10 @@ once the key is destroyed the HMAC says nothing at all.
 
 from __future__ import annotations
 
-import hmac
+import hashlib
 import os
 from functools import lru_cache
+from typing import Any
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -49,14 +50,40 @@ def unseal(key: SubjectKey, event_id: str, blob: bytes) -> bytes:
         ) from exc
 
 
+_BLOCK = 64  # SHA-256's block size
+
+
+@lru_cache(maxsize=4096)
+def _hmac_states(secret: bytes) -> tuple[Any, Any]:
+    """HMAC-SHA256's inner and outer hash states for `secret` (RFC 2104: the key padded to
+    a block, XORed with 0x36 / 0x5C, hashed), computed once per key."""
+    if len(secret) > _BLOCK:
+        secret = hashlib.sha256(secret).digest()
+    padded = secret.ljust(_BLOCK, b"\0")
+    inner = hashlib.sha256(padded.translate(_IPAD))
+    outer = hashlib.sha256(padded.translate(_OPAD))
+    return inner, outer
+
+
+_IPAD = bytes(b ^ 0x36 for b in range(256))
+_OPAD = bytes(b ^ 0x5C for b in range(256))
+
+
 def keyed_hash(key: SubjectKey, text: str) -> str:
-    # hmac.digest is OpenSSL's one-shot HMAC: the same value as hmac.new(...).hexdigest()
-    # without building an HMAC object per call (~1 us less, twice per add)
-    return hmac.digest(key.secret, text.encode("utf-8"), "sha256").hex()
+    """HMAC-SHA256 of the text under the key, hex: `hmac.new(secret, text, sha256)`'s
+    value, from the key's cached inner/outer states (two hash copies instead of setting up
+    an HMAC per call: ~1 us instead of ~2.3, twice per add)."""
+    inner, outer = _hmac_states(key.secret)
+    h = inner.copy()
+    h.update(text.encode("utf-8"))
+    o = outer.copy()
+    o.update(h.digest())
+    return o.hexdigest()
 
 
 def forget(secret: bytes) -> None:
     """Drop a destroyed key's cipher from the cache (the bytes object itself is immutable;
     what we can do is stop holding it)."""
     _cipher.cache_clear()
+    _hmac_states.cache_clear()
     del secret
