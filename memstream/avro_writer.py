@@ -6,7 +6,7 @@ resolved by validating the value against each branch, a BytesIO); at ~20 us a Me
 that was the largest single cost of an add before the append (bench/README.md, round 7).
 `compile_writer` turns one parsed schema into the source of one Python function that
 writes exactly that record: fields in order, each union of `null` and one type settled by
-an `is None`, lengths of short strings from a table.
+an `is None`, lengths below 4096 from a table.
 
 It handles only the values memstream's records hold, by exact type: str, int (in the
 type's range), bool, float, bytes, list, dict, None. Anything else -- a UUID or datetime
@@ -32,8 +32,6 @@ RecordWriter = Callable[[dict[str, Any]], bytes]
 
 _LONG_MIN, _LONG_MAX = -(1 << 63), (1 << 63) - 1
 _INT_MIN, _INT_MAX = -(1 << 31), (1 << 31) - 1
-# the varint of a zigzagged length n < 64, i.e. the byte 2n: most strings here are short
-_SHORT = tuple(bytes([2 * n]) for n in range(64))
 _ONE_BYTE = tuple(bytes([n]) for n in range(128))
 
 
@@ -56,6 +54,11 @@ def zigzag(n: int) -> bytes:
         z >>= 7
     out.append(z)
     return bytes(out)
+
+
+# the encoded length n for n < 4096 (one or two bytes): hashes are 64 hex characters,
+# sealed payloads a few hundred bytes
+_LENGTHS = tuple(zigzag(n) for n in range(4096))
 
 
 class _Compiler:
@@ -140,7 +143,7 @@ class _Compiler:
     def length(self, expr: str, indent: int) -> None:
         n = self.var()
         self.emit(indent, f"{n} = {expr}")
-        self.emit(indent, f"a(_SHORT[{n}] if {n} < 64 else zigzag({n}))")
+        self.emit(indent, f"a(_LENGTHS[{n}] if {n} < 4096 else zigzag({n}))")
 
     def union(self, branches: list[Any], v: str, indent: int) -> None:
         """Only `[null, T]` / `[T, null]` (what memstream's schemas use)."""
@@ -208,7 +211,7 @@ def compile_writer(parsed: Any, named: dict[str, Any]) -> RecordWriter | None:
     )
     scope: dict[str, Any] = {
         "_Fallback": _Fallback,
-        "_SHORT": _SHORT,
+        "_LENGTHS": _LENGTHS,
         "zigzag": zigzag,
         **compiler.constants,
     }

@@ -45,6 +45,9 @@ from memstream.query.retention import check_policy, parse_ttl
 from memstream.scope import ENTITY_FIELDS, Scope, normalise_id
 from memstream.settings import Limits
 
+# one encoder for every add's source hash: json.dumps with options builds one per call
+_SOURCE_JSON = json.JSONEncoder(sort_keys=True, default=str)
+
 
 class _Producer:
     """Append events and, unless told not to, wait until the projector has applied them."""
@@ -165,7 +168,7 @@ class MemoryWriter(_Producer):
             return previous
         key = await self._key(scope)
         assert key is not None  # Scope.of requires an entity
-        source = json.dumps(messages, sort_keys=True, default=str)
+        source = _SOURCE_JSON.encode(messages)  # json.dumps(sort_keys=True, default=str)
         events: list[Event] = [
             MemoryAdded(
                 scope=scope, memory_id=new_id(), actor=actor or Actor(), request_id=rid,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import os
 import re
 import uuid
@@ -19,7 +20,7 @@ from memstream.errors import ValidationError
 from memstream.events import new_id
 from memstream.keystore.base import Subject, SubjectKey
 from memstream.metrics import EVENTS_APPENDED, count_appended
-from memstream.scope import MAX_ID_LENGTH, normalise_id
+from memstream.scope import MAX_ID_LENGTH, Scope, normalise_id
 
 UUID4 = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
 
@@ -106,3 +107,19 @@ def test_os_urandom_is_what_ids_draw_from(monkeypatch: pytest.MonkeyPatch) -> No
     """Ids come from the OS's CSPRNG (fork-safe, no pool to share with a child)."""
     monkeypatch.setattr(os, "urandom", lambda n: b"\xff" * n)
     assert new_id() == "ffffffff-ffff-4fff-bfff-ffffffffffff"
+
+
+@given(st.dictionaries(st.text(max_size=5), st.text(max_size=5) | st.integers()) | st.text())
+def test_the_source_encoder_is_json_dumps(messages: Any) -> None:
+    from memstream.producers.writer import _SOURCE_JSON
+
+    assert _SOURCE_JSON.encode(messages) == json.dumps(messages, sort_keys=True, default=str)
+
+
+@given(st.lists(st.none() | st.text(min_size=1, max_size=8), min_size=4, max_size=4))
+def test_scope_key_is_unchanged(ids: list[str | None]) -> None:
+    scope = Scope("org-é", "p", *ids)
+    old = json.dumps(["org-é", "p", *ids], separators=(",", ":"), ensure_ascii=False).encode()
+    assert scope.key() == old
+    assert Scope.from_key(scope.key()) == scope
+    assert scope.has_entity() == any(i is not None for i in ids)

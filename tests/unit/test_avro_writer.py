@@ -29,7 +29,8 @@ NAMED: dict[str, Any] = {name: entry.parsed for name, entry in REGISTRY.current.
 
 LONG = st.integers(-(1 << 63), (1 << 63) - 1)
 INT = st.integers(-(1 << 31), (1 << 31) - 1)
-TEXT = st.text(max_size=80) | st.text(min_size=60, max_size=300)  # across the 64-byte table
+# lengths on both sides of the writer's 4096-entry length table
+TEXT = st.text(max_size=80) | st.text(min_size=1400, max_size=2100)
 
 
 def fastavro_body(name: str, record: dict[str, Any]) -> bytes:
@@ -82,7 +83,7 @@ def values(schema: Any, odd: bool) -> st.SearchStrategy[Any]:
         "float": st.floats(width=32, allow_nan=False),
         "double": st.floats(allow_nan=False),
         "string": TEXT,
-        "bytes": st.binary(max_size=300),
+        "bytes": st.binary(max_size=300) | st.binary(min_size=4090, max_size=4100),
     }[schema]
 
 
