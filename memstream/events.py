@@ -391,15 +391,30 @@ def from_record(event_type: str, record: dict[str, Any]) -> Event:
 def encode_event(event: Event, key: SubjectKey | None = None) -> bytes:
     """The Avro message; with `key`, the event's SEALED fields are encrypted under it."""
     record = to_record(event)
-    if key is not None and event.SEALED:
-        secret = {name: record[name] for name in event.SEALED}
-        for name in event.SEALED:
-            record[name] = None if event.event_type in _MAY_BE_NONE else _PLACEHOLDER[name]
+    name, placeholders = _sealing_plan(type(event))
+    if key is not None and placeholders:
+        secret = {field: record[field] for field in placeholders}
+        record.update(placeholders)
         record["key_id"] = key.key_id
         record["sealed"] = crypto.seal(key, event.event_id, json.dumps(secret).encode())
     else:
         record["key_id"] = None
-    return codec().encode(f"memstream.{event.event_type}", record)
+    return AvroCodec.encode_with(codec().registry.current[name], record)
+
+
+_SEALING_PLANS: dict[type, tuple[str, dict[str, Any]]] = {}
+
+
+def _sealing_plan(cls: type[Event]) -> tuple[str, dict[str, Any]]:
+    """Per event class, once: its record name and what its SEALED fields hold in a sealed
+    message (None where the schema allows it, else the placeholder; the empty list is
+    shared by every record, as `_PLACEHOLDER`'s always was: nothing writes to it)."""
+    plan = _SEALING_PLANS.get(cls)
+    if plan is None:
+        may_be_none = cls.event_type in _MAY_BE_NONE
+        placeholders = {f: None if may_be_none else _PLACEHOLDER[f] for f in cls.SEALED}
+        plan = _SEALING_PLANS[cls] = (f"memstream.{cls.event_type}", placeholders)
+    return plan
 
 
 def decode_event(data: bytes, keys: KeyLookup | None = None) -> Event:

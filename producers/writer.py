@@ -164,7 +164,7 @@ class MemoryWriter(_Producer):
         )  # fmt: skip
         scope, texts, meta, cats = req.scope, req.messages, req.metadata, req.categories
         expires, rid = req.expiration_date, req.request_id
-        if (previous := await self._replayed(tenant, rid)) is not None:
+        if rid is not None and (previous := await self._replayed(tenant, rid)) is not None:
             return previous
         key = await self._key(scope)
         assert key is not None  # Scope.of requires an entity
