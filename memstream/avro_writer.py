@@ -83,7 +83,7 @@ class _Compiler:
         self.lines.append("    " * indent + line)
 
     def value(self, schema: Any, v: str, indent: int) -> None:
-        """Statements that append the encoding of the value in local `v` to `a`."""
+        """Statements that append the encoding of the value in local `v` to the bytearray `out`."""
         if isinstance(schema, str) and schema in self.named:
             schema = self.named[schema]
         if isinstance(schema, list):
@@ -116,34 +116,34 @@ class _Compiler:
         if kind == "null":
             e(indent, f"if {v} is not None: raise _Fallback")
         elif kind == "boolean":
-            e(indent, f"if {v} is True: a(b'\\x01')")
-            e(indent, f"elif {v} is False: a(b'\\x00')")
+            e(indent, f"if {v} is True: out += b'\\x01'")
+            e(indent, f"elif {v} is False: out += b'\\x00'")
             e(indent, "else: raise _Fallback")
         elif kind in ("int", "long"):
             lo, hi = (_INT_MIN, _INT_MAX) if kind == "int" else (_LONG_MIN, _LONG_MAX)
             e(indent, f"if {v}.__class__ is not int or not {lo} <= {v} <= {hi}: raise _Fallback")
-            e(indent, f"a(zigzag({v}))")
+            e(indent, f"out += zigzag({v})")
         elif kind in ("float", "double"):
             fmt = self.const(struct.Struct("<f" if kind == "float" else "<d").pack)
             e(indent, f"if {v}.__class__ is not float: raise _Fallback")
-            e(indent, f"a({fmt}({v}))")
+            e(indent, f"out += {fmt}({v})")
         elif kind == "string":
             e(indent, f"if {v}.__class__ is not str: raise _Fallback")
             b = self.var()
             e(indent, f"{b} = {v}.encode()")
             self.length(f"len({b})", indent)
-            e(indent, f"a({b})")
+            e(indent, f"out += {b}")
         elif kind == "bytes":
             e(indent, f"if {v}.__class__ is not bytes: raise _Fallback")
             self.length(f"len({v})", indent)
-            e(indent, f"a({v})")
+            e(indent, f"out += {v}")
         else:
             raise _Unsupported(f"type {kind!r}")
 
     def length(self, expr: str, indent: int) -> None:
         n = self.var()
         self.emit(indent, f"{n} = {expr}")
-        self.emit(indent, f"a(_LENGTHS[{n}] if {n} < 4096 else zigzag({n}))")
+        self.emit(indent, f"out += _LENGTHS[{n}] if {n} < 4096 else zigzag({n})")
 
     def union(self, branches: list[Any], v: str, indent: int) -> None:
         """Only `[null, T]` / `[T, null]` (what memstream's schemas use)."""
@@ -152,29 +152,29 @@ class _Compiler:
         null_index = branches.index("null")
         other = branches[1 - null_index]
         self.emit(indent, f"if {v} is None:")
-        self.emit(indent + 1, f"a({self.const(zigzag(null_index))})")
+        self.emit(indent + 1, f"out += {self.const(zigzag(null_index))}")
         self.emit(indent, "else:")
-        self.emit(indent + 1, f"a({self.const(zigzag(1 - null_index))})")
+        self.emit(indent + 1, f"out += {self.const(zigzag(1 - null_index))}")
         self.value(other, v, indent + 1)
 
     def array(self, schema: dict[str, Any], v: str, indent: int) -> None:
         item = self.var()
         self.emit(indent, f"if {v}.__class__ is not list: raise _Fallback")
         self.emit(indent, f"if {v}:")
-        self.emit(indent + 1, f"a(zigzag(len({v})))")
+        self.emit(indent + 1, f"out += zigzag(len({v}))")
         self.emit(indent + 1, f"for {item} in {v}:")
         self.value(schema["items"], item, indent + 2)
-        self.emit(indent, "a(b'\\x00')")
+        self.emit(indent, "out += b'\\x00'")
 
     def map(self, schema: dict[str, Any], v: str, indent: int) -> None:
         key, item = self.var(), self.var()
         self.emit(indent, f"if {v}.__class__ is not dict: raise _Fallback")
         self.emit(indent, f"if {v}:")
-        self.emit(indent + 1, f"a(zigzag(len({v})))")
+        self.emit(indent + 1, f"out += zigzag(len({v}))")
         self.emit(indent + 1, f"for {key}, {item} in {v}.items():")
         self.primitive("string", key, indent + 2)
         self.value(schema["values"], item, indent + 2)
-        self.emit(indent, "a(b'\\x00')")
+        self.emit(indent, "out += b'\\x00'")
 
     def record(self, schema: dict[str, Any], v: str, indent: int) -> None:
         self.emit(indent, f"if {v}.__class__ is not dict: raise _Fallback")
@@ -205,9 +205,9 @@ def compile_writer(parsed: Any, named: dict[str, Any]) -> RecordWriter | None:
     except _Unsupported:
         return None
     source = "\n".join(
-        ["def write(record):", "    parts = []", "    a = parts.append"]
+        ["def write(record):", "    out = bytearray()"]
         + compiler.lines
-        + ["    return b''.join(parts)"]
+        + ["    return bytes(out)"]
     )
     scope: dict[str, Any] = {
         "_Fallback": _Fallback,
