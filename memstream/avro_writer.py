@@ -205,9 +205,7 @@ def compile_writer(parsed: Any, named: dict[str, Any]) -> RecordWriter | None:
     except _Unsupported:
         return None
     source = "\n".join(
-        ["def write(record):", "    out = bytearray()"]
-        + compiler.lines
-        + ["    return bytes(out)"]
+        ["def write(record):", "    out = bytearray()"] + compiler.lines + ["    return bytes(out)"]
     )
     scope: dict[str, Any] = {
         "_Fallback": _Fallback,
