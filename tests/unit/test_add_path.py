@@ -3,12 +3,14 @@ uuid4's format, the same keyed hash, the same id validation (bench/README.md, ro
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
 import os
 import re
 import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,10 +19,12 @@ from hypothesis import strategies as st
 
 from memstream.crypto import keyed_hash
 from memstream.errors import ValidationError
-from memstream.events import new_id
+from memstream.events import MemoryAdded, decode_event, new_id
 from memstream.keystore.base import Subject, SubjectKey
 from memstream.metrics import EVENTS_APPENDED, count_appended
 from memstream.scope import MAX_ID_LENGTH, Scope, normalise_id
+from memstream.service import Memstream
+from memstream.settings import Settings
 
 UUID4 = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
 
@@ -123,3 +127,42 @@ def test_scope_key_is_unchanged(ids: list[str | None]) -> None:
     assert scope.key() == old
     assert Scope.from_key(scope.key()) == scope
     assert scope.has_entity() == any(i is not None for i in ids)
+
+
+def test_an_adds_hash_and_sealed_text_are_under_one_key(tmp_path: Path) -> None:
+    """The texts are hashed and sealed under the key of one look-up: were each look-up to
+    answer a different key (as if it raced a re-keying), the hash would still be the HMAC
+    under the key the text is sealed with."""
+
+    async def body() -> None:
+        async with Memstream(Settings(data_dir=tmp_path, embedder="hashing")) as ms:
+            store = ms.projector.keys
+            real = store.key_for
+            handed: dict[str, SubjectKey] = {}
+
+            async def a_new_key_each_time(subject: Subject) -> SubjectKey:
+                k = await real(subject)
+                fresh = SubjectKey(new_id(), subject, os.urandom(32), k.created_at)
+                handed[fresh.key_id] = fresh
+                return fresh
+
+            written: list[tuple[bytes, bytes]] = []
+            append = ms.log.append
+
+            async def recording(messages: Any) -> Any:
+                written.extend(messages)
+                return await append(messages)
+
+            store.key_for = a_new_key_each_time  # type: ignore[method-assign]
+            ms.log.append = recording  # type: ignore[method-assign]
+            await ms.add([{"role": "user", "content": "likes tea"},
+                          {"role": "user", "content": "lives in Lisbon"}],
+                         user_id="alice", wait=False)  # fmt: skip
+            assert len(written) == 2
+            for _, value in written:
+                event = decode_event(value, lambda subject, key_id: handed.get(key_id))
+                assert isinstance(event, MemoryAdded) and not event.erased
+                assert event.key_id is not None
+                assert event.hash == keyed_hash(handed[event.key_id], event.text)
+
+    asyncio.run(body())
