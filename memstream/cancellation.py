@@ -126,15 +126,17 @@ def check() -> None:
         raise RequestCancelled()
 
 
-@contextlib.contextmanager
-def committing() -> Iterator[None]:
-    """The block changes shared state: a disconnect from here on does not stop the request."""
+def committing() -> contextlib.AbstractContextManager[None]:
+    """The block changes shared state: a disconnect from here on does not stop the request.
+    Outside a request (no token: the bench, the CLI, a library caller) a shared no-op
+    context, not a generator-based one per write (~1.5 us an append)."""
     token = _CURRENT.get()
     if token is None:
-        yield
-        return
-    with token.committing():
-        yield
+        return _NOTHING
+    return token.committing()
+
+
+_NOTHING = contextlib.nullcontext()
 
 
 @contextlib.contextmanager

@@ -12,8 +12,9 @@ import dataclasses
 import datetime as dt
 import hashlib
 import json
+import operator
+import os
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -34,8 +35,17 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
+# uuid4's version (4) and variant (RFC 4122) bits, as uuid.UUID(version=4) sets them
+_UUID4_CLEAR = ~((0xF000 << 64) | (0xC000 << 48))
+_UUID4_SET = (0x4000 << 64) | (0x8000 << 48)
+
+
 def new_id() -> str:
-    return str(uuid.uuid4())
+    """A random (version 4) UUID string, as `str(uuid.uuid4())` gives it: the same 122
+    random bits from os.urandom, formatted without building a UUID object (~1.5 us less;
+    three of these per add)."""
+    h = (int.from_bytes(os.urandom(16)) & _UUID4_CLEAR | _UUID4_SET).to_bytes(16).hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def text_hash(text: str) -> str:
@@ -280,20 +290,23 @@ def codec() -> AvroCodec:
 
 
 def to_record(event: Event) -> dict[str, Any]:
-    record: dict[str, Any] = {}
-    for name in _field_names(type(event)):
-        if name in _NOT_IN_LOG:
-            continue
-        value = getattr(event, name)
+    """The event's Avro record: its fields in order (not `erased`), Scope and Actor as
+    dicts, tuples as lists."""
+    names, get, nested, tuples = _record_plan(type(event))
+    record = dict(zip(names, get(event), strict=True))
+    for name in nested:
+        value = record[name]
         if isinstance(value, Scope | Actor):
-            value = {f: getattr(value, f) for f in _field_names(type(value))}
-        elif isinstance(value, tuple):
-            value = list(value)
-        record[name] = value
+            record[name] = {f: getattr(value, f) for f in _field_names(type(value))}
+    for name in tuples:
+        value = record[name]
+        if isinstance(value, tuple):
+            record[name] = list(value)
     return record
 
 
 _FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+_RECORD_PLANS: dict[type, tuple[tuple[str, ...], Any, tuple[str, ...], tuple[str, ...]]] = {}
 
 
 def _field_names(cls: type) -> tuple[str, ...]:
@@ -302,6 +315,23 @@ def _field_names(cls: type) -> tuple[str, ...]:
     if names is None:
         names = _FIELD_NAMES[cls] = tuple(f.name for f in dataclasses.fields(cls))
     return names
+
+
+def _record_plan(
+    cls: type,
+) -> tuple[tuple[str, ...], Any, tuple[str, ...], tuple[str, ...]]:
+    """Per event class, once: the logged field names, one attrgetter fetching them all (a
+    single C call instead of a getattr and two isinstance checks per field), and which of
+    them may hold a Scope/Actor or a tuple, by their declared types."""
+    plan = _RECORD_PLANS.get(cls)
+    if plan is None:
+        hints = {f.name: str(f.type) for f in dataclasses.fields(cls)}
+        names = tuple(n for n in _field_names(cls) if n not in _NOT_IN_LOG)
+        nested = tuple(n for n in names if "Scope" in hints[n] or "Actor" in hints[n])
+        tuples = tuple(n for n in names if "tuple" in hints[n])
+        getter = operator.attrgetter(*names)
+        plan = _RECORD_PLANS[cls] = (names, getter, nested, tuples)
+    return plan
 
 
 def _identity(value: Any) -> Any:
@@ -361,15 +391,30 @@ def from_record(event_type: str, record: dict[str, Any]) -> Event:
 def encode_event(event: Event, key: SubjectKey | None = None) -> bytes:
     """The Avro message; with `key`, the event's SEALED fields are encrypted under it."""
     record = to_record(event)
-    if key is not None and event.SEALED:
-        secret = {name: record[name] for name in event.SEALED}
-        for name in event.SEALED:
-            record[name] = None if event.event_type in _MAY_BE_NONE else _PLACEHOLDER[name]
+    name, placeholders = _sealing_plan(type(event))
+    if key is not None and placeholders:
+        secret = {field: record[field] for field in placeholders}
+        record.update(placeholders)
         record["key_id"] = key.key_id
         record["sealed"] = crypto.seal(key, event.event_id, json.dumps(secret).encode())
     else:
         record["key_id"] = None
-    return codec().encode(f"memstream.{event.event_type}", record)
+    return AvroCodec.encode_with(codec().registry.current[name], record)
+
+
+_SEALING_PLANS: dict[type, tuple[str, dict[str, Any]]] = {}
+
+
+def _sealing_plan(cls: type[Event]) -> tuple[str, dict[str, Any]]:
+    """Per event class, once: its record name and what its SEALED fields hold in a sealed
+    message (None where the schema allows it, else the placeholder; the empty list is
+    shared by every record, as `_PLACEHOLDER`'s always was: nothing writes to it)."""
+    plan = _SEALING_PLANS.get(cls)
+    if plan is None:
+        may_be_none = cls.event_type in _MAY_BE_NONE
+        placeholders = {f: None if may_be_none else _PLACEHOLDER[f] for f in cls.SEALED}
+        plan = _SEALING_PLANS[cls] = (f"memstream.{cls.event_type}", placeholders)
+    return plan
 
 
 def decode_event(data: bytes, keys: KeyLookup | None = None) -> Event:

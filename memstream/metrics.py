@@ -118,7 +118,10 @@ def _child(counter: Counter | Histogram, cache: dict[str, Any], label: str) -> A
 
 
 def count_appended(event_types: Iterable[str]) -> None:
-    for kind, n in Tally(event_types).items():
+    counts: dict[str, int] = {}  # a plain dict: a Counter costs ~3 us to build, per add
+    for kind in event_types:
+        counts[kind] = counts.get(kind, 0) + 1
+    for kind, n in counts.items():
         _child(EVENTS_APPENDED, _appended, kind).inc(n)
 
 

@@ -45,6 +45,9 @@ from memstream.query.retention import check_policy, parse_ttl
 from memstream.scope import ENTITY_FIELDS, Scope, normalise_id
 from memstream.settings import Limits
 
+# one encoder for every add's source hash: json.dumps with options builds one per call
+_SOURCE_JSON = json.JSONEncoder(sort_keys=True, default=str)
+
 
 class _Producer:
     """Append events and, unless told not to, wait until the projector has applied them."""
@@ -67,13 +70,28 @@ class _Producer:
         return await self.projector.keys.key_for(subject) if subject is not None else None
 
     async def _append(
-        self, events: list[Event], wait: bool = True, phases: Phases | None = None
+        self,
+        events: list[Event],
+        wait: bool = True,
+        phases: Phases | None = None,
+        sealing: tuple[Scope, SubjectKey] | None = None,
     ) -> list[Position]:
         """Seal each event's data under its subject's key, append, and (by default) wait.
         A client that disconnects does not interrupt the append itself
-        (memstream.cancellation): the batch is in the log whole or not at all."""
+        (memstream.cancellation): the batch is in the log whole or not at all.
+        `sealing`: the key the caller just looked up for one scope (and hashed the texts
+        under) -- events of that scope are sealed under it instead of looking it up again,
+        so an event's hash and its sealed text are always under the same key."""
         self.projector.check_writable()  # a pinned projection (replay --to-position): 409
-        messages = [message_of(e, await self._key(e.scope) if e.SEALED else None) for e in events]
+        messages = []
+        for e in events:
+            key = None
+            if e.SEALED:
+                if sealing is not None and e.scope == sealing[0]:
+                    key = sealing[1]
+                else:
+                    key = await self._key(e.scope)
+            messages.append(message_of(e, key))
         if phases is not None:
             phases.mark("seal")
         with cancellation.committing():
@@ -146,11 +164,11 @@ class MemoryWriter(_Producer):
         )  # fmt: skip
         scope, texts, meta, cats = req.scope, req.messages, req.metadata, req.categories
         expires, rid = req.expiration_date, req.request_id
-        if (previous := await self._replayed(tenant, rid)) is not None:
+        if rid is not None and (previous := await self._replayed(tenant, rid)) is not None:
             return previous
         key = await self._key(scope)
         assert key is not None  # Scope.of requires an entity
-        source = json.dumps(messages, sort_keys=True, default=str)
+        source = _SOURCE_JSON.encode(messages)  # json.dumps(sort_keys=True, default=str)
         events: list[Event] = [
             MemoryAdded(
                 scope=scope, memory_id=new_id(), actor=actor or Actor(), request_id=rid,
@@ -160,7 +178,9 @@ class MemoryWriter(_Producer):
             )
             for t in texts
         ]  # fmt: skip
-        await self._append(events, wait)
+        # no await between the key's look-up and this append's sealing: the key is as fresh
+        # as a second look-up would be (KeyStore.key_for's contract) and costs no stat
+        await self._append(events, wait, sealing=(scope, key))
         if not wait:
             return [WriteResult(e.memory_id or "", "ADD", e.text, e.event_id, pending=True)
                     for e in events if isinstance(e, MemoryAdded)]  # fmt: skip

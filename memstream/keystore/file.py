@@ -100,6 +100,7 @@ class FileKeyStore(KeyStore):
     def __init__(self, directory: Path | str) -> None:
         self.directory = Path(directory)
         self._journal = self.directory / JOURNAL
+        self._journal_path = str(self._journal)  # os.stat on a str: no pathlib per write
         self._mutex = threading.Lock()  # guards the cache and the journal position
         self._cache: dict[str, SubjectKey | None] = {}  # digest -> live key, None = none
         self._journal_pos = 0  # bytes of ERASURES applied to the cache
@@ -164,7 +165,7 @@ class FileKeyStore(KeyStore):
     def _apply_journal(self) -> None:
         """Drop cached keys of subjects destroyed (by anyone) since the journal was last read."""
         try:
-            size = self._journal.stat().st_size
+            size = os.stat(self._journal_path).st_size
         except OSError as exc:
             raise self._error("read the erasure journal", exc) from exc
         with self._mutex:
