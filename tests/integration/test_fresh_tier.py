@@ -229,8 +229,8 @@ def _in_tier(ms: Memstream, events: list[Event]) -> bool:
     return all(e.event_id in held for e in events)
 
 
-async def run_ops(root: Path, ops: list[tuple[Any, ...]]) -> None:
-    settings_ = Settings(data_dir=root / "data", embedder="hashing", tier_rows=100_000,
+async def run_ops(root: Path, ops: list[tuple[Any, ...]], tier_rows: int = 100_000) -> None:
+    settings_ = Settings(data_dir=root / "data", embedder="hashing", tier_rows=tier_rows,
                          tier_age_s=3600.0)  # fmt: skip
     async with Memstream(settings_) as ms:
         ref = Projector(root / "ref", ms.log, ms.embedder, keys=ms.projector.keys, tier_rows=0)
@@ -307,6 +307,18 @@ def test_reads_over_tier_and_tables_equal_a_projection_without_tier(
 ) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         asyncio.run(run_ops(Path(tmp), ops))
+
+
+@settings(max_examples=20)
+@given(ops=st.lists(OP, min_size=1, max_size=18))
+def test_reads_equal_a_projection_without_tier_across_background_flushes(
+    ops: list[tuple[Any, ...]],
+) -> None:
+    """The same, with a tier due every 2 events: a due tier is frozen and written in the
+    background while the next batches are decided into a tier on top of it (every read
+    then merges tables + frozen tier + top tier), landing at a later step."""
+    with tempfile.TemporaryDirectory() as tmp:
+        asyncio.run(run_ops(Path(tmp), ops, tier_rows=2))
 
 
 # -- crash: a process killed with a non-empty tier loses nothing -----------------------------
@@ -457,5 +469,73 @@ def test_a_failed_flush_is_redone_from_the_log_once(settings: Settings, monkeypa
             assert sum(gen.checkpoint().values()) == len(ids)
             page = await ms.get_all({"user_id": "ann"}, page_size=100)
             assert sorted(m.id for m in page.results) == sorted(ids)
+
+    asyncio.run(go())
+
+
+# -- a due flush is written in the background (issue 16, section 4) ----------------------------
+
+
+def test_batches_are_applied_and_released_while_a_due_flush_is_held_up(
+    settings: Settings, monkeypatch: Any
+) -> None:
+    """A tier that became due is written while the writers of the batch that made it due
+    are released, and the next batches are decided, searchable and released before that
+    write is done -- deciding exactly as one tier would (an update of a frozen row, a
+    duplicate of a frozen row's text). The write is the real one, held at a gate."""
+    import threading
+
+    from memstream.projector import projector as projector_module
+
+    real = projector_module.write_rows
+    entered, gate, written = threading.Event(), threading.Event(), threading.Event()
+    calls = [0]
+
+    def held(*args: Any, **kwargs: Any) -> None:
+        calls[0] += 1
+        if calls[0] == 1:  # the first flush: held until the test opens the gate
+            entered.set()
+            gate.wait(timeout=30)  # (without the background write the add waits this long)
+        real(*args, **kwargs)
+        if calls[0] == 1:
+            written.set()
+
+    async def go() -> None:
+        tiered = dataclasses.replace(settings, tier_rows=2, tier_age_s=3600.0)
+        async with Memstream(tiered) as ms:
+            monkeypatch.setattr(projector_module, "write_rows", held)
+            try:
+                a = (await ms.add("likes tea", user_id="ann"))[0].id
+                b = (await ms.add("likes jazz", user_id="ann"))[0].id  # the tier is due
+                await asyncio.to_thread(entered.wait)
+                # the writer of the batch that made the tier due was released before the
+                # write of the tier was done
+                assert not written.is_set()
+                gen = ms.projector.generation()
+                assert sum(gen.checkpoint().values()) == 0  # nothing in the tables yet
+                c = (await ms.add("likes chess", user_id="ann"))[0].id
+                await ms.update(a, text="likes green tea")
+                again = await ms.add("likes jazz", user_id="ann")  # b's text: a duplicate
+                assert not written.is_set()  # all of it decided beside the held write
+                assert [r.event for r in again] != ["ADD"]
+                page = await ms.get_all({"user_id": "ann"}, page_size=100)
+                got = {m.id: m.memory for m in page.results}
+                assert got == {a: "likes green tea", b: "likes jazz", c: "likes chess"}
+                hits = await ms.search("likes chess", {"user_id": "ann"}, top_k=10)
+                assert sorted(m.id for m in hits) == sorted([a, b, c])
+            finally:
+                gate.set()
+            await ms.projector.flush_tier()
+            assert written.is_set()
+            gen = ms.projector.generation()
+            assert gen.memories().count_rows() == 3  # the update merged, nothing twice
+            rows = {r["id"]: r["text"] for r in gen.query_memories("true")}
+            assert rows == {a: "likes green tea", b: "likes jazz", c: "likes chess"}
+            events = gen.events().count_rows()
+            assert events == sum(gen.checkpoint().values())  # one audit row per event
+            assert not ms.projector.tier_view(gen)
+        async with Memstream(dataclasses.replace(settings, tier_rows=0)) as other:
+            page = await other.get_all({"user_id": "ann"}, page_size=100)
+            assert {m.id: m.memory for m in page.results} == got
 
     asyncio.run(go())
