@@ -484,7 +484,8 @@ class Projector:
         if covers(disk, target):  # the tables hold everything the tier did
             self._tier = FreshTier(gen.path, disk)
             return
-        erased = await asyncio.to_thread(_erased_since, gen, old.base)
+        floor = old.below.base if old.below is not None else old.base  # a failed write's
+        erased = await asyncio.to_thread(_erased_since, gen, floor)
         old.view = _unpassed(old.view, disk, target, erased)
         new = FreshTier(gen.path, disk)
         reader = await self.log.reader(disk)
