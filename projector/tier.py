@@ -20,7 +20,8 @@ What stays true:
 - Readers of other processes read the tables: they see the tier's events once it is
   flushed, or by applying the log themselves (a CLI command catches up before it reads,
   which moves the checkpoint; this process then rebuilds its tier on the new base, see
-  `Projector._rebuild_tier`). The tier never holds the cross-process lock between batches.
+  `Projector._rebuild_tier`). The tier never holds the cross-process lock between batches
+  (a frozen tier's background write holds it while it writes, as a synchronous flush did).
 - Every reader of earlier events' audit rows in this process sees the tier's too
   (`TierView.audits`, merged by event id: query/tiered.py `events_where`): history and
   explanations (query/explain.py), an async add's settlement and the owed-add scan

@@ -476,6 +476,22 @@ def test_a_failed_flush_is_redone_from_the_log_once(settings: Settings, monkeypa
 # -- a due flush is written in the background (issue 16, section 4) ----------------------------
 
 
+def _flock_free(data_dir: Path) -> bool:
+    """Whether another process could take the projector's lock now (a second descriptor of
+    the lock file, as another process would open it)."""
+    import fcntl
+    import os
+
+    fd = os.open(data_dir / "projector.lock", os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)  # (closing the descriptor releases a lock it took)
+    return True
+
+
 def test_batches_are_applied_and_released_while_a_due_flush_is_held_up(
     settings: Settings, monkeypatch: Any
 ) -> None:
@@ -523,10 +539,14 @@ def test_batches_are_applied_and_released_while_a_due_flush_is_held_up(
                 assert got == {a: "likes green tea", b: "likes jazz", c: "likes chess"}
                 hits = await ms.search("likes chess", {"user_id": "ann"}, top_k=10)
                 assert sorted(m.id for m in hits) == sorted([a, b, c])
+                # no batch is being applied now, but the write still holds the cross-process
+                # lock: another process cannot apply the log under it
+                assert not _flock_free(tiered.data_dir)
             finally:
                 gate.set()
             await ms.projector.flush_tier()
             assert written.is_set()
+            assert _flock_free(tiered.data_dir)  # released once the last holder let go
             gen = ms.projector.generation()
             assert gen.memories().count_rows() == 3  # the update merged, nothing twice
             rows = {r["id"]: r["text"] for r in gen.query_memories("true")}
