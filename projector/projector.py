@@ -93,9 +93,12 @@ REPLAY_BATCH = 10_000  # events per batch in a replay (the per-batch cost is pai
 # writes them directly, past the fresh tier (whose small batches are there for latency)
 BULK_BACKLOG = 20_000
 REPLAY_GC_THRESHOLD = 50_000  # gen-0 collection threshold while a replay runs (default 700)
-# a tier due while the frozen one beneath it is still being written keeps taking batches,
-# up to this many times MEMSTREAM_TIER_ROWS; then the apply waits for the write
-FLIGHT_BACKLOG = 4
+# a tier due while the frozen one beneath it is still being written keeps taking batches
+# until it holds this many times MEMSTREAM_TIER_ROWS events; then the apply waits for the
+# write (as RocksDB stalls writes when both of its two memtables are full). 1: the events
+# held in memory, and the log the next start re-applies after a crash, stay within two
+# tiers' worth -- one being written, one being filled
+FLIGHT_BACKLOG = 1
 REBUILD_TIMEOUT_S = 120.0  # reading back the events of a tier being rebuilt (see _rebuild_tier)
 
 

@@ -498,7 +498,8 @@ def test_batches_are_applied_and_released_while_a_due_flush_is_held_up(
     """A tier that became due is written while the writers of the batch that made it due
     are released, and the next batches are decided, searchable and released before that
     write is done -- deciding exactly as one tier would (an update of a frozen row, a
-    duplicate of a frozen row's text). The write is the real one, held at a gate."""
+    duplicate of a frozen row's text) -- and the write keeps the cross-process lock until it
+    lands. The write is the real one, held at a gate."""
     import threading
 
     from memstream.projector import projector as projector_module
@@ -517,12 +518,14 @@ def test_batches_are_applied_and_released_while_a_due_flush_is_held_up(
             written.set()
 
     async def go() -> None:
-        tiered = dataclasses.replace(settings, tier_rows=2, tier_age_s=3600.0)
+        # due by age after every batch (a tier due by rows would wait for the write under
+        # way before taking more: FLIGHT_BACKLOG)
+        tiered = dataclasses.replace(settings, tier_rows=100_000, tier_age_s=1e-9)
         async with Memstream(tiered) as ms:
             monkeypatch.setattr(projector_module, "write_rows", held)
             try:
-                a = (await ms.add("likes tea", user_id="ann"))[0].id
-                b = (await ms.add("likes jazz", user_id="ann"))[0].id  # the tier is due
+                a = (await ms.add("likes tea", user_id="ann"))[0].id  # the tier is due
+                b = (await ms.add("likes jazz", user_id="ann"))[0].id
                 await asyncio.to_thread(entered.wait)
                 # the writer of the batch that made the tier due was released before the
                 # write of the tier was done
@@ -585,7 +588,10 @@ def test_a_failed_background_flush_is_redone_from_the_log(
         async with Memstream(tiered) as ms:
             monkeypatch.setattr(projector_module, "write_rows", fails_after_writing)
             ids = [(await ms.add(f"likes {w}", user_id="ann"))[0].id for w in "ab"]
-            await asyncio.to_thread(failed.wait)  # the frozen tier's write failed
+            await asyncio.to_thread(failed.wait)  # the frozen tier's write failed ...
+            flight = ms.projector._flight
+            if flight is not None:  # ... and has finished failing
+                await asyncio.wait([asyncio.wrap_future(flight)])
             ids += [(await ms.add(f"likes {w}", user_id="ann"))[0].id for w in "cde"]
             page = await ms.get_all({"user_id": "ann"}, page_size=100)
             assert sorted(m.id for m in page.results) == sorted(ids)
