@@ -88,6 +88,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--visibility-writers", type=int, default=3, help="writer processes (visibility)"
     )
+    parser.add_argument(
+        "--visibility-rate", type=float, default=None,
+        help="adds/s offered (visibility; default: 50%% of the capacity measured in the run): "
+        "a fixed rate compares two builds at the same load",
+    )  # fmt: skip
     parser.add_argument("--ingest", type=int, default=None, help="memories per ingest run")
     parser.add_argument("--queries", type=int, default=None, help="timed queries per variant")
     parser.add_argument("--seq-adds", type=int, default=None, help="timed sequential adds")

@@ -15,8 +15,11 @@ import fcntl
 import gc
 import logging
 import os
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Container, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -90,7 +93,28 @@ REPLAY_BATCH = 10_000  # events per batch in a replay (the per-batch cost is pai
 # writes them directly, past the fresh tier (whose small batches are there for latency)
 BULK_BACKLOG = 20_000
 REPLAY_GC_THRESHOLD = 50_000  # gen-0 collection threshold while a replay runs (default 700)
+# a tier due while the frozen one beneath it is still being written keeps taking batches
+# until it holds this many times MEMSTREAM_TIER_ROWS events; then the apply waits for the
+# write (as RocksDB stalls writes when both of its two memtables are full). 1: the events
+# held in memory, and the log the next start re-applies after a crash, stay within two
+# tiers' worth -- one being written, one being filled
+FLIGHT_BACKLOG = 1
 REBUILD_TIMEOUT_S = 120.0  # reading back the events of a tier being rebuilt (see _rebuild_tier)
+
+
+@dataclass(frozen=True)
+class _Landed:
+    """What the background write of a frozen tier left (see `_write_frozen`): the checkpoint
+    written, and the tables' versions right after it (`_versions`, `table_versions`)."""
+
+    end: Offsets
+    tables_at: tuple[int | None, ...]
+    index_at: tuple[int | None, ...]
+
+
+class _TablesMoved(Exception):
+    """The tables changed under a frozen tier before its write (another process's
+    half-written batch): the tier is rebuilt from the log instead."""
 
 
 class _KeysUnseen(Exception):
@@ -131,6 +155,14 @@ class Projector:
         self._reader_next: Offsets = {}
         self._alock = asyncio.Lock()
         self._lock_fd = os.open(data_dir / "projector.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        # the flock is held by this process while any of its holders needs it: a step, and
+        # the background write of a frozen tier (see _flock, _launch)
+        self._flock_holders = 0
+        self._flock_mutex = threading.Lock()
+        # the background write of a frozen tier (projector/tier.py `freeze`): one at a time
+        self._flusher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="memstream-flush")
+        self._flight: Future[_Landed] | None = None
+        self._flight_tier: FreshTier | None = None
         self.checkpoint: Offsets = {}
         self._background = False
         self._progress = Progress()
@@ -235,15 +267,42 @@ class Projector:
                 asyncio.get_running_loop().create_task(reader.close())
 
     @contextlib.asynccontextmanager
-    async def _flock(self) -> AsyncIterator[None]:
-        try:  # uncontended (the common case): taken here, without a worker thread's hop
-            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:  # another process holds it: wait off the event loop
-            await asyncio.to_thread(fcntl.flock, self._lock_fd, fcntl.LOCK_EX)
+    async def _flock(self, *, beside_flight: bool = False) -> AsyncIterator[None]:
+        """The cross-process lock. Counted within this process: a step deciding batches
+        into the fresh tier holds it beside the background write of a frozen tier
+        (`beside_flight`), and it is released when the last holder lets go. Every other
+        holder (a flush, a rebuild, a replay) first waits for that write to land."""
+        if not beside_flight:
+            await self._land()
+        await self._take_flock()
         try:
             yield
         finally:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            self._drop_flock()
+
+    async def _take_flock(self) -> None:
+        with self._flock_mutex:
+            if self._flock_holders:  # this process holds it already
+                self._flock_holders += 1
+                return
+            try:  # uncontended (the common case): taken here, without a worker thread's hop
+                fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                pass
+            else:
+                self._flock_holders = 1
+                return
+        # another process holds it: wait off the event loop (a second wait here on the same
+        # descriptor returns at once once the first has it: the lock is the descriptor's)
+        await asyncio.to_thread(fcntl.flock, self._lock_fd, fcntl.LOCK_EX)
+        with self._flock_mutex:
+            self._flock_holders += 1
+
+    def _drop_flock(self) -> None:
+        with self._flock_mutex:
+            self._flock_holders -= 1
+            if self._flock_holders == 0:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
 
     # -- the fresh tier (projector/tier.py) ---------------------------------------------
     @property
@@ -272,7 +331,7 @@ class Projector:
     def _applied_upto(self, gen: Generation, disk: Offsets) -> Offsets:
         """Where this process has applied to: the tier's end, or the tables' checkpoint."""
         tier = self._tier
-        if tier is not None and tier.gen == gen.path and tier.pending and tier.base == disk:
+        if tier is not None and tier.gen == gen.path and tier.pending and tier.sits_on(disk):
             return dict(tier.end)
         return disk
 
@@ -283,7 +342,7 @@ class Projector:
         return (
             tier is not None
             and tier.gen == gen.path
-            and (tier.broken or (tier.pending and tier.base != disk))
+            and (tier.broken or (tier.pending and not tier.sits_on(disk)))
         )
 
     async def flush_tier(self) -> None:
@@ -316,6 +375,100 @@ class Projector:
                     return flushed
             raise ConflictError("the fresh tier could not be written: the tables keep changing")
 
+    # -- the background write of a frozen tier (projector/tier.py `freeze`) ----------------
+    def _launch(self, gen: Generation, tier: FreshTier) -> None:
+        """Freeze the due tier and write it in the background; new batches are decided into
+        the tier started on top of it (called by the apply, under the _alock and the flock,
+        with no write under way). The write holds the flock until it is done."""
+        top = tier.freeze()
+        if tier.index is not None:  # a superset of what the tables hold is safe (index.py)
+            tier.index.record(tier.eids, tier.state.upserts())
+        with self._flock_mutex:
+            assert self._flock_holders > 0  # the caller's: taken over before it lets go
+            self._flock_holders += 1
+        self._tier = top
+        self._flight_tier = tier
+        try:
+            self._flight = self._flusher.submit(self._write_frozen, gen, tier)
+        except BaseException:
+            self._drop_flock()
+            raise
+
+    def _write_frozen(self, gen: Generation, tier: FreshTier) -> _Landed:
+        """Write a frozen tier to the tables (in the flusher's thread): audit rows, memories,
+        then the checkpoint, as `_flush_sync` does (a frozen tier holds no erasure, policy or
+        poison: those are written at once). A failure leaves the tier to be rebuilt from the
+        log (see `_settle`). Releases the write's hold on the flock."""
+        try:
+            if tier.tables_at is not None and _versions(gen) != tier.tables_at:
+                raise _TablesMoved
+            write_rows(gen, tier.state, tier.audits, tier.decided, {}, append=True)
+            gen.write_checkpoint(tier.end)
+            if self._batches % MAINTAIN_EVERY == 0:
+                try:  # compaction is upkeep: a failure here loses nothing
+                    self.maintain(gen)
+                except Exception:
+                    log.exception("table maintenance after a background flush failed")
+            return _Landed(dict(tier.end), _versions(gen), table_versions(gen, self.cache))
+        finally:
+            self._drop_flock()
+
+    def _settle(self) -> Offsets | None:
+        """Take in a finished background write (under the _alock: no batch is being decided):
+        the tier on top drops the frozen layer, or, if the write failed, is marked broken and
+        rebuilt from the log before anything else is applied. The checkpoint written, if any."""
+        flight, frozen = self._flight, self._flight_tier
+        if flight is None or not flight.done():
+            return None
+        self._flight = self._flight_tier = None
+        top = self._tier
+        mine = top is not None and frozen is not None and top.below is frozen
+        try:
+            landed = flight.result()
+        except BaseException as exc:
+            if frozen is not None:
+                frozen.broken = True
+            if mine:
+                assert top is not None
+                top.broken = True
+            if not isinstance(exc, _TablesMoved):
+                log.warning("background flush of the fresh tier failed: %r; rebuilding it", exc)
+            return None
+        self._wrote = dict(landed.end)
+        self._batches += 1
+        if mine:
+            assert top is not None
+            top.landed(landed.tables_at)
+            if top.index is not None and top.index is self._index:
+                self._index_at = (top.gen, landed.index_at)
+        return landed.end
+
+    def _wait_flight(self) -> None:
+        """Wait (in a worker thread, under the _alock) for the background write to land.
+        A failed write leaves the tier on top marked broken (rebuilt by the next step) and
+        is raised, as a failed `_flush_sync` is; tables found moved under it are not."""
+        flight = self._flight
+        if flight is None:
+            return
+        with contextlib.suppress(BaseException):
+            flight.result()
+        self._settle()
+        exc = flight.exception()
+        if exc is not None and not isinstance(exc, _TablesMoved):
+            raise exc
+
+    async def _land(self) -> None:
+        """Wait for the background write to land (on the event loop, under the _alock)."""
+        flight = self._flight
+        if flight is None:
+            return
+        with contextlib.suppress(BaseException):
+            await asyncio.wrap_future(flight)
+        flushed = self._settle()
+        if flushed is not None and self._reader is not None:
+            with contextlib.suppress(Exception):  # the group offset is informational
+                await self._reader.commit(flushed)
+
     async def _rebuild_tier(self, gen: Generation) -> None:
         """Put the tier back on the tables as they are now (under the _alock and the flock).
 
@@ -327,6 +480,7 @@ class Projector:
         the swap they read the old view, which is the fold of the same log (of the
         partitions the tables have not passed; nothing, if an erasure was applied since).
         """
+        await self._land()
         old = self._tier
         assert old is not None
         disk = gen.checkpoint()
@@ -335,7 +489,8 @@ class Projector:
         if covers(disk, target):  # the tables hold everything the tier did
             self._tier = FreshTier(gen.path, disk)
             return
-        erased = await asyncio.to_thread(_erased_since, gen, old.base)
+        floor = old.below.base if old.below is not None else old.base  # a failed write's
+        erased = await asyncio.to_thread(_erased_since, gen, floor)
         old.view = _unpassed(old.view, disk, target, erased)
         new = FreshTier(gen.path, disk)
         reader = await self.log.reader(disk)
@@ -365,6 +520,10 @@ class Projector:
     async def step(self, timeout_s: float = 0.0) -> int:
         """Read one batch and apply what no one has applied yet. Returns events applied."""
         async with self._alock:
+            landed = self._settle()  # a background flush finished: take it in
+            if landed is not None and self._reader is not None:
+                with contextlib.suppress(Exception):  # the group offset is informational
+                    await self._reader.commit(landed)
             gen = self.generation()
             if self._pending_read is not None:  # a read-ahead still under way: keep its records
                 read, self._pending_read = self._pending_read, None
@@ -390,8 +549,15 @@ class Projector:
                 self.checkpoint = applied
                 tier = self._tier
                 flushed = None
-                if tier is not None and tier.due(self.tier_rows, self.tier_age_s):
-                    flushed = await self._flush_locked()
+                if (
+                    tier is not None
+                    and self._flight is None
+                    and tier.due(self.tier_rows, self.tier_age_s)
+                ):  # nothing came: write the due tier in the background all the same
+                    async with self._flock(beside_flight=True):
+                        disk = gen.checkpoint()
+                        if not self._stale_tier(gen, disk) and tier is self._tier:
+                            await asyncio.to_thread(self._launch, gen, tier)
                     self.checkpoint = self._applied_upto(gen, gen.checkpoint())
                 if flushed is not None and self._reader is not None:
                     with contextlib.suppress(Exception):  # the group offset is informational
@@ -399,7 +565,7 @@ class Projector:
                 self._progress.set()
                 return 0
             flushed = None
-            async with self._flock():
+            async with self._flock(beside_flight=True):
                 gen = self.generation()
                 disk = gen.checkpoint()
                 tier = self._tier_at(gen, disk)
@@ -420,7 +586,9 @@ class Projector:
                     return 0
                 fresh = self._admit(fresh, cp)
                 if fresh:
-                    if disk != self._wrote:  # another process applied batches meanwhile
+                    if disk != self._wrote and self._flight is None:
+                        # another process applied batches meanwhile (not while this one's
+                        # background flush holds the flock: the checkpoint moved is its own)
                         self._keys_stale = True
                     apply: asyncio.Future[Offsets]
                     if tier is not None and self._bulk and not tier.pending:
@@ -655,6 +823,10 @@ class Projector:
             await self.flush_tier()
         except Exception:
             log.exception("could not write the fresh tier at close; the next start applies it")
+        if self._flight is not None:  # the flush above failed before landing it
+            with contextlib.suppress(BaseException):
+                await asyncio.wrap_future(self._flight)
+        self._flusher.shutdown(wait=True)
         ahead, self._ahead_task = self._ahead_task, None
         if ahead is not None:
             await asyncio.gather(ahead, return_exceptions=True)
@@ -791,12 +963,22 @@ class Projector:
     def _apply_tier_sync(
         self, gen: Generation, tier: FreshTier, records: list[LogRecord], *, keys_fresh: bool
     ) -> Offsets:
-        """Apply a live batch into the tier (in a worker thread, under the flock), and
-        flush the tier when the batch must be written at once or the tier is due."""
-        if self._apply_into(gen, tier, records, keys_fresh=keys_fresh) or tier.due(
-            self.tier_rows, self.tier_age_s
-        ):
+        """Apply a live batch into the tier (in a worker thread, under the flock). When the
+        batch must be written at once, the tier is flushed now (after the background write
+        of the frozen tier beneath, if one is under way); when the tier is only due, it is
+        frozen and written in the background (`_launch`): the batch's waiters are released
+        at once, and the next batches are decided meanwhile."""
+        if self._apply_into(gen, tier, records, keys_fresh=keys_fresh):
+            self._wait_flight()
+            if tier.broken:  # the tables moved under the frozen tier: the next step rebuilds
+                return dict(tier.end)
             return self._flush_sync(gen, tier)
+        if tier.due(self.tier_rows, self.tier_age_s):
+            if self._flight is not None and len(tier.eids) >= FLIGHT_BACKLOG * self.tier_rows:
+                self._wait_flight()  # the writes fall behind: let the tier grow no further
+            self._settle()
+            if self._flight is None and not tier.broken and tier is self._tier:
+                self._launch(gen, tier)
         return dict(tier.end)
 
     def _apply_into(
@@ -814,7 +996,9 @@ class Projector:
         # tier, not once per batch: they cannot change while the checkpoint stays at the
         # tier's base, except by another process's half-written batch -- which the flush
         # sees (`tables_at`) and answers by rebuilding the tier on what the tables hold
-        if tier.tables_at is None or (tier.index is None and self._tier_applies == 2):
+        if tier.below is None and (
+            tier.tables_at is None or (tier.index is None and self._tier_applies == 2)
+        ):
             # (and once more when the process turns out to be long-running: _index_for
             # then scans; the index is kept only if it describes the tables the tier read)
             index = self._index_for(gen)
@@ -870,6 +1054,7 @@ class Projector:
         audit rows, memories, policies, erasure scrubs, then the checkpoint. A failure
         leaves the tier marked broken (the tables may hold part of it): it is rebuilt
         from the log before anything else is applied or flushed (see _rebuild_tier)."""
+        assert tier.below is None  # the frozen tier beneath is written first (_wait_flight)
         state = tier.state
         if tier.tables_at is not None and _versions(gen) != tier.tables_at:
             # another process wrote the tables without moving the checkpoint (it died

@@ -20,7 +20,8 @@ What stays true:
 - Readers of other processes read the tables: they see the tier's events once it is
   flushed, or by applying the log themselves (a CLI command catches up before it reads,
   which moves the checkpoint; this process then rebuilds its tier on the new base, see
-  `Projector._rebuild_tier`). The tier never holds the cross-process lock between batches.
+  `Projector._rebuild_tier`). The tier never holds the cross-process lock between batches
+  (a frozen tier's background write holds it while it writes, as a synchronous flush did).
 - Every reader of earlier events' audit rows in this process sees the tier's too
   (`TierView.audits`, merged by event id: query/tiered.py `events_where`): history and
   explanations (query/explain.py), an async add's settlement and the owed-add scan
@@ -36,6 +37,17 @@ What stays true:
   the whole tier -- its sealed messages and decisions included -- and the scrub runs on the
   tables it was just written to, then the tier starts empty: no erased text stays in
   memory or on disk.
+
+A due flush does not stop the stream (issue 16, section 4): as an LSM tree freezes its
+memtable, the due tier is frozen (`freeze`: no batch is decided into it any more) and a new
+tier is started on top of it (`below`), whose state starts as the frozen one's -- its rows,
+its hash index, what it settled and found duplicate, the ids the tables will hold -- so the
+new tier decides exactly as one tier spanning both would. The frozen tier is written to the
+tables in the background while new batches are decided into the top one; readers see
+tables + frozen + top through the top's view (which starts as the frozen tier's); once the
+write is done (`landed`) the frozen layer is dropped and the top tier sits on the tables'
+new checkpoint. Until then the tables' checkpoint is either the frozen tier's base or its
+end (`sits_on`), and the projector holds the cross-process lock for the write's duration.
 
 `TierView` is what a reader gets: an immutable snapshot, replaced (never mutated) after
 each batch, so readers on worker threads need no lock.
@@ -115,11 +127,14 @@ def holds(events: Iterable[Event]) -> bool:
 
 
 class FreshTier:
-    """The events applied since the last flush, on top of the tables at checkpoint `base`;
-    `end` is the next position to apply. Used under the projector's write lock only."""
+    """The events applied since the last flush, on top of the tables at checkpoint `base`
+    (or on top of a frozen tier `below` being written, whose end is `base`); `end` is the
+    next position to apply. Used under the projector's write lock only."""
 
     def __init__(self, gen: Path, base: Offsets) -> None:
         self.gen = gen
+        self.below: FreshTier | None = None  # the frozen tier being written (see `freeze`)
+        self.inherited = 0  # leading audit rows of `view` that are `below`'s
         self.base: Offsets = dict(base)
         self.end: Offsets = dict(base)
         self.state = BatchState()
@@ -137,11 +152,18 @@ class FreshTier:
 
     @property
     def pending(self) -> bool:
-        """Whether the tier holds anything the tables' checkpoint does not cover."""
-        return self.end != self.base
+        """Whether the tier holds anything the tables' checkpoint does not cover (its own
+        events, or a frozen tier's still being written beneath it)."""
+        return self.end != self.base or self.below is not None
+
+    def sits_on(self, disk: Offsets) -> bool:
+        """Whether the tables' checkpoint `disk` is one this tier was decided on: its base,
+        or, while the frozen tier beneath is written, that tier's base (not written yet)."""
+        return disk == self.base or (self.below is not None and disk == self.below.base)
 
     def due(self, rows: int, age_s: float, now: float | None = None) -> bool:
-        if not self.pending:
+        """Whether this tier's own events should be written (by count or age)."""
+        if self.end == self.base:
             return False
         if len(self.eids) >= rows:
             return True
@@ -166,6 +188,61 @@ class FreshTier:
             p = r.position.partition
             self.end[p] = max(self.end.get(p, 0), r.position.offset + 1)
 
+    def freeze(self) -> FreshTier:
+        """A new tier on top of this one, which is frozen from now on (and written in the
+        background, see the module docstring). The new tier's state starts as this one's:
+        rows (a row dict is never changed once made, so they are shared), the hash index,
+        async adds settled and duplicate decisions, and as `loaded` every id this tier
+        loaded or touched -- the tables hold those once this tier is written, so the new
+        tier merges or deletes them there rather than appending. Its view starts as this
+        one's: readers keep seeing the frozen rows until they are in the tables."""
+        top = FreshTier(self.gen, self.end)
+        top.below = self
+        old = self.state
+        state = top.state
+        state.rows = dict(old.rows)
+        state.by_hash = {key: set(ids) for key, ids in old.by_hash.items()}
+        state.loaded = old.loaded | set(old.rows)
+        state.settled = dict(old.settled)
+        state.duplicates = set(old.duplicates)
+        top.applied = set(self.applied)
+        top.tables_at, top.index = self.tables_at, self.index
+        top.view = self.view
+        top.inherited = len(self.view.audits)
+        return top
+
+    def landed(self, tables_at: tuple[int | None, ...] | None) -> None:
+        """The frozen tier beneath was written (the tables are at versions `tables_at`):
+        drop it -- from the state everything this tier did not change itself, as an empty
+        tier started on the new checkpoint would not hold it either (the tables do, and
+        are read for it again), and from the view every row and audit row only it held."""
+        self.below = None
+        self.tables_at = tables_at
+        state = self.state
+        own = set(self.eids)
+        state.rows = {mid: state.rows[mid] for mid in state.changed}
+        state.by_hash = {}
+        for row in state.rows.values():
+            if row is not None:
+                state.index(row)
+        state.loaded &= set(state.rows)
+        state.settled = {m: s for m, s in state.settled.items() if s[1] in own}
+        state.duplicates &= own
+        self.applied = own
+        rows: dict[str, dict[str, Any] | None] = {}
+        by: dict[tuple[str, str], tuple[str, ...]] = {}
+        for mid in sorted(self.state.changed):
+            row = self.state.rows[mid]
+            rows[mid] = row
+            if row is not None:
+                for col in INDEXED:
+                    if (value := row[col]) is not None:
+                        by[(col, value)] = (*by.get((col, value), ()), mid)
+        self.inherited = 0
+        self.view = TierView(
+            self.gen, MappingProxyType(rows), tuple(self.audits), MappingProxyType(by)
+        )
+
     def publish(self, ids: Iterable[str]) -> None:
         """Replace the readers' view with the tier as it is now, given the memory ids the
         last batch may have changed (copy-on-write: only those entries are written)."""
@@ -182,5 +259,5 @@ class FreshTier:
                     if value is not None and mid not in by.get((col, value), ()):
                         by[(col, value)] = (*by.get((col, value), ()), mid)
             rows[mid] = row
-        audits = old.audits + tuple(self.audits[len(old.audits) :])
+        audits = old.audits + tuple(self.audits[len(old.audits) - self.inherited :])
         self.view = TierView(self.gen, MappingProxyType(rows), audits, MappingProxyType(by))

@@ -10,7 +10,8 @@ system's: a slow step slows the offered load too. Here the load does not wait:
    projector, as `memstream serve` runs it) on another fresh topic, and `--visibility-writers`
    writer processes, each adding memories (`Memstream.add(wait=False)`) on a fixed schedule
    (`rate / writers` adds/s each, issued on time whether or not earlier adds have returned)
-   for `seconds` (60, or 5 at --quick), together 50% of the measured capacity.
+   for `seconds` (60, or 5 at --quick), together 50% of the measured capacity (or a fixed
+   `--visibility-rate`, to compare two builds at the same offered load on a noisy machine).
 3. Each writer records when it called `add` for each event id; the projector process
    records when each applied batch (its log positions) was written to the projection, i.e.
    searchable; afterwards the log is read once to map positions to event ids.
@@ -137,7 +138,7 @@ async def stage_visibility(run: Run, wl: Workload, kafka: str | None) -> None:
     with tempfile.TemporaryDirectory(prefix="memstream-visibility-") as tmp:
         base = settings(Path(tmp) / "server", kafka, f"vis-{uuid.uuid4().hex[:8]}", master_key)
         cap = await capacity(replace(base, data_dir=Path(tmp) / "capacity"), vw, cap_n)
-        rate = cap * 0.5
+        rate = a.visibility_rate if a.visibility_rate else cap * 0.5
         out.update(capacity_eps=round(cap, 1), rate_eps=round(rate, 1), seconds=seconds,
                    writer_processes=writers)  # fmt: skip
         say(f"visibility: projector capacity {cap:,.0f} events/s; streaming {rate:,.0f} adds/s "

@@ -229,8 +229,8 @@ def _in_tier(ms: Memstream, events: list[Event]) -> bool:
     return all(e.event_id in held for e in events)
 
 
-async def run_ops(root: Path, ops: list[tuple[Any, ...]]) -> None:
-    settings_ = Settings(data_dir=root / "data", embedder="hashing", tier_rows=100_000,
+async def run_ops(root: Path, ops: list[tuple[Any, ...]], tier_rows: int = 100_000) -> None:
+    settings_ = Settings(data_dir=root / "data", embedder="hashing", tier_rows=tier_rows,
                          tier_age_s=3600.0)  # fmt: skip
     async with Memstream(settings_) as ms:
         ref = Projector(root / "ref", ms.log, ms.embedder, keys=ms.projector.keys, tier_rows=0)
@@ -307,6 +307,18 @@ def test_reads_over_tier_and_tables_equal_a_projection_without_tier(
 ) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         asyncio.run(run_ops(Path(tmp), ops))
+
+
+@settings(max_examples=20)
+@given(ops=st.lists(OP, min_size=1, max_size=18))
+def test_reads_equal_a_projection_without_tier_across_background_flushes(
+    ops: list[tuple[Any, ...]],
+) -> None:
+    """The same, with a tier due every 2 events: a due tier is frozen and written in the
+    background while the next batches are decided into a tier on top of it (every read
+    then merges tables + frozen tier + top tier), landing at a later step."""
+    with tempfile.TemporaryDirectory() as tmp:
+        asyncio.run(run_ops(Path(tmp), ops, tier_rows=2))
 
 
 # -- crash: a process killed with a non-empty tier loses nothing -----------------------------
@@ -451,6 +463,139 @@ def test_a_failed_flush_is_redone_from_the_log_once(settings: Settings, monkeypa
             assert sorted(m.id for m in page.results) == sorted(ids)
             await ms.projector.flush_tier()  # rebuilt from the log, then written
             assert projected() == before + len(ids)  # the rebuild decided them again: once
+            gen = ms.projector.generation()
+            assert gen.memories().count_rows() == len(ids)  # no row twice
+            assert gen.events().count_rows() == len(ids)  # no audit row twice
+            assert sum(gen.checkpoint().values()) == len(ids)
+            page = await ms.get_all({"user_id": "ann"}, page_size=100)
+            assert sorted(m.id for m in page.results) == sorted(ids)
+
+    asyncio.run(go())
+
+
+# -- a due flush is written in the background (issue 16, section 4) ----------------------------
+
+
+def _flock_free(data_dir: Path) -> bool:
+    """Whether another process could take the projector's lock now (a second descriptor of
+    the lock file, as another process would open it)."""
+    import fcntl
+    import os
+
+    fd = os.open(data_dir / "projector.lock", os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)  # (closing the descriptor releases a lock it took)
+    return True
+
+
+def test_batches_are_applied_and_released_while_a_due_flush_is_held_up(
+    settings: Settings, monkeypatch: Any
+) -> None:
+    """A tier that became due is written while the writers of the batch that made it due
+    are released, and the next batches are decided, searchable and released before that
+    write is done -- deciding exactly as one tier would (an update of a frozen row, a
+    duplicate of a frozen row's text) -- and the write keeps the cross-process lock until it
+    lands. The write is the real one, held at a gate."""
+    import threading
+
+    from memstream.projector import projector as projector_module
+
+    real = projector_module.write_rows
+    entered, gate, written = threading.Event(), threading.Event(), threading.Event()
+    calls = [0]
+
+    def held(*args: Any, **kwargs: Any) -> None:
+        calls[0] += 1
+        if calls[0] == 1:  # the first flush: held until the test opens the gate
+            entered.set()
+            gate.wait(timeout=30)  # (without the background write the add waits this long)
+        real(*args, **kwargs)
+        if calls[0] == 1:
+            written.set()
+
+    async def go() -> None:
+        # due by age after every batch (a tier due by rows would wait for the write under
+        # way before taking more: FLIGHT_BACKLOG)
+        tiered = dataclasses.replace(settings, tier_rows=100_000, tier_age_s=1e-9)
+        async with Memstream(tiered) as ms:
+            monkeypatch.setattr(projector_module, "write_rows", held)
+            try:
+                a = (await ms.add("likes tea", user_id="ann"))[0].id  # the tier is due
+                b = (await ms.add("likes jazz", user_id="ann"))[0].id
+                await asyncio.to_thread(entered.wait)
+                # the writer of the batch that made the tier due was released before the
+                # write of the tier was done
+                assert not written.is_set()
+                gen = ms.projector.generation()
+                assert sum(gen.checkpoint().values()) == 0  # nothing in the tables yet
+                c = (await ms.add("likes chess", user_id="ann"))[0].id
+                await ms.update(a, text="likes green tea")
+                again = await ms.add("likes jazz", user_id="ann")  # b's text: a duplicate
+                assert not written.is_set()  # all of it decided beside the held write
+                assert [r.event for r in again] != ["ADD"]
+                page = await ms.get_all({"user_id": "ann"}, page_size=100)
+                got = {m.id: m.memory for m in page.results}
+                assert got == {a: "likes green tea", b: "likes jazz", c: "likes chess"}
+                hits = await ms.search("likes chess", {"user_id": "ann"}, top_k=10)
+                assert sorted(m.id for m in hits) == sorted([a, b, c])
+                # no batch is being applied now, but the write still holds the cross-process
+                # lock: another process cannot apply the log under it
+                assert not _flock_free(tiered.data_dir)
+            finally:
+                gate.set()
+            await ms.projector.flush_tier()
+            assert written.is_set()
+            assert _flock_free(tiered.data_dir)  # released once the last holder let go
+            gen = ms.projector.generation()
+            assert gen.memories().count_rows() == 3  # the update merged, nothing twice
+            rows = {r["id"]: r["text"] for r in gen.query_memories("true")}
+            assert rows == {a: "likes green tea", b: "likes jazz", c: "likes chess"}
+            events = gen.events().count_rows()
+            assert events == sum(gen.checkpoint().values())  # one audit row per event
+            assert not ms.projector.tier_view(gen)
+        async with Memstream(dataclasses.replace(settings, tier_rows=0)) as other:
+            page = await other.get_all({"user_id": "ann"}, page_size=100)
+            assert {m.id: m.memory for m in page.results} == got
+
+    asyncio.run(go())
+
+
+def test_a_failed_background_flush_is_redone_from_the_log(
+    settings: Settings, monkeypatch: Any
+) -> None:
+    """A background write that fails half-way (rows written, checkpoint not) leaves the tier
+    on top broken: it is rebuilt from the log over both layers' events, nothing is lost,
+    nothing is written twice, and the readers see every memory throughout."""
+    import threading
+
+    from memstream.projector import projector as projector_module
+
+    real = projector_module.write_rows
+    failed = threading.Event()
+
+    def fails_after_writing(*args: Any, **kwargs: Any) -> None:
+        real(*args, **kwargs)
+        if not failed.is_set():
+            failed.set()
+            raise OSError("disk went away")
+
+    async def go() -> None:
+        tiered = dataclasses.replace(settings, tier_rows=2, tier_age_s=3600.0)
+        async with Memstream(tiered) as ms:
+            monkeypatch.setattr(projector_module, "write_rows", fails_after_writing)
+            ids = [(await ms.add(f"likes {w}", user_id="ann"))[0].id for w in "ab"]
+            await asyncio.to_thread(failed.wait)  # the frozen tier's write failed ...
+            flight = ms.projector._flight
+            if flight is not None:  # ... and has finished failing
+                await asyncio.wait([asyncio.wrap_future(flight)])
+            ids += [(await ms.add(f"likes {w}", user_id="ann"))[0].id for w in "cde"]
+            page = await ms.get_all({"user_id": "ann"}, page_size=100)
+            assert sorted(m.id for m in page.results) == sorted(ids)
+            await ms.projector.flush_tier()
             gen = ms.projector.generation()
             assert gen.memories().count_rows() == len(ids)  # no row twice
             assert gen.events().count_rows() == len(ids)  # no audit row twice
