@@ -3,6 +3,7 @@ clear errors that write nothing, and several processes sharing one data director
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -12,6 +13,8 @@ from typing import Any
 
 import pytest
 
+from memstream.events import Actor
+from memstream.service import Memstream
 from memstream.settings import Settings
 
 
@@ -26,17 +29,53 @@ def clean_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k not in hidden}
 
 
-def cli(settings: Settings, *args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
+def command(settings: Settings, *args: str) -> list[str]:
     cmd = [sys.executable, "-m", "memstream.cli", "--data-dir", str(settings.data_dir),
            "--embedder", settings.embedder]  # fmt: skip
     if settings.kafka_bootstrap:
         cmd += ["--kafka", settings.kafka_bootstrap, "--topic", settings.topic]
+    return [*cmd, *args]
+
+
+def cli(settings: Settings, *args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
     proc = subprocess.run(
-        [*cmd, *args], capture_output=True, text=True, timeout=300, env=clean_env()
+        command(settings, *args), capture_output=True, text=True, timeout=300, env=clean_env()
     )
     if ok:
         assert proc.returncode == 0, proc.stderr
     return proc
+
+
+def cli_at_once(
+    settings: Settings, *commands: tuple[str, ...], ok: bool = True
+) -> list[subprocess.CompletedProcess[str]]:
+    """Several `memstream` processes started together, for commands none of which changes
+    what another answers (reads, or refusals that write nothing): each is still its own
+    process checked on its own, but the 1-6 s process starts overlap instead of adding up."""
+    procs = [subprocess.Popen(command(settings, *args), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
+                              env=clean_env())
+             for args in commands]  # fmt: skip
+    done = []
+    for args, p in zip(commands, procs, strict=True):
+        out, err = p.communicate(timeout=300)
+        done.append(subprocess.CompletedProcess(p.args, p.returncode, out, err))
+        if ok:
+            assert p.returncode == 0, (args, err)
+    return done
+
+
+def seed(settings: Settings, *adds: tuple[str, dict[str, Any]]) -> None:
+    """Add memories in this process, as `memstream add` would (the same log, data dir,
+    embedder and actor): for state a test needs before the commands it checks, which each
+    run in a real `memstream` process (one process start saved per memory, 1-6 s each)."""
+
+    async def main() -> None:
+        async with Memstream(settings) as ms:
+            for text, ids in adds:
+                await ms.add(text, actor=Actor(source="cli"), **ids)
+
+    asyncio.run(main())
 
 
 def doc(proc: subprocess.CompletedProcess[str]) -> Any:
@@ -58,29 +97,21 @@ def test_json_documents_are_shaped_like_the_mem0_responses(settings: Settings) -
     [result] = added["results"]
     assert result["event"] == "ADD" and result["memory"] == "Prefers aisle seats"
     mid = result["id"]
-    cli(settings, "add", "Ticket: lost luggage", "--user-id", "alice", "--run-id", "t-1")
+    seed(settings, ("Ticket: lost luggage", {"user_id": "alice", "run_id": "t-1"}))
 
-    listed = doc(
-        cli(settings, "--json", "get-all", "--filters", '{"user_id": "alice", "agent_id": "*"}')
+    listing, search = cli_at_once(
+        settings,
+        ("--json", "get-all", "--filters", '{"user_id": "alice", "agent_id": "*"}'),
+        ("--json", "search", "aisle seats", "--user-id", "alice", "--agent-id", "travel"),
     )
+    listed = doc(listing)
     assert listed["count"] == 1
     [m] = listed["results"]
     assert (m["id"], m["agent_id"], m["run_id"], m["session_id"]) == (mid, "travel", None, None)
     assert m["metadata"] == {"source": "chat"} and m["categories"] == ["travel", "seats"]
     assert m["created_at"].endswith("Z")
 
-    found = doc(
-        cli(
-            settings,
-            "--json",
-            "search",
-            "aisle seats",
-            "--user-id",
-            "alice",
-            "--agent-id",
-            "travel",
-        )
-    )
+    found = doc(search)
     assert [r["id"] for r in found["results"]] == [mid] and 0 < found["results"][0]["score"] <= 1
 
     updated = doc(cli(settings, "--json", "update", mid, "--text", "Prefers window seats"))
@@ -100,7 +131,7 @@ def test_bad_input_names_the_problem_and_writes_nothing(tmp_path: Path) -> None:
     """Validation is the same on every log (tests/integration covers both); here the CLI's
     part: exit code, one JSON error document naming the problem, the log untouched."""
     settings = Settings(data_dir=tmp_path / "d", embedder="hashing")
-    cli(settings, "add", "seed", "--user-id", "bob")
+    seed(settings, ("seed", {"user_id": "bob"}))
     log_dir = settings.data_dir / "log"
     before = (
         sorted((p.name, p.stat().st_size) for p in log_dir.glob("*.seg"))
@@ -117,8 +148,8 @@ def test_bad_input_names_the_problem_and_writes_nothing(tmp_path: Path) -> None:
         (["add", "x"], "at least one of user_id"),
         (["delete-all", "--filters", "{}"], "at least one of"),
     ]
-    for args, message in cases:
-        proc = cli(settings, "--json", *args, ok=False)
+    procs = cli_at_once(settings, *(("--json", *args) for args, _ in cases), ok=False)
+    for (args, message), proc in zip(cases, procs, strict=True):
         assert proc.returncode != 0, args
         assert message.lower() in doc(proc)["detail"].lower(), (args, proc.stdout)
     assert sorted((p.name, p.stat().st_size) for p in log_dir.glob("*.seg")) == before
@@ -127,7 +158,7 @@ def test_bad_input_names_the_problem_and_writes_nothing(tmp_path: Path) -> None:
 
 def test_several_cli_processes_on_one_data_dir_at_once(tmp_path: Path) -> None:
     settings = Settings(data_dir=tmp_path / "shared", embedder="hashing")
-    cli(settings, "add", "warm-up", "--user-id", "w")  # create the tables once
+    seed(settings, ("warm-up", {"user_id": "w"}))  # create the tables once
     base = [
         sys.executable,
         "-m",
@@ -175,30 +206,41 @@ def test_demo_runs_on_the_default_embedder(tmp_path: Path) -> None:
 
 
 def test_erase_asks_first_and_then_erases(settings: Settings) -> None:
-    cli(settings, "add", "alice's private note", "--user-id", "alice")
-    cli(settings, "add", "bob's note", "--user-id", "bob")
-    refused = cli(settings, "erase", "--user-id", "alice", ok=False)  # stdin is not a terminal
+    seed(
+        settings, ("alice's private note", {"user_id": "alice"}), ("bob's note", {"user_id": "bob"})
+    )
+    refused, both = cli_at_once(
+        settings,
+        ("erase", "--user-id", "alice"),  # stdin is not a terminal
+        ("erase", "--user-id", "alice", "--agent-id", "x", "--yes"),
+        ok=False,
+    )
     assert refused.returncode == 2 and "--yes" in refused.stderr
-    both = cli(settings, "erase", "--user-id", "alice", "--agent-id", "x", "--yes", ok=False)
     assert both.returncode == 2 and "exactly one" in both.stderr
     done = doc(cli(settings, "erase", "--user-id", "alice", "--yes", "--reason", "t-1", "--json"))
     assert done["subject"] == {"user_id": "alice"} and done["memories_erased"] == 1
-    assert doc(cli(settings, "--json", "get-all", "--user-id", "alice"))["results"] == []
-    assert [
-        m["memory"] for m in doc(cli(settings, "--json", "get-all", "--user-id", "bob"))["results"]
-    ] == ["bob's note"]
-    audit = doc(cli(settings, "--json", "audit", "--filters", '{"user_id": "alice"}'))
+    alice, bob, audited, log_all, log_one = cli_at_once(
+        settings,
+        ("--json", "get-all", "--user-id", "alice"),
+        ("--json", "get-all", "--user-id", "bob"),
+        ("--json", "audit", "--filters", '{"user_id": "alice"}'),
+        ("--json", "log", "--limit", "0"),
+        ("--json", "log", "--from", "1", "--limit", "1"),
+    )
+    assert doc(alice)["results"] == []
+    assert [m["memory"] for m in doc(bob)["results"]] == ["bob's note"]
+    audit = doc(audited)
     assert "alice's private note" not in json.dumps(audit)
     assert {e["event"] for e in audit["results"]} >= {"ERASED", "ERASE_SUBJECT"}
     # the raw log, decoded: alice's event is there, unreadable; bob's opens
-    logged = doc(cli(settings, "--json", "log", "--limit", "0"))["events"]
+    logged = doc(log_all)["events"]
     assert "alice's private note" not in json.dumps(logged)
     by_user = {(e["event_type"], e.get("user_id")): e for e in logged}
     assert by_user[("MemoryAdded", "alice")]["erased"] is True
     assert "text" not in by_user[("MemoryAdded", "alice")]
     assert by_user[("MemoryAdded", "bob")]["text"] == "bob's note"
     assert by_user[("SubjectErased", "alice")]["reason"] == "t-1"
-    assert len(doc(cli(settings, "--json", "log", "--from", "1", "--limit", "1"))["events"]) == 1
+    assert len(doc(log_one)["events"]) == 1
 
 
 def test_replay_with_another_embedder_re_embeds_everything(tmp_path: Path) -> None:

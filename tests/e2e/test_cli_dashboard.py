@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.e2e.conftest import MEMSTREAM, START_TIMEOUT_S, free_port
+from tests.e2e.conftest import MEMSTREAM, START_TIMEOUT_S, free_port, log_env
 
 
 def _start(data_dir: Path, *args: str) -> tuple[subprocess.Popen[str], dict[str, str]]:
@@ -20,6 +20,7 @@ def _start(data_dir: Path, *args: str) -> tuple[subprocess.Popen[str], dict[str,
         [*MEMSTREAM, "--data-dir", str(data_dir), "--embedder", "hashing", "dashboard",
          "--port", str(port), *args],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
+        env=log_env(),
     )  # fmt: skip
     printed: dict[str, str] = {}
     assert proc.stdout is not None
@@ -55,7 +56,7 @@ def _stop(proc: subprocess.Popen[str]) -> None:
 def _keys(data_dir: Path) -> list[str]:
     listed = subprocess.run(
         [*MEMSTREAM, "--data-dir", str(data_dir), "--json", "keys", "list"],
-        capture_output=True, text=True, timeout=120, check=True,
+        capture_output=True, text=True, timeout=120, check=True, env=log_env(),
     )  # fmt: skip
     return [k["key_id"] for k in json.loads(listed.stdout)["results"]]
 
@@ -87,7 +88,7 @@ def test_dashboard_command_refuses_an_unknown_key(tmp_path: Path) -> None:
     done = subprocess.run(
         [*MEMSTREAM, "--data-dir", str(tmp_path), "--embedder", "hashing", "dashboard",
          "--port", str(free_port()), "--key", "msk_0123456789abcdef_nope"],
-        capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
+        capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL, env=log_env(),
     )  # fmt: skip
     assert done.returncode == 2
     assert "--key: Invalid API key." in done.stderr

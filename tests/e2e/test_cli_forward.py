@@ -56,9 +56,12 @@ def answered_by_server(
     return not {"lance", "lancedb"} & set(json.loads(out.read_text()))  # it opened nothing
 
 
-@pytest.fixture
-def served(tmp_path: Path) -> Iterator[Server]:
-    srv = start_server(tmp_path / "data", embedder="hashing")
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """One server for the tests that only need one running (a server start is 5-10 s):
+    they write under distinct user ids (alice, bob, carol; "a" is only read, and must stay
+    empty), and the one that loosens the server's files restores them before it ends."""
+    srv = start_server(tmp_path_factory.mktemp("served") / "data", embedder="hashing")
     try:
         yield srv
     finally:

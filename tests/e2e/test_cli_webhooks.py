@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import subprocess
 from pathlib import Path
@@ -14,13 +13,13 @@ from pathlib import Path
 from memstream.service import Memstream
 from memstream.settings import Settings
 from memstream.webhooks import verify
-from tests.e2e.conftest import MEMSTREAM
+from tests.e2e.conftest import MEMSTREAM, log_env
 from tests.webhook_receiver import receiving
 
 
 def test_the_standalone_dispatcher_delivers_and_resumes_where_it_stopped(tmp_path: Path) -> None:
     data = ["--data-dir", str(tmp_path / "data"), "--embedder", "hashing"]
-    env = {**os.environ, "MEMSTREAM_WEBHOOK_BACKOFF_S": "0.05"}
+    env = {**log_env(), "MEMSTREAM_WEBHOOK_BACKOFF_S": "0.05"}  # the file log, not a run's Kafka
 
     def cli(*args: str) -> str:
         proc = subprocess.run([*MEMSTREAM, *data, *args], capture_output=True, text=True,

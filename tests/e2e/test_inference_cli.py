@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from tests.e2e.conftest import log_env
 from tests.llm_server import ScriptedLLM, decide, facts
 
 MEMSTREAM = [sys.executable, "-m", "memstream.cli"]
@@ -21,7 +22,7 @@ def cli(data: Path, llm: str, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [*MEMSTREAM, "--data-dir", str(data), "--embedder", "hashing",
          "--llm-base-url", llm, "--llm-model", "model-a", "--json", *args],
-        capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL,
+        capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL, env=log_env(),
     )  # fmt: skip
 
 

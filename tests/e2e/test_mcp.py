@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import subprocess
 import sys
 from collections.abc import Callable
@@ -23,7 +22,7 @@ from mcp.client.stdio import StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
 from mcp_types import CallToolResult
 
-from tests.e2e.conftest import MEMSTREAM, Server
+from tests.e2e.conftest import MEMSTREAM, Server, log_env
 
 TOOLS = {"add_memory", "search_memories", "list_memories", "delete_memory", "delete_all"}
 
@@ -107,13 +106,14 @@ async def scenario(client: Client, uid: Callable[[str], str]) -> None:
 def stdio(data_dir: Path, *extra: str, env: dict[str, str] | None = None) -> Client:
     args = ["-m", "memstream.cli", "--data-dir", str(data_dir), "--embedder", "hashing", *extra]
     return Client(StdioServerParameters(command=sys.executable, args=[*args, "mcp"],
-                                        env={**os.environ, **(env or {})}))  # fmt: skip
+                                        env={**log_env(), **(env or {})}))  # fmt: skip
 
 
 def cli(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [*MEMSTREAM, "--data-dir", str(data_dir), "--embedder", "hashing", *args],
         capture_output=True, text=True, timeout=120, check=True, stdin=subprocess.DEVNULL,
+        env=log_env(),
     )  # fmt: skip
 
 
@@ -149,7 +149,7 @@ def test_stdio_with_an_api_key_acts_for_its_project(tmp_path: Path) -> None:
     bad = subprocess.run(
         [*MEMSTREAM, "--data-dir", str(tmp_path), "--embedder", "hashing", "mcp",
          "--api-key", "msk_0123456789abcdef_nope"],
-        capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
+        capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL, env=log_env(),
     )  # fmt: skip
     assert bad.returncode != 0 and "key" in bad.stderr.lower()
 

@@ -19,6 +19,7 @@ from memstream.events import MemoryAdded, encode_event, message_of, new_id, text
 from memstream.scope import Scope
 from memstream.service import Memstream, open_log
 from memstream.settings import Settings
+from tests.e2e.conftest import log_env
 
 SCOPE = Scope("local", "default", user_id="poisoned")
 
@@ -39,7 +40,9 @@ def cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
             "--embedder", "hashing"]  # fmt: skip
     if settings.kafka_bootstrap:
         base += ["--kafka", settings.kafka_bootstrap, "--topic", settings.topic]
-    return subprocess.run([*base, *args], capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [*base, *args], capture_output=True, text=True, timeout=300, env=log_env()
+    )
 
 
 def test_poison_records_are_dead_lettered_counted_and_skipped(settings: Settings) -> None:

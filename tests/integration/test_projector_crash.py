@@ -16,6 +16,7 @@ from memstream.events import MemoryAdded, message_of, new_id, text_hash
 from memstream.scope import Scope
 from memstream.service import open_log
 from memstream.settings import Settings
+from tests.e2e.conftest import log_env
 
 N = 5000
 
@@ -48,7 +49,7 @@ def checkpoint_total(data_dir: Path) -> int:
 
 def kill_projector_after(settings: Settings, at_least: int, batch_size: int = 50) -> int:
     proc = subprocess.Popen([*cli_args(settings), "project", "--batch-size", str(batch_size)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=log_env())  # fmt: skip
     deadline = time.monotonic() + 240
     try:
         while checkpoint_total(settings.data_dir) < at_least:
@@ -98,6 +99,7 @@ def test_sigkill_mid_stream_loses_nothing_and_duplicates_nothing(settings: Setti
         capture_output=True,
         text=True,
         timeout=300,
+        env=log_env(),
     )
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["position"] == N

@@ -24,6 +24,7 @@ from memstream.events import (
 from memstream.scope import Scope
 from memstream.service import open_log
 from memstream.settings import Settings
+from tests.e2e.conftest import log_env
 from tests.integration.test_projector_crash import checkpoint_total, cli_args, kill_projector_after
 
 N = 20_000
@@ -85,7 +86,7 @@ def test_ten_sigkills_at_random_points_end_equal_to_the_reference_fold(
     killed_at = [kill_projector_after(settings, point, batch_size=200) for point in points]
     assert all(k < N for k in killed_at), killed_at  # every kill landed mid-stream
     done = subprocess.run([*cli_args(settings), "--json", "project", "--once"],
-                          capture_output=True, text=True, timeout=300)  # fmt: skip
+                          capture_output=True, text=True, timeout=300, env=log_env())  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert checkpoint_total(tmp_path) == N
 

@@ -13,6 +13,7 @@ import pytest
 from memstream.errors import ConflictError, ValidationError
 from memstream.service import Memstream
 from memstream.settings import Settings
+from tests.e2e.conftest import log_env
 
 
 def position_of(end: dict[int, int]) -> str:
@@ -25,7 +26,9 @@ def cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
            "--embedder", str(settings.embedder)]  # fmt: skip
     if settings.kafka_bootstrap:
         cmd += ["--kafka", settings.kafka_bootstrap, "--topic", settings.topic]
-    return subprocess.run([*cmd, "--json", *args], capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [*cmd, "--json", *args], capture_output=True, text=True, timeout=120, env=log_env()
+    )
 
 
 def test_replay_to_position_pins_and_replay_unpins(settings: Settings) -> None:
