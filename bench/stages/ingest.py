@@ -54,6 +54,9 @@ async def measure_ingest(
                 start = time.perf_counter()
                 await ms.catch_up()
                 total += time.perf_counter() - start
+            # the fresh tier holds what was applied since its last write (and a due tier may
+            # be under way in the background): write it, then count the table's rows
+            await ms.projector.flush_tier()
             table = ms.projector.generation().memories()
             rows = table.count_rows() if table is not None else 0
             probe = memories[-1]
