@@ -353,9 +353,7 @@ class Projector:
             return
         async with self._alock:
             flushed = await self._flush_locked()
-        if flushed is not None and self._reader is not None:
-            with contextlib.suppress(Exception):  # the group offset is informational
-                await self._reader.commit(flushed)
+        await self._commit_flushed(flushed)
 
     async def _flush_locked(self) -> Offsets | None:
         """`flush_tier` with the _alock held: the checkpoint written, or None."""
@@ -457,6 +455,14 @@ class Projector:
         if exc is not None and not isinstance(exc, _TablesMoved):
             raise exc
 
+    async def _commit_flushed(self, flushed: Offsets | None) -> None:
+        """Commit the reader's group offset at a checkpoint just written (`flushed`, if
+        any): the last FLUSHED position, never the tier's. Informational only (the
+        projector resumes from the generation's checkpoint), so a failure is ignored."""
+        if flushed is not None and self._reader is not None:
+            with contextlib.suppress(Exception):
+                await self._reader.commit(flushed)
+
     async def _land(self) -> None:
         """Wait for the background write to land (on the event loop, under the _alock)."""
         flight = self._flight
@@ -464,10 +470,7 @@ class Projector:
             return
         with contextlib.suppress(BaseException):
             await asyncio.wrap_future(flight)
-        flushed = self._settle()
-        if flushed is not None and self._reader is not None:
-            with contextlib.suppress(Exception):  # the group offset is informational
-                await self._reader.commit(flushed)
+        await self._commit_flushed(self._settle())
 
     async def _rebuild_tier(self, gen: Generation) -> None:
         """Put the tier back on the tables as they are now (under the _alock and the flock).
@@ -520,10 +523,7 @@ class Projector:
     async def step(self, timeout_s: float = 0.0) -> int:
         """Read one batch and apply what no one has applied yet. Returns events applied."""
         async with self._alock:
-            landed = self._settle()  # a background flush finished: take it in
-            if landed is not None and self._reader is not None:
-                with contextlib.suppress(Exception):  # the group offset is informational
-                    await self._reader.commit(landed)
+            await self._commit_flushed(self._settle())  # a background flush finished
             gen = self.generation()
             if self._pending_read is not None:  # a read-ahead still under way: keep its records
                 read, self._pending_read = self._pending_read, None
@@ -559,9 +559,7 @@ class Projector:
                         if not self._stale_tier(gen, disk) and tier is self._tier:
                             await asyncio.to_thread(self._launch, gen, tier)
                     self.checkpoint = self._applied_upto(gen, gen.checkpoint())
-                if flushed is not None and self._reader is not None:
-                    with contextlib.suppress(Exception):  # the group offset is informational
-                        await self._reader.commit(flushed)
+                await self._commit_flushed(flushed)
                 self._progress.set()
                 return 0
             flushed = None
@@ -612,10 +610,7 @@ class Projector:
                     if written != disk:
                         flushed = self._wrote = written
                 self.checkpoint = cp
-            if flushed is not None and self._reader is not None:
-                # the committed group offset is the last FLUSHED position, never the tier's
-                with contextlib.suppress(Exception):  # the group offset is informational
-                    await self._reader.commit(flushed)
+            await self._commit_flushed(flushed)
             self._progress.set()
             return len(fresh)
 

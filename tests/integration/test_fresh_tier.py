@@ -424,6 +424,17 @@ def test_other_processes_read_their_own_and_the_tiers_writes(settings: Settings)
 # -- a flush that fails half-way ---------------------------------------------------------------
 
 
+async def _written_once(ms: Memstream, ids: list[str]) -> None:
+    """After a failed flush was rebuilt and written: ann's memories `ids` (the only events
+    of the log) are each in the tables once, the checkpoint covers them, and reads agree."""
+    gen = ms.projector.generation()
+    assert gen.memories().count_rows() == len(ids)  # no row twice
+    assert gen.events().count_rows() == len(ids)  # no audit row twice
+    assert sum(gen.checkpoint().values()) == len(ids)
+    page = await ms.get_all({"user_id": "ann"}, page_size=100)
+    assert sorted(m.id for m in page.results) == sorted(ids)
+
+
 def test_a_failed_flush_is_redone_from_the_log_once(settings: Settings, monkeypatch: Any) -> None:
     from memstream import metrics
     from memstream.projector import projector as projector_module
@@ -463,12 +474,7 @@ def test_a_failed_flush_is_redone_from_the_log_once(settings: Settings, monkeypa
             assert sorted(m.id for m in page.results) == sorted(ids)
             await ms.projector.flush_tier()  # rebuilt from the log, then written
             assert projected() == before + len(ids)  # the rebuild decided them again: once
-            gen = ms.projector.generation()
-            assert gen.memories().count_rows() == len(ids)  # no row twice
-            assert gen.events().count_rows() == len(ids)  # no audit row twice
-            assert sum(gen.checkpoint().values()) == len(ids)
-            page = await ms.get_all({"user_id": "ann"}, page_size=100)
-            assert sorted(m.id for m in page.results) == sorted(ids)
+            await _written_once(ms, ids)
 
     asyncio.run(go())
 
@@ -596,11 +602,6 @@ def test_a_failed_background_flush_is_redone_from_the_log(
             page = await ms.get_all({"user_id": "ann"}, page_size=100)
             assert sorted(m.id for m in page.results) == sorted(ids)
             await ms.projector.flush_tier()
-            gen = ms.projector.generation()
-            assert gen.memories().count_rows() == len(ids)  # no row twice
-            assert gen.events().count_rows() == len(ids)  # no audit row twice
-            assert sum(gen.checkpoint().values()) == len(ids)
-            page = await ms.get_all({"user_id": "ann"}, page_size=100)
-            assert sorted(m.id for m in page.results) == sorted(ids)
+            await _written_once(ms, ids)
 
     asyncio.run(go())
