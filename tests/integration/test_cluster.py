@@ -13,7 +13,7 @@ import pytest
 from memstream.events import MemoryAdded, MemoryDeleted, MemoryUpdated, message_of, new_id
 from memstream.events import text_hash as th
 from memstream.projector.cluster import SORT_KEY, rewrite_sorted
-from memstream.projector.store import connect_lancedb
+from memstream.projector.store import LANCE_FILE_VERSION, connect_lancedb
 from memstream.scope import Scope
 from memstream.service import Memstream
 from memstream.settings import Settings
@@ -99,8 +99,13 @@ def test_a_replay_writes_scopes_side_by_side_and_reads_the_same(
             await ms.projector.flush_tier()
             before = await reads(ms)
             await ms.replay()
-            table = ms.projector.generation().memories()
+            gen = ms.projector.generation()
+            table = gen.memories()
             assert _in_scope_order(table.to_arrow()) == clustered
+            # the format chosen for point reads (store.py LANCE_FILE_VERSION), not LanceDB's
+            # default, in every table the replay made and after the scope-order rewrite
+            for made in (table, gen.events(), ms.projector.cache.table()):
+                assert made.to_lance().data_storage_version == LANCE_FILE_VERSION
             indexed = {tuple(ix.columns) for ix in table.list_indices()}
             assert {("id",), ("user_id",), ("agent_id",)} <= indexed
             assert await reads(ms) == before

@@ -144,3 +144,25 @@ def test_a_finished_candidate_outlives_the_clean_up_and_a_half_built_one_does_no
     fresh.drop(live.name)  # never the live one
     fresh.drop(kept.name)
     assert live.exists() and not kept.exists() and fresh.candidates() == {}
+
+
+def test_tables_are_created_in_the_lance_format_chosen_for_point_reads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """LanceDB's default format (2.2) reads a few rows of a constant page as slowly as the
+    whole page (store.py LANCE_FILE_VERSION); MEMSTREAM_LANCE_FORMAT picks another, and a
+    name Lance would not know is refused before any table is made."""
+    import pyarrow as pa
+
+    from memstream.projector.store import LANCE_FILE_VERSION, connect_lancedb
+
+    schema = pa.schema([pa.field("id", pa.string())])
+    made = connect_lancedb(tmp_path).create_table("default", schema=schema)
+    assert made.to_lance().data_storage_version == LANCE_FILE_VERSION != "2.2"
+    monkeypatch.setenv("MEMSTREAM_LANCE_FORMAT", "2.0")
+    made = connect_lancedb(tmp_path).create_table("older", schema=schema)
+    made.add(pa.table({"id": ["a"]}))
+    assert made.to_lance().data_storage_version == "2.0"
+    monkeypatch.setenv("MEMSTREAM_LANCE_FORMAT", "stable-ish")
+    with pytest.raises(ValueError, match="MEMSTREAM_LANCE_FORMAT: 'stable-ish'"):
+        connect_lancedb(tmp_path)
