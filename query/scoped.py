@@ -159,19 +159,25 @@ _DATASETS_LOCK = threading.Lock()
 
 
 def dataset(table: Any) -> Any:
-    """The `lance` dataset of a LanceDB table at the table's current version, kept per table:
+    """The `lance` dataset of a LanceDB table at the table's latest version, kept per table:
     a dataset opened afresh starts with cold index and metadata caches (each query would
     read the BTree pages again); a newer version is checked out from the kept one, which
-    shares its caches. A `lance` dataset (a LanceSnapshot's table) is its own dataset."""
+    shares its caches. A `lance` dataset (a LanceSnapshot's table) is its own dataset.
+
+    The latest version is asked of the kept dataset (`latest_version`: ~0.02 ms), not of
+    LanceDB's table (`table.version`: ~0.3 ms quiet, 2.6 ms a search under load at 1M, a
+    round trip through LanceDB's background event loop thread). Both read the storage's
+    newest manifest: the tables are always read at their latest version here."""
     if not hasattr(table, "to_lance"):
         return table
-    version = table.version
     with _DATASETS_LOCK:
         ds = _DATASETS.get(table)
     if ds is None:
         ds = table.to_lance()
-    elif ds.version != version:
-        ds = ds.checkout_version(version)
+    else:
+        version = ds.latest_version
+        if ds.version != version:
+            ds = ds.checkout_version(version)
     with _DATASETS_LOCK:
         _DATASETS[table] = ds
     return ds
