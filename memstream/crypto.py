@@ -81,9 +81,15 @@ def keyed_hash(key: SubjectKey, text: str) -> str:
     return o.hexdigest()
 
 
-def forget(secret: bytes) -> None:
-    """Drop a destroyed key's cipher from the cache (the bytes object itself is immutable;
-    what we can do is stop holding it)."""
+def forget_secrets() -> None:
+    """Drop every cached cipher and HMAC state, and with them the key secrets the caches are
+    keyed by. Called once a subject's keys are destroyed (crypto-shredding), so this process
+    keeps no copy of a destroyed secret in a cache. Erasures are rare; the caches refill on
+    the next seal or hash."""
     _cipher.cache_clear()
     _hmac_states.cache_clear()
-    del secret
+
+
+def cached_secrets() -> int:
+    """How many key secrets the caches hold (for tests and diagnostics)."""
+    return _cipher.cache_info().currsize + _hmac_states.cache_info().currsize

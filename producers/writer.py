@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from memstream import cancellation, metrics
-from memstream.crypto import keyed_hash
+from memstream.crypto import forget_secrets, keyed_hash
 from memstream.errors import ConflictError, NotFoundError, ValidationError
 from memstream.events import (
     Actor,
@@ -432,6 +432,7 @@ class SubjectEraser(_Producer):
         ).count
         with cancellation.committing():  # from the keys' destruction to the event: whole
             key_ids = await self.projector.keys.destroy(subject)
+            forget_secrets()  # no cache of this process keeps the destroyed secrets
             # keys an earlier erase destroyed before it was killed, leaving its event unwritten
             dead = (await self.dead_keys(subject)).get(subject, [])
             earlier = [k for k in dead if k not in key_ids]

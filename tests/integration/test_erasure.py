@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from memstream.crypto import keyed_hash
+from memstream.crypto import cached_secrets, keyed_hash
 from memstream.errors import NotFoundError, ValidationError
 from memstream.events import (
     MemoryAdded,
@@ -213,7 +213,9 @@ def test_erase_one_subject_spares_every_other(settings: Settings) -> None:
         await ms.add("bot's own memory", agent_id="bot")
         await ms.add("run r1 memory", run_id="r1")
         await ms.add("app memory", app_id="shop")
+        assert cached_secrets() > 0  # the adds sealed and hashed under subject keys
         done = await ms.erase(agent_id="bot")
+        assert cached_secrets() == 0  # the destroyed key's secret is in no cache here
         # the agent subject owns only memories without a user: alice's stay hers
         assert done["memories_erased"] == 1
         left = await ms.get_all({"OR": [
