@@ -18,6 +18,7 @@ import fcntl
 import json
 import os
 import shutil
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -469,6 +470,9 @@ class EmbeddingCache:
         self._mem: dict[str, np.ndarray] = {}
         self._memory_items = memory_items
         self._pending: dict[str, np.ndarray] = {}  # put with defer=True, not written yet
+        # the apply thread puts while the background flush of the fresh tier takes the
+        # pending vectors: without it a put landing in the dict being written was lost
+        self._pending_lock = threading.Lock()
         self._table: Any = None
 
     def _tbl(self, create: bool) -> Any:
@@ -532,16 +536,19 @@ class EmbeddingCache:
         if len(self._mem) + len(items) > self._memory_items:
             self._mem.clear()
         self._mem.update(items)
-        self._pending.update(items)
-        if not defer or len(self._pending) >= FLUSH_ITEMS:
+        with self._pending_lock:
+            self._pending.update(items)
+            due = not defer or len(self._pending) >= FLUSH_ITEMS
+        if due:
             self.flush()
 
     def flush(self) -> None:
         """Write the pending vectors (appended: the projector looked these keys up under its
         flock and found them missing; a key written twice holds the same vector twice)."""
-        if not self._pending:
-            return
-        items, self._pending = self._pending, {}
+        with self._pending_lock:
+            if not self._pending:
+                return
+            items, self._pending = self._pending, {}
         table = self._tbl(create=True)
         data = pa.table(
             {
@@ -556,9 +563,10 @@ class EmbeddingCache:
 
     def forget(self, keys: list[str]) -> int:
         """Remove these texts' vectors (an erasure); returns how many were stored."""
-        for key in keys:
-            self._mem.pop(key, None)
-            self._pending.pop(key, None)
+        with self._pending_lock:
+            for key in keys:
+                self._mem.pop(key, None)
+                self._pending.pop(key, None)
         table = self._tbl(create=False)
         if table is None or not keys:
             return 0

@@ -35,3 +35,33 @@ def test_lookups_larger_than_one_query(tmp_path: Path, monkeypatch: pytest.Monke
     monkeypatch.setattr(store, "LOOKUP_CHUNK", 4)  # seven queries
     found = EmbeddingCache(tmp_path, "m", 8).get_many(sorted(stored))
     assert {k: v.tolist() for k, v in found.items()} == {k: v.tolist() for k, v in stored.items()}
+
+
+def test_a_put_racing_the_background_flush_is_never_lost(tmp_path: Path) -> None:
+    """The fresh tier's background write flushes the cache on its own thread while the apply
+    thread keeps putting. The race, made to happen: the flush runs just as a put is about to
+    add its vector to the pending dict. Whatever the interleaving, every vector put ends up
+    written (or still pending for the next flush), never dropped."""
+    import threading
+
+    cache = EmbeddingCache(tmp_path, "m", 8)
+    rng = np.random.default_rng(9)
+    first = {"k-first": rng.standard_normal(8).astype(np.float32)}
+    racing = {"k-racing": rng.standard_normal(8).astype(np.float32)}
+    cache.put_many(first, defer=True)
+    flusher: list[threading.Thread] = []
+
+    class FlushMidPut(dict[str, np.ndarray]):
+        def update(self, *args: object, **kwargs: object) -> None:
+            if not flusher:  # the apply thread is inside put_many: the flush runs now
+                flusher.append(threading.Thread(target=cache.flush))
+                flusher[0].start()
+                flusher[0].join(timeout=0.5)  # it may wait for this put to finish
+            super().update(*args, **kwargs)  # type: ignore[arg-type]
+
+    cache._pending = FlushMidPut(cache._pending)
+    cache.put_many(racing, defer=True)
+    flusher[0].join()
+    cache.flush()
+    cold = EmbeddingCache(tmp_path, "m", 8)  # what the table holds, nothing from memory
+    assert sorted(cold.get_many(["k-first", "k-racing"])) == ["k-first", "k-racing"]
