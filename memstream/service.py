@@ -713,12 +713,20 @@ class Memstream:
     def status(self) -> dict[str, Any]:
         """The live generation, how far it has projected, and its pin if it has one."""
         from memstream.projector.projector import describe_pin
+        from memstream.projector.store import lance_file_version
 
         gen = self.projector.generation()
         pinned = self.projector.pinned
+        memories = gen.memories()
         return {
             "log": self.settings.log_description,
             "generation": gen.path.name,
+            # a table keeps the Lance format it was made in; a replay remakes it in the one
+            # new tables get (projector/store.py LANCE_FILE_VERSION: faster scoped reads)
+            "lance_format": {
+                "memories": None if memories is None else memories.to_lance().data_storage_version,
+                "new_tables": lance_file_version(),
+            },
             "checkpoint": {str(p): o for p, o in sorted(gen.checkpoint().items())},
             "pinned": describe_pin(pinned) if pinned is not None else None,
             "log_health": self.log.health(),

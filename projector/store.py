@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 
+from memstream.errors import ValidationError
 from memstream.log.base import Offsets
 from memstream.projector.index import DigestSet
 from memstream.projector.tables import (
@@ -85,7 +86,7 @@ def lance_file_version() -> str:
     """LANCE_FILE_VERSION, or the one `MEMSTREAM_LANCE_FORMAT` names."""
     chosen = os.environ.get("MEMSTREAM_LANCE_FORMAT", LANCE_FILE_VERSION)
     if chosen not in LANCE_FILE_VERSIONS:
-        raise ValueError(
+        raise ValidationError(
             f"MEMSTREAM_LANCE_FORMAT: {chosen!r} is not a Lance file version memstream "
             f"writes; use one of {', '.join(LANCE_FILE_VERSIONS)}"
         )

@@ -175,12 +175,15 @@ def main_options(
         None, "--llm-api-key", help="sent as Bearer token (env MEMSTREAM_LLM_API_KEY)"
     ),
 ) -> None:
-    state.settings = Settings.from_env(
-        data_dir=Path(data_dir) if data_dir is not None else None, kafka_bootstrap=kafka, topic=topic, embedder=embedder,
-        org_id=org_id, project_id=project_id, llm_base_url=llm_base_url, llm_model=llm_model,
-        llm_api_key=llm_api_key,
-    )  # fmt: skip
-    state.json = as_json
+    state.json = as_json  # before anything can fail: its error is a JSON document too
+    try:
+        state.settings = Settings.from_env(
+            data_dir=Path(data_dir) if data_dir is not None else None, kafka_bootstrap=kafka, topic=topic, embedder=embedder,
+            org_id=org_id, project_id=project_id, llm_base_url=llm_base_url, llm_model=llm_model,
+            llm_api_key=llm_api_key,
+        )  # fmt: skip
+    except ValueError as exc:  # an environment variable that is not what it must be
+        fail(str(exc), code=2)
     state.no_server = no_server
 
 

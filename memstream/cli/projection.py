@@ -74,6 +74,15 @@ def status() -> None:
         out.print(f"generation  {result['generation']}", highlight=False)
         position = ",".join(f"{p}:{o}" for p, o in result["checkpoint"].items()) or "(empty)"
         out.print(f"projected   next offsets {position}", highlight=False)
+        fmt = result["lance_format"]
+        if fmt["memories"] is not None and fmt["memories"] != fmt["new_tables"]:
+            out.print(
+                f"format      Lance {fmt['memories']}; new tables are made in "
+                f"{fmt['new_tables']}: `memstream replay` rewrites them (faster scoped reads)",
+                highlight=False,
+            )
+        else:
+            out.print(f"format      Lance {fmt['memories'] or fmt['new_tables']}", highlight=False)
         if result["pinned"] is not None:
             out.print(
                 f"pinned      at log position {result['pinned']} (replay --to-position): "

@@ -111,3 +111,31 @@ def test_a_replay_writes_scopes_side_by_side_and_reads_the_same(
             assert await reads(ms) == before
 
     asyncio.run(body())
+
+
+def test_a_replay_moves_a_projection_made_in_another_lance_format(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A projection made before memstream chose its format (LanceDB's default, 2.2) keeps
+    working; `status` says which format its tables are in and which new ones get, and a
+    replay remakes them in the chosen one with every memory."""
+
+    async def body() -> None:
+        monkeypatch.setenv("MEMSTREAM_LANCE_FORMAT", "2.2")
+        async with Memstream(settings) as ms:
+            for i in range(5):
+                await ms.add(f"fact {i}", user_id="old-format")
+            await ms.projector.flush_tier()
+            assert ms.status()["lance_format"] == {"memories": "2.2", "new_tables": "2.2"}
+        monkeypatch.delenv("MEMSTREAM_LANCE_FORMAT")
+        async with Memstream(settings) as ms:
+            assert ms.status()["lance_format"] == {
+                "memories": "2.2", "new_tables": LANCE_FILE_VERSION,
+            }  # fmt: skip
+            before = sorted(m.memory for m in (await ms.get_all({"user_id": "old-format"})).results)
+            await ms.replay()
+            assert ms.status()["lance_format"]["memories"] == LANCE_FILE_VERSION
+            after = sorted(m.memory for m in (await ms.get_all({"user_id": "old-format"})).results)
+            assert after == before == [f"fact {i}" for i in range(5)]
+
+    asyncio.run(body())

@@ -154,6 +154,7 @@ def test_tables_are_created_in_the_lance_format_chosen_for_point_reads(
     name Lance would not know is refused before any table is made."""
     import pyarrow as pa
 
+    from memstream.errors import ValidationError
     from memstream.projector.store import LANCE_FILE_VERSION, connect_lancedb
 
     schema = pa.schema([pa.field("id", pa.string())])
@@ -164,5 +165,5 @@ def test_tables_are_created_in_the_lance_format_chosen_for_point_reads(
     made.add(pa.table({"id": ["a"]}))
     assert made.to_lance().data_storage_version == "2.0"
     monkeypatch.setenv("MEMSTREAM_LANCE_FORMAT", "stable-ish")
-    with pytest.raises(ValueError, match="MEMSTREAM_LANCE_FORMAT: 'stable-ish'"):
+    with pytest.raises(ValidationError, match="MEMSTREAM_LANCE_FORMAT: 'stable-ish'"):
         connect_lancedb(tmp_path)
