@@ -183,3 +183,49 @@ def test_a_repair_under_a_live_reader_and_writer_keeps_their_offsets(tmp_path: P
         assert b"quarantine/" in values[3] and values[4] == b"v4" * 20
 
     asyncio.run(go())
+
+
+def test_a_new_process_takes_the_tail_hint_and_never_a_torn_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The last append leaves the tail (size, count, chain head) in a hint overwritten in
+    place; the next process starts from it instead of parsing the segment. A hint whose
+    fields do not match its CRC (half overwritten when read, or torn by a crash) is not
+    trusted: taken, its wrong chain head would have broken the hash chain."""
+    import json
+
+    from memstream.log.chain import ChainVerifier
+    from memstream.log.checkpoint import walk
+    from memstream.log.file import HINT_BYTES, TAIL_HINT
+
+    async def go() -> None:
+        first = FileEventLog(tmp_path)
+        await first.append([(b"k", b"one"), (b"k", b"two")])
+        await first.close()
+        hint = tmp_path / TAIL_HINT
+        assert len(hint.read_bytes()) == HINT_BYTES
+        parsed: list[Path] = []
+        real = FileEventLog._read_from
+
+        def counting(self: FileEventLog, path: Path, start: int) -> bytes:
+            parsed.append(path)
+            return real(self, path, start)
+
+        monkeypatch.setattr(FileEventLog, "_read_from", counting)
+        second = FileEventLog(tmp_path)
+        assert (await second.append([(b"k", b"three")]))[0].offset == 2
+        await second.close()
+        assert parsed == []  # the tail came from the hint
+        torn = json.loads(hint.read_text())
+        torn["head"] = "00" * 32  # the old CRC over new fields: a mix of two writes
+        hint.write_bytes(json.dumps(torn).encode().ljust(HINT_BYTES))
+        third = FileEventLog(tmp_path)
+        assert (await third.append([(b"k", b"four")]))[0].offset == 3
+        assert parsed  # not trusted: the segment was parsed instead
+        verifier = ChainVerifier()
+        await walk(third, verifier.feed)
+        assert verifier.findings == []
+        assert [v for _, _, v in await read_all(third)] == [b"one", b"two", b"three", b"four"]
+        await third.close()
+
+    asyncio.run(go())
