@@ -11,6 +11,7 @@ import pyarrow as pa
 
 from memstream.projector.apply import BatchState
 from memstream.projector.cluster import sort_rows, sort_table
+from memstream.projector.lance_datasets import latest_version
 from memstream.projector.store import EmbeddingCache, Generation
 from memstream.projector.tables import EVENTS_SCHEMA, POLICIES_SCHEMA, memories_schema
 from memstream.sqlutil import sql_in
@@ -100,9 +101,8 @@ def write_rows(
 
 def table_versions(gen: Generation, cache: EmbeddingCache) -> tuple[int | None, ...]:
     """The current versions of the tables a TableIndex describes (None: not created yet)."""
-    return tuple(
-        t.version if t is not None else None for t in (gen.memories(), gen.events(), cache.table())
-    )
+    tables = (gen.memories(), gen.events(), cache.table())
+    return tuple(latest_version(t) if t is not None else None for t in tables)
 
 
 def arrow_table(rows: list[dict[str, Any]], schema: pa.Schema) -> pa.Table:
