@@ -99,15 +99,6 @@ REPLAY_GC_THRESHOLD = 50_000  # gen-0 collection threshold while a replay runs (
 # held in memory, and the log the next start re-applies after a crash, stay within two
 # tiers' worth -- one being written, one being filled
 FLIGHT_BACKLOG = 1
-# a live batch that fills the live batch size means the log holds a backlog (the projector
-# fell behind a stream: a slow write, a starved CPU): such batches are written directly,
-# column-wise (projector/columnar.py), past the fresh tier -- whose small batches are there
-# for latency, and whose events are decided into Python rows and converted to Arrow again
-# when the tier is written -- and read DRAIN_FACTOR times the batch size at a time (5,000
-# by default), until a batch comes back smaller than the live batch size (see `step`,
-# `_batch_limit`). A multiple, not a fixed size: a projector told to take small batches
-# (`memstream project --batch-size`) still moves its checkpoint in small steps
-DRAIN_FACTOR = 5
 REBUILD_TIMEOUT_S = 120.0  # reading back the events of a tier being rebuilt (see _rebuild_tier)
 
 
@@ -214,7 +205,6 @@ class Projector:
         self._bulk = False  # a catch_up with a large backlog is under way (see catch_up)
         self._bulk_callers = 0  # how many (concurrent) catch_ups are bulk
         self._live_batch_size = batch_size  # batch_size outside bulk catch-ups
-        self._draining = False  # the last live batch was full: a backlog (DRAIN_FACTOR)
 
     # -- generations ---------------------------------------------------------------------
     def generation(self) -> Generation:
@@ -593,26 +583,15 @@ class Projector:
                     self._progress.set()
                     return 0
                 fresh = self._admit(fresh, cp)
-                self._draining = self._drains(len(batch))
                 if fresh:
                     if disk != self._wrote and self._flight is None:
                         # another process applied batches meanwhile (not while this one's
                         # background flush holds the flock: the checkpoint moved is its own)
                         self._keys_stale = True
                     apply: asyncio.Future[Offsets]
-                    if tier is not None and self._draining and tier.pending:
-                        # a backlog: what the tier holds is written first (the tables must
-                        # hold it before this batch), then the batch directly, below
-                        tier = await self._write_tier_now(gen, tier)
-                        if tier is None:
-                            self._reset_reader()  # the next step rebuilds the tier
-                            self.checkpoint = self._applied_upto(gen, gen.checkpoint())
-                            self._progress.set()
-                            return 0
-                        flushed = self._wrote
-                    if tier is not None and (self._bulk or self._draining) and not tier.pending:
-                        # a bulk catch-up, or a backlog, writes its large batches directly;
-                        # an empty tier is made on the tables' new checkpoint by the next step
+                    if tier is not None and self._bulk and not tier.pending:
+                        # a bulk catch-up writes its large batches directly; an empty tier
+                        # is made on the tables' new checkpoint by the next step
                         self._tier = tier = None
                     if tier is None:
                         apply = asyncio.ensure_future(
@@ -634,19 +613,6 @@ class Projector:
             await self._commit_flushed(flushed)
             self._progress.set()
             return len(fresh)
-
-    async def _write_tier_now(self, gen: Generation, tier: FreshTier) -> FreshTier | None:
-        """Write the tier (and the frozen one beneath it, if its write is under way) to the
-        tables now, under the _alock and the flock, before a batch is written past it; the
-        (empty) tier on the tables' new checkpoint. None when it could not be written: a
-        failed write, or tables moved under it, leave it broken, and the next step rebuilds
-        it from the log."""
-        await self._land()
-        if tier is not self._tier or self._stale_tier(gen, gen.checkpoint()):
-            return None
-        if tier.pending:
-            await asyncio.to_thread(self._flush_sync, gen, tier)
-        return None if tier.broken else self._tier
 
     def _admit(self, records: list[LogRecord], checkpoint: Offsets) -> list[LogRecord]:
         """Which of the next unapplied records (in log order, from `checkpoint`) this
@@ -674,27 +640,18 @@ class Projector:
         """The next records to apply, in log order. With a costly model in background
         mode, only records whose texts were embedded ahead (see `_read_ahead`): the apply
         then only writes, while the model works on what came after."""
-        limit = self._batch_limit()
         if not (self._background and self.embedder.costly):
-            if len(self._buffer) < limit:
-                await self._read(limit - len(self._buffer), 0 if self._buffer else timeout_s)
-            return self._take(limit)
+            if len(self._buffer) < self.batch_size:
+                await self._read(
+                    self.batch_size - len(self._buffer), 0 if self._buffer else timeout_s
+                )
+            return self._take(self.batch_size)
         if not self._buffer:
-            await self._read(limit, timeout_s)
+            await self._read(self.batch_size, timeout_s)
         self._start_embedding_ahead()
         while self._seq_ready <= self._seq_taken and self._ahead_task is not None:
             await asyncio.shield(self._ahead_task)
-        return self._take(min(self._seq_ready - self._seq_taken, limit))
-
-    def _batch_limit(self) -> int:
-        """How many records the next batch may take: the batch size, or DRAIN_FACTOR times
-        it while a backlog is drained (the last live batch was full)."""
-        return self.batch_size * DRAIN_FACTOR if self._draining else self.batch_size
-
-    def _drains(self, batch: int) -> bool:
-        """Whether a live batch of `batch` records is part of a backlog (it filled the live
-        batch size: the log held at least that many records not applied yet)."""
-        return not self._bulk and batch >= self.batch_size
+        return self._take(min(self._seq_ready - self._seq_taken, self.batch_size))
 
     def _unapplied_from(self) -> Offsets:
         """Where the reader's next unapplied record is: after what was read, before what is
@@ -708,10 +665,9 @@ class Projector:
         """While a batch is written (in its thread), read what the log receives meanwhile
         and have its texts embedded in another thread: the model works on batch k+1 while
         LanceDB writes batch k, instead of one after the other."""
-        limit = self._batch_limit()
-        while not apply.done() and len(self._buffer) < limit:
+        while not apply.done() and len(self._buffer) < self.batch_size:
             if self._pending_read is None:
-                want = limit - len(self._buffer)
+                want = self.batch_size - len(self._buffer)
                 self._pending_read = asyncio.ensure_future(self._read(want, 0.05))
             read = self._pending_read
             pending: list[asyncio.Future[Any]] = [apply, read]

@@ -23,7 +23,6 @@ import dataclasses
 import tempfile
 from pathlib import Path
 from typing import Any
-from unittest import mock
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -41,7 +40,6 @@ from memstream.events import (
     text_hash,
 )
 from memstream.models import Tenant
-from memstream.projector import projector as projector_module
 from memstream.projector.apply import scope_of_row
 from memstream.projector.projector import Projector
 from memstream.query.explain import settlement
@@ -231,14 +229,10 @@ def _in_tier(ms: Memstream, events: list[Event]) -> bool:
     return all(e.event_id in held for e in events)
 
 
-async def run_ops(
-    root: Path, ops: list[tuple[Any, ...]], tier_rows: int = 100_000, batch_size: int | None = None
-) -> None:
+async def run_ops(root: Path, ops: list[tuple[Any, ...]], tier_rows: int = 100_000) -> None:
     settings_ = Settings(data_dir=root / "data", embedder="hashing", tier_rows=tier_rows,
                          tier_age_s=3600.0)  # fmt: skip
     async with Memstream(settings_) as ms:
-        if batch_size is not None:
-            ms.projector.batch_size = batch_size
         ref = Projector(root / "ref", ms.log, ms.embedder, keys=ms.projector.keys, tier_rows=0)
         seen = Seen()
         ids = seen.ids
@@ -283,9 +277,8 @@ async def run_ops(
                     if events:
                         await ms.writer._append(events)
                         seen.events.extend(e.event_id for e in events)
-                        # the batch stays in the tier, as a plain add's does (unless it
-                        # filled the batch size: a backlog, written past the tier)
-                        assert _in_tier(ms, events) or len(events) >= ms.projector.batch_size
+                        # the batch stays in the tier, as a plain add's does
+                        assert _in_tier(ms, events)
                 elif kind == "erase":
                     await ms.erase(user_id=op[1])
                 elif kind == "expire":
@@ -326,62 +319,6 @@ def test_reads_equal_a_projection_without_tier_across_background_flushes(
     then merges tables + frozen tier + top tier), landing at a later step."""
     with tempfile.TemporaryDirectory() as tmp:
         asyncio.run(run_ops(Path(tmp), ops, tier_rows=2))
-
-
-@settings(max_examples=20)
-@given(ops=st.lists(OP, min_size=1, max_size=18))
-def test_reads_equal_a_projection_without_tier_when_backlogs_are_written_past_it(
-    ops: list[tuple[Any, ...]],
-) -> None:
-    """The same, with batches of 2 events (4 while a backlog is drained): every batch of an
-    inference's 2-3 events fills the batch size, so it is written to the tables directly,
-    after what the tier held (`Projector.step`, DRAIN_FACTOR), between adds decided into
-    the tier."""
-    with (
-        tempfile.TemporaryDirectory() as tmp,
-        mock.patch.object(projector_module, "DRAIN_FACTOR", 2),
-    ):
-        asyncio.run(run_ops(Path(tmp), ops, batch_size=2))
-
-
-def test_a_backlog_is_written_past_the_tier_in_larger_batches(settings: Settings) -> None:
-    """A live batch that fills the batch size means the log holds a backlog: the tier is
-    written, then the batch directly to the tables (column-wise), and the next batches are
-    read DRAIN_FACTOR times the batch size at a time until one comes back short of it; then
-    batches are decided into the tier again. Every memory is read once throughout."""
-
-    async def go() -> None:
-        tiered = dataclasses.replace(settings, tier_rows=100_000, tier_age_s=3600.0)
-        async with Memstream(tiered) as ms:
-            pj = ms.projector
-            pj.batch_size = 10
-            ids = [(await ms.add(f"likes tea {i}", user_id="ann"))[0].id for i in range(3)]
-            gen = pj.generation()
-            assert sum(gen.checkpoint().values()) == 0  # the three are in the tier
-            for i in range(200):  # a backlog: appended, not applied
-                ids += [r.id for r in await ms.add(f"likes jazz {i}", user_id="ann", wait=False)]
-            steps: list[tuple[int, int]] = []  # (events applied, the tables' checkpoint)
-            for _ in range(200):  # a Kafka consumer's first reads may come back empty
-                if sum(pj.checkpoint.values()) >= len(ids):
-                    break
-                steps.append((await pj.step(timeout_s=0.5), sum(gen.checkpoint().values())))
-            full = [k for k, (n, _) in enumerate(steps) if n >= pj.batch_size]
-            assert full, steps
-            # the first full batch went to the tables, after the tier's three
-            n, written = steps[full[0]]
-            assert written >= 3 + n, steps
-            # ... and the batches after it were read up to DRAIN_FACTOR x 10 at a time
-            assert max(n for n, _ in steps) > pj.batch_size, steps
-            page = ms.reader.get_all(TENANT, {"user_id": "ann"}, page_size=500)
-            assert sorted(m.id for m in page.results) == sorted(ids)
-            # drained: a single add is decided into the tier again
-            last = (await ms.add("likes maps", user_id="ann"))[0].id
-            assert pj.tier_view(gen).rows.get(last) is not None
-            assert sum(gen.checkpoint().values()) < len(ids) + 1
-            page = ms.reader.get_all(TENANT, {"user_id": "ann"}, page_size=500)
-            assert sorted(m.id for m in page.results) == sorted([*ids, last])
-
-    asyncio.run(go())
 
 
 # -- crash: a process killed with a non-empty tier loses nothing -----------------------------
