@@ -17,8 +17,8 @@ system's: a slow step slows the offered load too. Here the load does not wait:
    searchable; afterwards the log is read once to map positions to event ids.
    `visible_p50_ms` / `_p95` / `_p99`: from the `add` call to searchable, over every event
    of the stream (clock: `time.time()`, one machine). `details.visibility.batch_sizes`:
-   the projector's batches (p50, max; `direct`: written straight to the tables, past the
-   fresh tier -- a backlog drained -- rather than decided into it).
+   the projector's batches (p50, max; `direct`: written straight to the tables by
+   `Projector._apply_sync`, without the fresh tier, rather than decided into it).
 4. Meanwhile one more writer in the projector process adds with `wait=True`, one add after
    another: `visible_waiting_writer_p50_ms` (and p95), the latency a synchronous client sees
    under that load.
@@ -154,7 +154,7 @@ async def stage_visibility(run: Run, wl: Workload, kafka: str | None) -> None:
         ms = Memstream(base)
         await ms.start(background_projector=True)
         applied: list[tuple[float, list[tuple[int, int]]]] = []
-        direct: set[int] = set()  # indexes in `applied` of batches written past the tier
+        direct: set[int] = set()  # indexes in `applied` of batches written without the tier
         apply = ms.projector._apply_sync
 
         def observed(gen: Any, records: Any, *args: Any, **kwargs: Any) -> Any:
