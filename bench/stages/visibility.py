@@ -16,10 +16,17 @@ system's: a slow step slows the offered load too. Here the load does not wait:
    records when each applied batch (its log positions) was written to the projection, i.e.
    searchable; afterwards the log is read once to map positions to event ids.
    `visible_p50_ms` / `_p95` / `_p99`: from the `add` call to searchable, over every event
-   of the stream (clock: `time.time()`, one machine).
+   of the stream (clock: `time.time()`, one machine). `details.visibility.batch_sizes`:
+   the projector's batches (p50, max; `direct`: written straight to the tables by
+   `Projector._apply_sync`, without the fresh tier, rather than decided into it).
 4. Meanwhile one more writer in the projector process adds with `wait=True`, one add after
    another: `visible_waiting_writer_p50_ms` (and p95), the latency a synchronous client sees
    under that load.
+
+With MEMSTREAM_BENCH_VISIBILITY_TRACE=FILE the stage also writes a timeline there (JSON):
+per batch its end time, size, the earliest add call among its events and whether it was
+direct; per background write of the fresh tier (and per table maintenance, size -1) its
+start, end and events -- where the tail came from (bench/README.md, round 8).
 """
 
 from __future__ import annotations
@@ -59,6 +66,7 @@ from memstream.service import Memstream  # noqa: E402
 from memstream.settings import Settings  # noqa: E402
 
 WAITING_ADDS = 3000  # at most, for the one waiting writer
+TRACE_ENV = "MEMSTREAM_BENCH_VISIBILITY_TRACE"
 
 
 def texts(n: int) -> Workload:
@@ -146,10 +154,12 @@ async def stage_visibility(run: Run, wl: Workload, kafka: str | None) -> None:
         ms = Memstream(base)
         await ms.start(background_projector=True)
         applied: list[tuple[float, list[tuple[int, int]]]] = []
+        direct: set[int] = set()  # indexes in `applied` of batches written without the tier
         apply = ms.projector._apply_sync
 
         def observed(gen: Any, records: Any, *args: Any, **kwargs: Any) -> Any:
             result = apply(gen, records, *args, **kwargs)
+            direct.add(len(applied))
             applied.append((time.time(), [(r.position.partition, r.position.offset)
                                           for r in records]))  # fmt: skip
             return result
@@ -164,6 +174,9 @@ async def stage_visibility(run: Run, wl: Workload, kafka: str | None) -> None:
                                           for r in records]))  # fmt: skip
             return result
 
+        writes: list[tuple[float, float, int]] = []
+        if os.environ.get(TRACE_ENV):
+            _trace_writes(ms, writes)
         ms.projector._apply_sync = observed  # type: ignore[method-assign]
         ms.projector._apply_tier_sync = observed_tier  # type: ignore[method-assign]
         procs: list[subprocess.Popen[str]] = []
@@ -216,6 +229,12 @@ async def stage_visibility(run: Run, wl: Workload, kafka: str | None) -> None:
                     p.kill()
             await ms.close()
     when = {pos: t for t, positions in applied for pos in positions}
+    if trace := os.environ.get(TRACE_ENV):
+        added = {pos: calls[eid] for pos, eid in ids.items() if eid in calls}
+        batches = [(t, len(ps), min((added.get(p, t) for p in ps), default=t), k in direct)
+                   for k, (t, ps) in enumerate(applied)]  # fmt: skip
+        Path(trace).write_text(json.dumps({"batches": batches, "writes": writes}))
+    sizes = sorted(len(ps) for _, ps in applied)
     latencies = [(when[pos] - calls[eid]) * 1000 for pos, eid in ids.items()
                  if eid in calls and pos in when]  # fmt: skip
     if len(latencies) < len(calls):
@@ -231,12 +250,38 @@ async def stage_visibility(run: Run, wl: Workload, kafka: str | None) -> None:
         visible_waiting_writer_p95_ms=p95(waiting),
         offered_eps=round(len(calls) / seconds, 1),
         projector_batches=len(applied),
+        batch_sizes={"p50": sizes[len(sizes) // 2] if sizes else None,
+                     "max": sizes[-1] if sizes else None, "direct": len(direct)},
         what="open loop: adds issued on a fixed schedule by writer processes at 50% of the "
         "projector's measured capacity; append call -> applied to the projection (searchable)",
     )  # fmt: skip
     say(f"visibility: p50 {run.result['visible_p50_ms']} ms, p95 {run.result['visible_p95_ms']} "
         f"ms, p99 {run.result['visible_p99_ms']} ms over {len(latencies):,} adds; one waiting "
         f"writer p50 {run.result['visible_waiting_writer_p50_ms']} ms")  # fmt: skip
+
+
+def _trace_writes(ms: Memstream, writes: list[tuple[float, float, int]]) -> None:
+    """Record each background write of the fresh tier (start, end, events) and each
+    table maintenance (events -1) of `ms`'s projector into `writes`."""
+    projector = ms.projector
+    write, maintain = projector._write_frozen, projector.maintain
+
+    def traced_write(gen: Any, tier: Any) -> Any:
+        t0 = time.time()
+        try:
+            return write(gen, tier)
+        finally:
+            writes.append((t0, time.time(), len(tier.eids)))
+
+    def traced_maintain(*args: Any, **kwargs: Any) -> Any:
+        t0 = time.time()
+        try:
+            return maintain(*args, **kwargs)
+        finally:
+            writes.append((t0, time.time(), -1))
+
+    projector._write_frozen = traced_write  # type: ignore[method-assign]
+    projector.maintain = traced_maintain  # type: ignore[method-assign]
 
 
 async def event_ids(ms: Memstream) -> dict[tuple[int, int], str]:
