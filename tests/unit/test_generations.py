@@ -167,3 +167,56 @@ def test_tables_are_created_in_the_lance_format_chosen_for_point_reads(
     monkeypatch.setenv("MEMSTREAM_LANCE_FORMAT", "stable-ish")
     with pytest.raises(ValidationError, match="MEMSTREAM_LANCE_FORMAT: 'stable-ish'"):
         connect_lancedb(tmp_path)
+
+
+def test_upkeep_compacts_one_due_table_a_pass_and_a_replay_all_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Compaction runs inside the fresh tier's background write; all three tables at once
+    held that write (and the tier behind it) for seconds in a stream. A pass between writes
+    compacts the first due table only; the next passes take the others; a replay's end
+    (`force`) compacts every table together."""
+    import asyncio
+
+    from memstream.embedders.hashing import HashingEmbedder
+    from memstream.log.file import FileEventLog
+    from memstream.projector import compaction
+    from memstream.projector.projector import Projector
+
+    compacted: list[str] = []
+
+    def due(table: object, index: object) -> bool:  # due until compacted once
+        return str(getattr(table, "name", table)) not in compacted
+
+    def compact(table: object, index: object, **_: object) -> None:
+        compacted.append(str(getattr(table, "name", table)))
+
+    async def go() -> None:
+        log = FileEventLog(tmp_path / "log")
+        await log.start()
+        projector = Projector(tmp_path, log, HashingEmbedder(dim=8))
+        try:
+            from memstream.events import MemoryAdded, message_of, new_id, text_hash
+            from memstream.scope import Scope
+
+            scope = Scope("o", "p", user_id="u")
+            await log.append([message_of(MemoryAdded(scope=scope, memory_id=new_id(),
+                                                      text="tea", hash=text_hash("tea")))])  # fmt: skip
+            await projector.catch_up()
+            gen = projector.generation()
+            monkeypatch.setattr(compaction, "due", due)
+            monkeypatch.setattr(compaction, "compact", compact)
+            passes = []
+            for _ in range(4):
+                projector.maintain(gen)
+                passes.append(list(compacted))
+            assert [len(p) for p in passes] == [1, 2, 3, 3]  # one a pass, then nothing due
+            assert passes[2] == ["memories", "events", "embeddings_hashing_8"]
+            compacted.clear()
+            projector.maintain(gen, force=True)
+            assert compacted == ["memories", "events", "embeddings_hashing_8"]
+        finally:
+            await projector.close()
+            await log.close()
+
+    asyncio.run(go())
