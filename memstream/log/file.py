@@ -343,6 +343,8 @@ class FileEventLog(EventLog):
             fd = os.open(self.directory / TAIL_HINT, os.O_WRONLY | os.O_CREAT, 0o644)
             try:
                 os.pwrite(fd, data.ljust(HINT_BYTES), 0)
+                if os.fstat(fd).st_size > HINT_BYTES:  # a longer file left by anything else
+                    os.ftruncate(fd, HINT_BYTES)
             finally:
                 os.close(fd)
         except OSError:

@@ -204,6 +204,9 @@ def test_a_new_process_takes_the_tail_hint_and_never_a_torn_one(
         await first.close()
         hint = tmp_path / TAIL_HINT
         assert len(hint.read_bytes()) == HINT_BYTES
+        hint.write_bytes(hint.read_bytes() + b" " * 100 + b"{}")  # longer than a hint is
+        await FileEventLog(tmp_path).append([(b"k", b"two and a half")])
+        assert len(hint.read_bytes()) == HINT_BYTES  # cut back: the next reader can parse it
         parsed: list[Path] = []
         real = FileEventLog._read_from
 
@@ -213,19 +216,21 @@ def test_a_new_process_takes_the_tail_hint_and_never_a_torn_one(
 
         monkeypatch.setattr(FileEventLog, "_read_from", counting)
         second = FileEventLog(tmp_path)
-        assert (await second.append([(b"k", b"three")]))[0].offset == 2
+        assert (await second.append([(b"k", b"three")]))[0].offset == 3
         await second.close()
         assert parsed == []  # the tail came from the hint
         torn = json.loads(hint.read_text())
         torn["head"] = "00" * 32  # the old CRC over new fields: a mix of two writes
         hint.write_bytes(json.dumps(torn).encode().ljust(HINT_BYTES))
         third = FileEventLog(tmp_path)
-        assert (await third.append([(b"k", b"four")]))[0].offset == 3
+        assert (await third.append([(b"k", b"four")]))[0].offset == 4
         assert parsed  # not trusted: the segment was parsed instead
         verifier = ChainVerifier()
         await walk(third, verifier.feed)
         assert verifier.findings == []
-        assert [v for _, _, v in await read_all(third)] == [b"one", b"two", b"three", b"four"]
+        assert [v for _, _, v in await read_all(third)] == [
+            b"one", b"two", b"two and a half", b"three", b"four",
+        ]  # fmt: skip
         await third.close()
 
     asyncio.run(go())
