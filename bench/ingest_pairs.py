@@ -14,7 +14,9 @@ denominator the same moment of it.
 
 Each child also reports where the CPU went during its ingest: its own threads (the model's
 onnxruntime threads, the event loop, worker threads) and the broker's process (`--kafka-pid`,
-found by its port when not given), from /proc. Results, medians and load averages go to
+found by its port when not given), from /proc, and `cpu_ratio`: the model's CPU per text
+alone over the whole ingest's CPU per memory (this process and the broker), i.e. the ratio
+both would reach saturating the cores, with the other tenants' load taken out. Results, medians and load averages go to
 bench/results/ingest_pairs.json. No wall-clock assertions anywhere.
 """
 
@@ -126,8 +128,8 @@ async def child(args: argparse.Namespace) -> dict[str, Any]:
     import memstream.projector.projector as pm
     from memstream.service import Memstream
 
-    wl = make_workload(max(args.n, 1024))
-    texts = wl.texts()[:1024]
+    wl = make_workload(max(args.n, args.alone_texts))
+    texts = wl.texts()[: args.alone_texts]
     out: dict[str, Any] = {"core": str(Path(pm.__file__).resolve().parent.parent)}
     tmp = Path(tempfile.mkdtemp(prefix="memstream-ingest-pairs-"))
     kafka_pid = args.kafka_pid or _kafka_pid(args.kafka)
@@ -137,14 +139,17 @@ async def child(args: argparse.Namespace) -> dict[str, Any]:
         try:
             models = _alone_models()
 
+            alone_cpu: list[float] = []  # CPU ms per text of each model-alone run
+
             def model_alone() -> float:
                 best = 0.0
                 for model in models:
                     model.embed(texts[:64])
-                    t = time.perf_counter()
+                    t, c = time.perf_counter(), time.process_time()
                     for i in range(0, len(texts), 64):
                         model.embed(texts[i : i + 64])
                     best = max(best, rate(len(texts), time.perf_counter() - t))
+                    alone_cpu.append((time.process_time() - c) * 1000 / len(texts))
                 return best
 
             alone = [model_alone()]
@@ -188,6 +193,11 @@ async def child(args: argparse.Namespace) -> dict[str, Any]:
             for k, v in sorted(cpu.items(), key=lambda kv: -kv[1])
         },
         cpu_ms_per_memory={k: round(v * 1000 / args.n, 2) for k, v in cpu.items()},
+        alone_cpu_ms_per_text=round(min(alone_cpu), 2),
+        # CPU the model needs for a text alone over what the whole ingest (this process and
+        # the broker) spent per memory: what ingest_ratio would be with both saturating
+        # the cores, i.e. the ratio with the external load taken out
+        cpu_ratio=round(min(alone_cpu) / (sum(cpu.values()) * 1000 / args.n), 3),
     )
     return out
 
@@ -201,6 +211,7 @@ def main() -> int:
     parser.add_argument("--n", type=int, default=1500)
     parser.add_argument("--writers", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--alone-texts", type=int, default=1024, help="texts per model-alone run")
     parser.add_argument("--out", type=Path, default=BENCH / "results" / "ingest_pairs.json")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -216,7 +227,7 @@ def main() -> int:
         for which in order:
             python = args.before if which == "before" else args.after
             cmd = [python, __file__, "--child", "--kafka", args.kafka, "--n", str(args.n),
-                   "--writers", str(args.writers)]  # fmt: skip
+                   "--writers", str(args.writers), "--alone-texts", str(args.alone_texts)]  # fmt: skip
             if args.kafka_pid:
                 cmd += ["--kafka-pid", str(args.kafka_pid)]
             proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
@@ -227,7 +238,8 @@ def main() -> int:
             runs[which].append(res)
             print(
                 f"round {r + 1} {which:6}: ingest {res['ingest_eps']:7.1f}/s, model alone "
-                f"{res['embed_raw_sps']:6.1f}/s, ratio {res['ingest_ratio']:.3f} "
+                f"{res['embed_raw_sps']:6.1f}/s, ratio {res['ingest_ratio']:.3f}, cpu ratio "
+                f"{res['cpu_ratio']:.3f} "
                 f"(load {res['load_start']} -> {res['load_end']})",
                 flush=True,
             )
@@ -236,7 +248,7 @@ def main() -> int:
     summary = {
         which: {
             key: statistics.median(x[key] for x in rs)
-            for key in ("ingest_eps", "embed_raw_sps", "ingest_ratio")
+            for key in ("ingest_eps", "embed_raw_sps", "ingest_ratio", "cpu_ratio")
         }
         for which, rs in runs.items()
     }
