@@ -87,6 +87,9 @@ Rewrite = Callable[[list[tuple[Event, Position]]], list[tuple[Event, Position]]]
 # read_consistency_interval=0 and reopen the latest version, so only a read still running
 # on a version this old could miss its files: minutes are a wide margin.
 KEEP_VERSIONS = dt.timedelta(minutes=5)
+#: a background projector's waiters look at the disk checkpoint (another process may be the
+#: one projecting) after this long without progress here, once per process (_disk_look_due)
+DISK_LOOK_S = 0.25
 MAINTAIN_EVERY = 8  # live batches between two looks at the tables' fragment statistics
 RESCAN_EVERY = 32  # batches between two index scans when other writers keep moving the tables
 REPLAY_BATCH = 10_000  # events per batch in a replay (the per-batch cost is paid 10x less often)
@@ -193,6 +196,7 @@ class Projector:
         # may have applied erasures this one has not seen)
         self._keys_stale = True
         self._wrote: Offsets | None = None
+        self._disk_looked_at = float("-inf")  # a waiter's last look at the disk checkpoint
         self.appended: Offsets = {}  # after the last event this process appended, per partition
         # the fresh tier (projector/tier.py): flushed every tier_rows events or tier_age_s
         # seconds; either 0 turns it off (every batch is then written at once, as before)
@@ -727,18 +731,34 @@ class Projector:
                     f"projected within {timeout_s:.0f}s; they will appear once the projector catches up"
                 )
             if self._background:
-                stale = not await self._progress.wait(0.25)
-                if stale and not covers(self.checkpoint, required):
+                stale = not await self._progress.wait(DISK_LOOK_S)
+                if stale and not covers(self.checkpoint, required) and self._disk_look_due():
                     # no progress here for a while: another process may be the one
                     # projecting, so look at the disk (and this process's tier on it)
                     gen = self.generation()
-                    self.checkpoint = self._applied_upto(gen, gen.checkpoint())
+                    looked = self._applied_upto(gen, gen.checkpoint())
+                    if looked != self.checkpoint:
+                        self.checkpoint = looked
+                        self._progress.set()  # the other waiters: see what this look found
             elif self._alock.locked():
                 # another waiter is stepping: let its batch cover us too (group commit)
                 # instead of queueing for a step of our own that would apply almost nothing
                 stale = not await self._progress.wait(0.05)
             else:
                 await self.step(timeout_s=0.05)
+
+    def _disk_look_due(self) -> bool:
+        """Whether a waiter that saw no progress for DISK_LOOK_S should read the checkpoint
+        from disk: once per DISK_LOOK_S for the whole process. All the waiting writers time
+        out together when one model call outlasts DISK_LOOK_S (a batch of ~40 MiniLM texts
+        on 2 cores), and each reading the checkpoint file was 64 reads and JSON parses per
+        timeout on the event loop with 64 writers, the CPU the model needed. One look
+        serves them all: it updates the shared checkpoint and wakes them."""
+        now = time.monotonic()
+        if now - self._disk_looked_at < DISK_LOOK_S:
+            return False
+        self._disk_looked_at = now
+        return True
 
     def decided(self, event_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
         """The audit rows (the projector's decisions) this process wrote recently, by id."""

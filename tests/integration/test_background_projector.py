@@ -8,12 +8,16 @@ write must be applied exactly once, in log order, with duplicates decided as wit
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Sequence
 
 import numpy as np
 
 from memstream.embedders.hashing import HashingEmbedder
+from memstream.log.base import Offsets
+from memstream.projector.projector import DISK_LOOK_S
+from memstream.projector.store import Generation
 from memstream.service import Memstream
 from memstream.settings import Settings
 
@@ -95,6 +99,63 @@ def test_consistent_reads_see_this_instances_writes(settings: Settings) -> None:
                 found = await ms.search(texts[-1], {"user_id": "rita"}, top_k=1)
                 assert [m.memory for m in found] == [texts[-1]]
         finally:
+            await ms.close()
+
+    asyncio.run(body())
+
+
+class GatedModel(SlowModel):
+    """A costly model that embeds nothing until `gate` is set: the projector stalls."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = threading.Event()
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        self.gate.wait()
+        return super().embed(texts)
+
+
+def test_stalled_waiters_share_one_look_at_the_disk(settings: Settings) -> None:
+    """Writers waiting on a background projector that makes no progress look at the disk
+    checkpoint (another process may be projecting) at most once per DISK_LOOK_S between
+    them, not each on its own: with 64 writers and a model call longer than DISK_LOOK_S
+    every writer's look was a file read and a JSON parse on the event loop, CPU the model
+    needed. Once the projector moves on, every writer still gets its own decision."""
+
+    async def body() -> None:
+        model = GatedModel()
+        ms = await Memstream(settings, embedder=model).start(background_projector=True)
+        reads = 0
+        original = Generation.checkpoint
+
+        def counted(gen: Generation) -> Offsets:
+            nonlocal reads
+            reads += 1
+            return original(gen)
+
+        try:
+            writers = [
+                asyncio.ensure_future(ms.add(f"stalled note {i}", user_id="sam")) for i in range(16)
+            ]
+            while sum(ms.projector.appended.values()) < len(writers):  # all appended
+                await asyncio.sleep(0.01)
+            Generation.checkpoint = counted  # type: ignore[method-assign]
+            start = time.monotonic()
+            while time.monotonic() - start < 6 * DISK_LOOK_S:  # every writer times out ~6x
+                await asyncio.sleep(0.05)
+            window = time.monotonic() - start
+            Generation.checkpoint = original  # type: ignore[method-assign]
+            assert not any(w.done() for w in writers)  # still waiting: nothing was applied
+            # one look per DISK_LOOK_S for all 16 (+1 for the window's edges); each writer
+            # looking on its own made ~16x as many
+            assert 1 <= reads <= window / DISK_LOOK_S + 1
+            model.gate.set()
+            results = await asyncio.gather(*writers)
+            assert sorted(r[0].event for r in results) == ["ADD"] * len(writers)
+        finally:
+            Generation.checkpoint = original  # type: ignore[method-assign]
+            model.gate.set()
             await ms.close()
 
     asyncio.run(body())

@@ -210,6 +210,21 @@ def test_minilm_first_use_from_many_threads(minilm: MiniLMOnnxEmbedder) -> None:
         np.testing.assert_allclose(got, minilm.embed(SENTENCES[i : i + 5]), atol=1e-4)
 
 
+def test_minilm_threads_sleep_between_work_unless_spinning_is_asked(
+    minilm: MiniLMOnnxEmbedder,
+) -> None:
+    """The intra-op threads do not spin by default (the model shares the cores with the
+    projector and the broker: a spinning thread burns a core they need); spinning is an
+    option, and either way a text gets the same vector under the same cache key."""
+    spinning = MiniLMOnnxEmbedder(allow_spinning=True)
+    got = spinning.embed(SENTENCES)
+    key = "session.intra_op.allow_spinning"
+    assert minilm._ensure_loaded()[0].get_session_options().get_session_config_entry(key) == "0"
+    assert spinning._ensure_loaded()[0].get_session_options().get_session_config_entry(key) == "1"
+    assert spinning.name == minilm.name
+    np.testing.assert_allclose(got, minilm.embed(SENTENCES), atol=1e-6)
+
+
 def test_minilm_custom_model_file_gets_its_own_cache_key(tmp_path: Any) -> None:
     other = tmp_path / "model.onnx"
     other.write_bytes(b"not the pinned model")
