@@ -10,16 +10,17 @@ from harness import Run
 
 TARGETS: dict[str, tuple[str, float, str]] = {
     # key: (comparison, threshold, the conditions under which the issue states the target)
-    "ingest_ratio": (">=", 0.8, "with the real model (minilm)"),
+    # issue 16 restated issue 7's targets: ingest_ratio 0.8 -> 0.9 (through Kafka), replay
+    # and bulk projection 30,000 events/s at 1M, pipeline_eps and vs_mem0_add figures only
+    "ingest_ratio": (">=", 0.9, "with the real model (minilm) through Kafka (issue 16)"),
     "search_overhead_ratio": (
         "<=",
         1.3,
         "at 1,000,000 memories with hashing, or 100,000 with minilm",
     ),
-    "pipeline_eps": (">=", 10_000, "through real Kafka"),
-    "vs_mem0_add": (">=", 3, "at 100,000 memories"),
     "vs_mem0_search": (">=", 3, "at 100,000 memories"),
-    "replay_eps": (">=", 20_000, "with a warm embedding cache"),
+    "replay_eps": (">=", 30_000, "at 1,000,000 events with hashing (issue 16)"),
+    "bulk_project_eps": (">=", 30_000, "at 1,000,000 events with hashing (issue 16)"),
     "asof_ms": ("<=", 250, "at 1,000,000 events (issue 16; 1,000 in issue 7)"),
     "search_p50_ms": ("<=", 10, "at 1,000,000 memories with hashing (issue 16)"),
     "search_vs_best_raw": ("<=", 1.3, "at 1,000,000 memories with hashing (issue 16)"),
@@ -96,7 +97,9 @@ def conditions_hold(run: Run, key: str) -> bool:
     a, d = run.args, run.details
     minilm = a.embedder == "minilm"
     if key == "ingest_ratio":
-        return minilm
+        return minilm and not a.no_kafka
+    if key in ("replay_eps", "bulk_project_eps"):
+        return a.scale >= 1_000_000 and not minilm
     if key == "search_overhead_ratio":
         return a.scale >= (100_000 if minilm else 1_000_000)
     if key == "pipeline_eps":
