@@ -229,19 +229,9 @@ class FreshTier:
         state.settled = {m: s for m, s in state.settled.items() if s[1] in own}
         state.duplicates &= own
         self.applied = own
-        rows: dict[str, dict[str, Any] | None] = {}
-        by: dict[tuple[str, str], tuple[str, ...]] = {}
-        for mid in sorted(self.state.changed):
-            row = self.state.rows[mid]
-            rows[mid] = row
-            if row is not None:
-                for col in INDEXED:
-                    if (value := row[col]) is not None:
-                        by[(col, value)] = (*by.get((col, value), ()), mid)
         self.inherited = 0
-        self.view = TierView(
-            self.gen, MappingProxyType(rows), tuple(self.audits), MappingProxyType(by)
-        )
+        self.view = TierView(self.gen)  # and on it, what this tier holds of its own:
+        self.publish(sorted(state.changed))
 
     def publish(self, ids: Iterable[str]) -> None:
         """Replace the readers' view with the tier as it is now, given the memory ids the
