@@ -412,7 +412,8 @@ class Projector:
                     self.maintain(gen)
                 except Exception:
                     log.exception("table maintenance after a background flush failed")
-            return _Landed(dict(tier.end), _versions(gen), table_versions(gen, self.cache))
+            index_at = table_versions(gen, self.cache)  # memories, events, the cache
+            return _Landed(dict(tier.end), index_at[:2], index_at)  # [:2]: `_versions(gen)`
         finally:
             self._drop_flock()
 
