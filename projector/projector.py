@@ -58,6 +58,7 @@ from memstream.projector.store import (
 )
 from memstream.projector.tables import EVENTS_SCHEMA, PROJECTION_VERSION
 from memstream.projector.tier import EMPTY, FreshTier, TierView, holds
+from memstream.projector.vector_index import ann_min_rows
 from memstream.projector.waiting import (
     Progress,
     ProjectionTimeout,
@@ -149,6 +150,7 @@ class Projector:
         self.keys = keys if keys is not None else log_.subject_keys()
         self.embedder = embedder
         self.batch_size = batch_size
+        ann_min_rows()  # a bad MEMSTREAM_ANN_MIN_ROWS fails now, not at a compaction later
         self.store = ProjectionStore(
             data_dir, embedder.dim, embedder.name, log_.identity, connect=connect
         )
@@ -1302,7 +1304,7 @@ class Projector:
         # it; without this it would stay on disk until the next promote
         self.store.drop_retired(older_than_s=RETIRED_GRACE_S)
         if due or force:
-            gen.ensure_indexes()
+            gen.ensure_indexes(live=not force)
             self.cache.ensure_index()
         for table, forced, cleanup, unverified in due:
             compaction.compact(

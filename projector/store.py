@@ -39,6 +39,7 @@ from memstream.projector.tables import (
     PROJECTION_VERSION,
     memories_schema,
 )
+from memstream.projector.vector_index import ensure_vector_index
 from memstream.sqlutil import sql_in, sql_str
 
 INDEXED_COLUMNS = ("org_id", "project_id", *ENTITY_COLUMNS)
@@ -219,8 +220,10 @@ class Generation:
         rows: list[dict[str, Any]] = table.search().where(where).limit(None).to_arrow().to_pylist()
         return rows
 
-    def ensure_indexes(self) -> None:
-        """Scalar indexes on every filterable id; Lance keeps them updated on optimize()."""
+    def ensure_indexes(self, *, live: bool = False) -> None:
+        """Scalar indexes on every filterable id, and the vector index of a large memories
+        table (`live`: not one that would stall the writers, see `ensure_vector_index`);
+        Lance keeps them updated on optimize()."""
         table = self.memories()
         if table is None or table.count_rows() == 0:
             return
@@ -235,6 +238,8 @@ class Generation:
             for column in ("event_id", "memory_id", "project_id", "request_id", *EVENT_LEADS):
                 if (column,) not in existing:
                     create_btree(events, column)
+        # a large table's searches with no indexed lead (projector/vector_index.py)
+        ensure_vector_index(table, self.dim, live=live)
 
 
 def vector_matrix(column: pa.ChunkedArray, dim: int) -> np.ndarray:

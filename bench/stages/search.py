@@ -10,7 +10,7 @@ import json
 import os
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -102,6 +102,63 @@ def lead_first(pred: str, lead: str) -> str:
     return f"{lead} AND ({_INDEXED.sub(lambda m: f'({m.group(1)} || {chr(39) * 2})', pred)})"
 
 
+NOLEAD_QUERIES = 10  # a flat scan of a 1M table takes ~0.7-2.5 s a query
+
+
+async def nolead_search(
+    run: Run,
+    ms: Memstream,
+    queries: list[tuple[str, str]],
+    warm: int,
+    timed_memstream: Callable[..., Awaitable[tuple[float, Any]]],
+    timed_raw: Callable[[str, str], tuple[float, Any]],
+) -> None:
+    """A search no indexed column leads (`{"user_id": "*"}`: every user of the project):
+    memstream (through the vector index when the corpus has one, projector/vector_index.py)
+    against raw LanceDB's exact flat search of the same predicate, in turns; the recall of
+    memstream's answer against the flat one."""
+    from memstream.projector.vector_index import has_vector_index
+
+    filters = {"user_id": "*"}
+    t: dict[str, list[float]] = {"ms": [], "flat": []}
+    hits = total = short = 0
+    for i, (query, _) in enumerate(queries):
+        pred = await captured_predicate(ms, query, filters)
+        took: dict[str, Any] = {}
+        for which in ("ms", "flat") if i % 2 == 0 else ("flat", "ms"):
+            if which == "ms":
+                took[which] = await timed_memstream(query, filters, True)
+            else:
+                took[which] = timed_raw(query, pred)
+        ids, want = [m.id for m in took["ms"][1]], took["flat"][1]["id"].to_pylist()
+        hits += len(set(ids) & set(want))
+        total += len(want)
+        short += len(ids) < len(want)
+        if i >= warm:
+            for k in t:
+                t[k].append(took[k][0] * 1000)
+    indexed = has_vector_index(ms.projector.generation().memories())
+    run.result["search_nolead_p50_ms"] = p50(t["ms"])
+    run.result["search_nolead_flat_p50_ms"] = p50(t["flat"])
+    run.result["search_nolead_vs_flat"] = ratio(p50(t["ms"]), p50(t["flat"]))
+    run.result["search_nolead_recall"] = round(hits / total, 4) if total else None
+    run.details["search_nolead"] = {
+        "filters": json.dumps(filters),
+        "queries": len(t["ms"]),
+        "vector_index": indexed,
+        "p95_ms": p95(t["ms"]),
+        "flat_p95_ms": p95(t["flat"]),
+        "answers_shorter_than_flat": short,
+        "flat_is": "raw LanceDB, the predicate memstream sent, bypass_vector_index(), "
+        "prefilter, top 10 (exact), plus one encode of the query",
+    }
+    say(
+        f"search no lead {filters}: memstream p50 {p50(t['ms'])} ms "
+        f"({'vector index' if indexed else 'no vector index'}), raw flat p50 "
+        f"{p50(t['flat'])} ms, recall {run.result['search_nolead_recall']}"
+    )
+
+
 async def stage_search(run: Run, wl: Workload, data_dir: Path) -> None:
     import lancedb
 
@@ -138,6 +195,7 @@ async def stage_search(run: Run, wl: Workload, data_dir: Path) -> None:
             out = (
                 raw_table.search(vec)
                 .metric("cosine")
+                .bypass_vector_index()  # exact: a large corpus has an IVF_PQ index
                 .where(pred, prefilter=True)
                 .select([*MEMORY_COLUMNS, "_distance"])
                 .limit(TOP_K)
@@ -248,6 +306,9 @@ async def stage_search(run: Run, wl: Workload, data_dir: Path) -> None:
             "plan_before_is": "MemoryReader(scoped=False): memstream's whole predicate in "
             "LanceDB, as before issue 16 (search_plan_speedup = its p50 / search_p50_ms)",
         }
+
+        await nolead_search(run, ms, queries[: min(len(queries), NOLEAD_QUERIES + warm)], warm,
+                            timed_memstream, timed_raw)  # fmt: skip
 
         # get_all of one user's memories: the scoped plan against the plan before, in turns
         ga: dict[str, list[float]] = {"ms": [], "old": []}
