@@ -12,7 +12,7 @@ from html.parser import HTMLParser
 import httpx
 import pytest
 
-from tests.e2e.conftest import Server
+from tests.servers import Server
 
 
 class Refs(HTMLParser):

@@ -22,8 +22,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.e2e.conftest import Server, start_server, stop_server
 from tests.llm_server import Reply, ScriptedLLM, decide, facts, schema_name
+from tests.servers import Server, start_server, stop_server
 
 WAIT_S = 120.0  # bound of every wait for a server or the LLM to get somewhere
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.e2e.conftest import start_server, stop_server
+from tests.servers import start_server, stop_server
 
 MEMORIES = 8_000
 PER_ADD = 1_000

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.e2e.conftest import MEMSTREAM, START_TIMEOUT_S, free_port, log_env
+from tests.servers import MEMSTREAM, START_TIMEOUT_S, free_port, log_env
 
 
 def _start(data_dir: Path, *args: str) -> tuple[subprocess.Popen[str], dict[str, str]]:

@@ -26,9 +26,9 @@ import pytest
 
 from memstream.local_server import DISCOVERY, PATH, SERVE_DIR, fingerprint
 from memstream.settings import Settings
-from tests.e2e.conftest import Server, start_server, stop_server
 from tests.e2e.test_cli import clean_env
 from tests.e2e.test_cli_fast_paths import RECORDING
+from tests.servers import Server, start_server, stop_server
 
 
 def cli(

@@ -13,7 +13,7 @@ from pathlib import Path
 from memstream.service import Memstream
 from memstream.settings import Settings
 from memstream.webhooks import verify
-from tests.e2e.conftest import MEMSTREAM, log_env
+from tests.servers import MEMSTREAM, log_env
 from tests.webhook_receiver import receiving
 
 

@@ -28,9 +28,9 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.e2e.conftest import Server, start_server, stop_server
 from tests.e2e.test_metrics import scrape, value
 from tests.llm_server import Reply, ScriptedLLM, decide, facts
+from tests.servers import Server, start_server, stop_server
 
 USER = "busy-user"
 CORPUS = 1000

@@ -10,8 +10,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from tests.e2e.conftest import log_env
 from tests.llm_server import ScriptedLLM, decide, facts
+from tests.servers import log_env
 
 MEMSTREAM = [sys.executable, "-m", "memstream.cli"]
 BOTH = json.dumps({"user_id": {"in": ["alice", "bob"]}})

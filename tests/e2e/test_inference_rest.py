@@ -13,8 +13,8 @@ import httpx
 import pytest
 from mem0 import MemoryClient
 
-from tests.e2e.conftest import Server, start_server, stop_server
 from tests.llm_server import Reply, ScriptedLLM, decide, facts
+from tests.servers import Server, start_server, stop_server
 
 
 @pytest.fixture(scope="module")

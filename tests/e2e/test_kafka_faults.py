@@ -22,8 +22,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.e2e.conftest import start_server, stop_server
 from tests.kafka_broker import KAFKA_LOCAL, _no_broker
+from tests.servers import start_server, stop_server
 
 pytestmark = pytest.mark.kafka
 

@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.e2e.conftest import Server, start_server, stop_server
+from tests.servers import Server, start_server, stop_server
 
 LIMITS = {
     "MEMSTREAM_MAX_BODY_BYTES": "200000",

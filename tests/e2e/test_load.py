@@ -13,7 +13,7 @@ from types import ModuleType
 
 import pytest
 
-from tests.e2e.conftest import Server
+from tests.servers import Server
 
 LOAD = Path(__file__).resolve().parents[2] / "bench" / "load.py"
 

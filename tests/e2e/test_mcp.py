@@ -22,7 +22,7 @@ from mcp.client.stdio import StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
 from mcp_types import CallToolResult
 
-from tests.e2e.conftest import MEMSTREAM, Server, log_env
+from tests.servers import MEMSTREAM, Server, log_env
 
 TOOLS = {"add_memory", "search_memories", "list_memories", "delete_memory", "delete_all"}
 

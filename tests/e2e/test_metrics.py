@@ -9,7 +9,7 @@ import httpx
 from mem0 import MemoryClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.e2e.conftest import Server
+from tests.servers import Server
 
 
 def scrape(server: Server) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

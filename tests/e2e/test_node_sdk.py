@@ -22,8 +22,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.e2e.conftest import Server, start_server, stop_server
 from tests.llm_server import ScriptedLLM, decide, facts
+from tests.servers import Server, start_server, stop_server
 
 PROJECT = Path(__file__).parent / "node"
 INSTRUCTIONS = "Remember food and places only."

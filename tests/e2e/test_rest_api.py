@@ -19,7 +19,7 @@ import pytest
 
 import memstream
 from memstream.errors import AuthError, NotFoundError, ValidationError
-from tests.e2e.conftest import Server, start_server, stop_server
+from tests.servers import Server, start_server, stop_server
 
 
 def http(server: Server, key: str | None) -> httpx.Client:

@@ -19,7 +19,7 @@ from mem0 import AsyncMemoryClient, MemoryClient
 from mem0.exceptions import MemoryNotFoundError
 from mem0.exceptions import ValidationError as Mem0ValidationError
 
-from tests.e2e.conftest import Server, start_server, stop_server
+from tests.servers import Server, start_server, stop_server
 
 USERS = ("u1", "u2")
 AGENTS = (None, "a1", "a2")

@@ -15,7 +15,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 
-from tests.e2e.conftest import Server
+from tests.servers import Server
 
 
 @pytest.fixture

@@ -28,7 +28,7 @@ from schemathesis.generation.modes import GenerationMode
 
 from memstream.server import create_app
 from memstream.settings import Settings
-from tests.e2e.conftest import Server
+from tests.servers import Server
 
 # MEMSTREAM_FUZZ_EXAMPLES raises it for a longer run (40: 3,840 requests)
 EXAMPLES_PER_MODE = int(os.environ.get("MEMSTREAM_FUZZ_EXAMPLES", "8"))

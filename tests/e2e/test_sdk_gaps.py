@@ -15,7 +15,7 @@ import pytest
 from mem0 import MemoryClient
 from mem0.exceptions import MemoryError as Mem0Error
 
-from tests.e2e.conftest import Server
+from tests.servers import Server
 
 BACKDATE = 1_700_000_000  # 2023-11-14T22:13:20Z
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.e2e.conftest import start_server, stop_server
+from tests.servers import start_server, stop_server
 
 WRITERS = 8
 KILL_AFTER = 80  # acknowledged adds before the kill

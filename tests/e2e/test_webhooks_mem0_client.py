@@ -14,7 +14,7 @@ from mem0.exceptions import MemoryNotFoundError
 from mem0.exceptions import ValidationError as Mem0ValidationError
 
 from memstream.webhooks import verify
-from tests.e2e.conftest import Server
+from tests.servers import Server
 from tests.webhook_receiver import receiving
 
 

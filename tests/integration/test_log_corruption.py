@@ -21,7 +21,7 @@ from memstream.events import MemoryAdded, message_of, new_id, text_hash
 from memstream.log.file import FileEventLog
 from memstream.log.frames import Frame, parse_one
 from memstream.scope import Scope
-from tests.e2e.conftest import log_env, start_server, stop_server
+from tests.servers import log_env, start_server, stop_server
 
 N = 1024
 BAD = 500

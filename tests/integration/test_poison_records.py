@@ -19,7 +19,7 @@ from memstream.events import MemoryAdded, encode_event, message_of, new_id, text
 from memstream.scope import Scope
 from memstream.service import Memstream, open_log
 from memstream.settings import Settings
-from tests.e2e.conftest import log_env
+from tests.servers import log_env
 
 SCOPE = Scope("local", "default", user_id="poisoned")
 

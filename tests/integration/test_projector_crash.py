@@ -16,7 +16,7 @@ from memstream.events import MemoryAdded, message_of, new_id, text_hash
 from memstream.scope import Scope
 from memstream.service import open_log
 from memstream.settings import Settings
-from tests.e2e.conftest import log_env
+from tests.servers import log_env
 
 N = 5000
 

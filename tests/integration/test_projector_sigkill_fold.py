@@ -24,8 +24,8 @@ from memstream.events import (
 from memstream.scope import Scope
 from memstream.service import open_log
 from memstream.settings import Settings
-from tests.e2e.conftest import log_env
 from tests.integration.test_projector_crash import checkpoint_total, cli_args, kill_projector_after
+from tests.servers import log_env
 
 N = 20_000
 KILLS = 10

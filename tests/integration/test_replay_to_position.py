@@ -13,7 +13,7 @@ import pytest
 from memstream.errors import ConflictError, ValidationError
 from memstream.service import Memstream
 from memstream.settings import Settings
-from tests.e2e.conftest import log_env
+from tests.servers import log_env
 
 
 def position_of(end: dict[int, int]) -> str:

@@ -20,8 +20,8 @@ from memstream.events import MemoryAdded, message_of, new_id, text_hash
 from memstream.log.frames import HEADER, encode, encode_v1
 from memstream.log.kafka import KafkaEventLog
 from memstream.scope import Scope
-from tests.e2e.conftest import start_server, stop_server
 from tests.integration.test_log_corruption import SEGMENT, frames_of, memstream, write_log
+from tests.servers import start_server, stop_server
 
 N = 60
 
