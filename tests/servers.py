@@ -15,6 +15,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -142,8 +143,13 @@ def start_server(
 
 
 def stop_server(server: Server) -> None:
-    proc = server.proc
-    if proc is None or proc.poll() is not None:
+    if server.proc is not None:
+        stop_process(server.proc)
+
+
+def stop_process(proc: subprocess.Popen[Any]) -> None:
+    """SIGTERM, then SIGKILL after 30 s: a `memstream` process that ignores the first."""
+    if proc.poll() is not None:
         return
     proc.send_signal(signal.SIGTERM)
     try:

@@ -4,14 +4,13 @@ given (or checks the one given) and prints the page's URL and the key."""
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import time
 from pathlib import Path
 
 import httpx
 
-from tests.servers import MEMSTREAM, START_TIMEOUT_S, free_port, log_env
+from tests.servers import MEMSTREAM, START_TIMEOUT_S, free_port, log_env, stop_process
 
 
 def _start(data_dir: Path, *args: str) -> tuple[subprocess.Popen[str], dict[str, str]]:
@@ -44,15 +43,6 @@ def _start(data_dir: Path, *args: str) -> tuple[subprocess.Popen[str], dict[str,
         time.sleep(0.2)
 
 
-def _stop(proc: subprocess.Popen[str]) -> None:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=10)
-
-
 def _keys(data_dir: Path) -> list[str]:
     listed = subprocess.run(
         [*MEMSTREAM, "--data-dir", str(data_dir), "--json", "keys", "list"],
@@ -72,7 +62,7 @@ def test_dashboard_command_makes_a_key_and_prints_the_url(tmp_path: Path) -> Non
         assert me.status_code == 200
         assert (me.json()["org_id"], me.json()["project_id"]) == ("local", "default")
     finally:
-        _stop(proc)
+        stop_process(proc)
     assert len(_keys(tmp_path)) == 1
 
     # with --key: that key, and no new one
@@ -80,7 +70,7 @@ def test_dashboard_command_makes_a_key_and_prints_the_url(tmp_path: Path) -> Non
     try:
         assert again["api key"] == key
     finally:
-        _stop(proc)
+        stop_process(proc)
     assert len(_keys(tmp_path)) == 1
 
 
