@@ -714,7 +714,7 @@ class Memstream:
         """The live generation, how far it has projected, and its pin if it has one."""
         from memstream.projector.projector import describe_pin
         from memstream.projector.store import lance_file_version
-        from memstream.projector.vector_index import has_vector_index
+        from memstream.projector.vector_index import vector_index_state
 
         gen = self.projector.generation()
         pinned = self.projector.pinned
@@ -728,8 +728,9 @@ class Memstream:
                 "memories": None if memories is None else memories.to_lance().data_storage_version,
                 "new_tables": lance_file_version(),
             },
-            # searches with no indexed lead go through it (projector/vector_index.py)
-            "vector_index": memories is not None and has_vector_index(memories),
+            # searches with no indexed lead go through it (projector/vector_index.py); a
+            # replay builds it once the table is large enough ("due")
+            "vector_index": vector_index_state(memories),
             "checkpoint": {str(p): o for p, o in sorted(gen.checkpoint().items())},
             "pinned": describe_pin(pinned) if pinned is not None else None,
             "log_health": self.log.health(),

@@ -57,5 +57,5 @@ class LanceSnapshot(Generation):
     def query_events(self, where: str) -> list[dict[str, Any]]:
         return self._rows(self.events(), where)
 
-    def ensure_indexes(self, *, live: bool = False) -> None:
+    def ensure_indexes(self, *, vectors: bool = False) -> None:
         raise RuntimeError("a LanceSnapshot is read-only")

@@ -1304,7 +1304,7 @@ class Projector:
         # it; without this it would stay on disk until the next promote
         self.store.drop_retired(older_than_s=RETIRED_GRACE_S)
         if due or force:
-            gen.ensure_indexes(live=not force)
+            gen.ensure_indexes(vectors=force)  # a replay's end: no writer waits on it
             self.cache.ensure_index()
         for table, forced, cleanup, unverified in due:
             compaction.compact(

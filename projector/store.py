@@ -220,10 +220,10 @@ class Generation:
         rows: list[dict[str, Any]] = table.search().where(where).limit(None).to_arrow().to_pylist()
         return rows
 
-    def ensure_indexes(self, *, live: bool = False) -> None:
-        """Scalar indexes on every filterable id, and the vector index of a large memories
-        table (`live`: not one that would stall the writers, see `ensure_vector_index`);
-        Lance keeps them updated on optimize()."""
+    def ensure_indexes(self, *, vectors: bool = False) -> None:
+        """Scalar indexes on every filterable id and, with `vectors` (a replay's generation,
+        which no writer waits on), the vector index of a large memories table; Lance keeps
+        them updated on optimize()."""
         table = self.memories()
         if table is None or table.count_rows() == 0:
             return
@@ -238,8 +238,8 @@ class Generation:
             for column in ("event_id", "memory_id", "project_id", "request_id", *EVENT_LEADS):
                 if (column,) not in existing:
                     create_btree(events, column)
-        # a large table's searches with no indexed lead (projector/vector_index.py)
-        ensure_vector_index(table, self.dim, live=live)
+        if vectors:  # a large table's searches with no indexed lead (projector/vector_index.py)
+            ensure_vector_index(table, self.dim)
 
 
 def vector_matrix(column: pa.ChunkedArray, dim: int) -> np.ndarray:

@@ -7,11 +7,13 @@ user of a project (`{"user_id": "*"}`), an agent shared by more than MAX_SEARCH_
 metadata-only filter -- was a flat scan of the whole table: 2.5 s at 1M rows. With this index
 memstream's `{"user_id": "*"}` search took 37 ms p50 against 732 ms flat (raw Lance: 7.6 ms
 when the index's nearest candidates are filtered after, 102 ms when the filter runs first),
-recall 1.0 against the flat answers, and the index took 74 s to build at 1M rows with 256
-partitions on 2 cores (bench/README.md, round 9). So it is built only past `ann_min_rows()`
-rows, once (Lance adds new rows to it when the table is compacted, `optimize_indices`, and
-searches rows not in it yet by brute force; an erasure's purge rewrites it without the
-erased rows), with at most MAX_PARTITIONS partitions so a build at 100k rows takes seconds.
+recall 1.0 against the flat answers (bench/README.md, round 9). A build took 74 s at 1M rows
+with 256 partitions on 2 cores, and still 50 s at 100k (training on a sample of fixed size),
+too long to hold the writers up: so a replay builds it, on its generation before it is
+promoted, once the table has `ann_min_rows()` rows. Afterwards Lance adds new rows to it
+when the table is compacted (`optimize_indices`), searches rows not in it yet by brute
+force, and an erasure's purge rewrites it without the erased rows. A projection that grows
+past the threshold between replays is searched flat; `memstream status` says so.
 
 An index answers approximately; the read path (query/reader.py `PreparedSearch.rows`) keeps
 the guarantees a user relies on: distances are recomputed exactly, and when the index yields
@@ -34,6 +36,7 @@ __all__ = [
     "ann_min_rows",
     "ensure_vector_index",
     "has_vector_index",
+    "vector_index_state",
 ]
 
 ANN_MIN_ROWS = 100_000
@@ -47,9 +50,6 @@ REFINE_FACTOR = 10
 """Candidates (x the limit) whose exact distance Lance computes before it keeps the limit:
 the quantised (PQ) distances only choose candidates, they never rank the answer."""
 INDEX_NAME = "vector_idx"
-LIVE_FACTOR = 2
-"""Upkeep between writes builds the index up to this many x the threshold rows (~15 s at
-200k rows); a larger table without one gets it from `memstream replay`."""
 
 
 def ann_min_rows() -> int:
@@ -75,21 +75,27 @@ def has_vector_index(table: Any) -> bool:
     return any(list(ix.columns) == ["vector"] for ix in table.list_indices())
 
 
-def ensure_vector_index(table: Any, dim: int, *, live: bool = False) -> bool:
+def vector_index_state(table: Any) -> str:
+    """ "built"; "due" (the table has `ann_min_rows()` rows: `memstream replay` builds it);
+    or "none" (a smaller table, or indexes turned off: searches are flat and exact)."""
+    if table is None:
+        return "none"
+    if has_vector_index(table):
+        return "built"
+    threshold = ann_min_rows()
+    return "due" if threshold and table.count_rows() >= max(threshold, 256) else "none"
+
+
+def ensure_vector_index(table: Any, dim: int) -> bool:
     """Build the vector index of a memories table that has reached `ann_min_rows()` rows and
     has none; returns whether it built one. Through `lance` (both table kinds have it).
-
-    `live`: the build would hold up the projector (upkeep between writes), so a table past
-    LIVE_FACTOR x the threshold -- a projection made before this index existed, upgraded
-    -- is left to `memstream replay` (whose generation is built offline) instead of a
-    minute-long stall (74 s at 1M rows) while writers wait for their adds."""
+    Only for a generation no writer waits on (a replay's, before it is promoted): a build
+    took 40-75 s from 100k to 1M rows here, most of it training on a fixed-size sample."""
     threshold = ann_min_rows()
     if threshold == 0 or has_vector_index(table):
         return False
     rows = table.count_rows()
     if rows < threshold or rows < 256:  # PQ trains 256 centroids per sub-vector
-        return False
-    if live and rows > LIVE_FACTOR * threshold:
         return False
     partitions = max(MIN_PARTITIONS, min(MAX_PARTITIONS, int(math.sqrt(rows))))
     table.to_lance().create_index(

@@ -83,12 +83,13 @@ def status() -> None:
             )
         else:
             out.print(f"format      Lance {fmt['memories'] or fmt['new_tables']}", highlight=False)
-        out.print(
-            "vectors     "
-            + ("indexed (IVF_PQ): searches with no user, agent, app or run lead use it"
-               if result["vector_index"] else "flat: every search ranks its rows exactly"),
-            highlight=False,
-        )  # fmt: skip
+        vectors = {
+            "built": "indexed (IVF_PQ): searches with no user, agent, app or run lead use it",
+            "due": "flat, and large enough for a vector index: `memstream replay` builds one "
+            "(searches with no user, agent, app or run lead get faster)",
+            "none": "flat: every search ranks its rows exactly",
+        }[result["vector_index"]]
+        out.print(f"vectors     {vectors}", highlight=False)
         if result["pinned"] is not None:
             out.print(
                 f"pinned      at log position {result['pinned']} (replay --to-position): "
