@@ -459,10 +459,10 @@ class PreparedSearch:
         self, vector: Any, limit: int, *, prefilter: bool = True, indexed: bool = True
     ) -> pa.Table:
         query = self.table.search(vector).metric("cosine")
-        if not indexed:
-            query = query.bypass_vector_index()  # exact (a no-op without an index)
-        elif self._indexed:
+        if indexed:
             query = query.nprobes(NPROBES).refine_factor(REFINE_FACTOR)
+        else:
+            query = query.bypass_vector_index()  # exact (a no-op without an index)
         found: pa.Table = (
             query.where(self._predicate, prefilter=prefilter)
             .select([*MEMORY_COLUMNS, "last_offset", "vector", "_distance"])
