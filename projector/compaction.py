@@ -25,6 +25,8 @@ import warnings
 from collections.abc import Sequence
 from typing import Any
 
+from memstream.projector.vector_index import is_vector_index
+
 SMALL_FRAGMENTS = 32  # unindexed fragments that make a table due for compaction
 UNINDEXED_ROWS = 50_000
 """Rows past the index that make a table due whatever its fragments: every indexed lookup
@@ -51,7 +53,7 @@ def first_index(table: Any) -> str | None:
     """The name of one of the table's scalar indexes (they are all optimized together, the
     vector index too): its statistics drive the policy. Not the vector index's: it is built
     later than the others (projector/vector_index.py), so its segments are not theirs."""
-    indices = [ix for ix in table.list_indices() if list(ix.columns) != ["vector"]]
+    indices = [ix for ix in table.list_indices() if not is_vector_index(ix)]
     return str(indices[0].name) if indices else None
 
 

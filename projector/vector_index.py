@@ -36,6 +36,7 @@ __all__ = [
     "ann_min_rows",
     "ensure_vector_index",
     "has_vector_index",
+    "is_vector_index",
     "vector_index_state",
 ]
 
@@ -50,6 +51,7 @@ REFINE_FACTOR = 10
 """Candidates (x the limit) whose exact distance Lance computes before it keeps the limit:
 the quantised (PQ) distances only choose candidates, they never rank the answer."""
 INDEX_NAME = "vector_idx"
+PQ_MIN_ROWS = 256  # PQ trains 256 centroids per sub-vector
 
 
 def ann_min_rows() -> int:
@@ -69,10 +71,25 @@ def ann_min_rows() -> int:
     return value
 
 
+def is_vector_index(index: Any) -> bool:
+    """Whether one entry of a table's `list_indices()` is the index on its `vector` column."""
+    return list(index.columns) == ["vector"]
+
+
 def has_vector_index(table: Any) -> bool:
     """Whether `table` (a LanceDB table or projector.lance_tables' facade) has an index on
     its `vector` column."""
-    return any(list(ix.columns) == ["vector"] for ix in table.list_indices())
+    return any(is_vector_index(ix) for ix in table.list_indices())
+
+
+def _rows_if_due(table: Any) -> int:
+    """`table`'s row count when it has `ann_min_rows()` rows (never, when that is 0) and at
+    least PQ_MIN_ROWS; else 0."""
+    threshold = ann_min_rows()
+    if threshold == 0:
+        return 0
+    rows = int(table.count_rows())
+    return rows if rows >= max(threshold, PQ_MIN_ROWS) else 0
 
 
 def vector_index_state(table: Any) -> str:
@@ -82,8 +99,7 @@ def vector_index_state(table: Any) -> str:
         return "none"
     if has_vector_index(table):
         return "built"
-    threshold = ann_min_rows()
-    return "due" if threshold and table.count_rows() >= max(threshold, 256) else "none"
+    return "due" if _rows_if_due(table) else "none"
 
 
 def ensure_vector_index(table: Any, dim: int) -> bool:
@@ -91,11 +107,8 @@ def ensure_vector_index(table: Any, dim: int) -> bool:
     has none; returns whether it built one. Through `lance` (both table kinds have it).
     Only for a generation no writer waits on (a replay's, before it is promoted): a build
     took 40-75 s from 100k to 1M rows here, most of it training on a fixed-size sample."""
-    threshold = ann_min_rows()
-    if threshold == 0 or has_vector_index(table):
-        return False
-    rows = table.count_rows()
-    if rows < threshold or rows < 256:  # PQ trains 256 centroids per sub-vector
+    rows = 0 if has_vector_index(table) else _rows_if_due(table)
+    if not rows:
         return False
     partitions = max(MIN_PARTITIONS, min(MAX_PARTITIONS, int(math.sqrt(rows))))
     table.to_lance().create_index(
