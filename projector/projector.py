@@ -44,9 +44,8 @@ from memstream.projector.apply import BatchState, apply_event
 from memstream.projector.compaction import first_index
 from memstream.projector.decisions import RECENT_DECISIONS, RecentDecisions, load_settled
 from memstream.projector.index import DigestSet, TableIndex, event_key
-from memstream.projector.lance_datasets import latest_version
 from memstream.projector.poison import PoisonCounts, checked, decode_opened, open_record
-from memstream.projector.rows import arrow_table, table_versions, write_rows
+from memstream.projector.rows import arrow_table, table_versions, versions_of, write_rows
 from memstream.projector.store import (
     FLUSH_ITEMS,
     RETIRED_GRACE_S,
@@ -1562,5 +1561,4 @@ def _erased_since(gen: Generation, base: Offsets) -> bool:
 
 def _versions(gen: Generation) -> tuple[int | None, ...]:
     """The versions of the tables a tier's decisions were read from (memories, events)."""
-    tables = (gen.memories(), gen.events())
-    return tuple(latest_version(t) if t is not None else None for t in tables)
+    return versions_of((gen.memories(), gen.events()))

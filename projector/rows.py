@@ -3,6 +3,7 @@ appended where the table cannot hold them yet and merged where it may."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from operator import itemgetter
 from typing import Any
 
@@ -101,7 +102,11 @@ def write_rows(
 
 def table_versions(gen: Generation, cache: EmbeddingCache) -> tuple[int | None, ...]:
     """The current versions of the tables a TableIndex describes (None: not created yet)."""
-    tables = (gen.memories(), gen.events(), cache.table())
+    return versions_of((gen.memories(), gen.events(), cache.table()))
+
+
+def versions_of(tables: Iterable[Any]) -> tuple[int | None, ...]:
+    """Each table's newest version on storage (None for a table not created yet)."""
     return tuple(latest_version(t) if t is not None else None for t in tables)
 
 
