@@ -1,9 +1,9 @@
 """The vector index of a large memories table (projector/vector_index.py) through the whole
 stack: a replay builds it past MEMSTREAM_ANN_MIN_ROWS rows (not below; upkeep between writes
-never does), a search with no
-indexed lead uses it and finds nearly what a brute-force scan finds, never fewer rows than
-the scope holds, rows written after the build are found, and searches with a lead stay
-exact. The threshold is lowered so a test-sized table gets an index."""
+never does), a search with no indexed lead uses it and finds nearly what a brute-force scan
+finds, never fewer rows than the scope holds, rows written after the build are found, and
+searches with a lead stay exact. The threshold is lowered so a test-sized table gets an
+index."""
 
 from __future__ import annotations
 
